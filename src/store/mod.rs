@@ -1,0 +1,518 @@
+//! Durable state of one node: the LWW map, the per-origin delta log, the
+//! apply-order change feed, the version vector and the Merkle leaves.
+//!
+//! Guarantees: every call to [`Store::apply`] is atomic (one backend batch
+//! across all logical tables), and once [`Store::flush`] returns, everything
+//! applied before it survives a crash. The group-commit loop in
+//! [`commit`](crate::store::commit) calls them in that order and answers
+//! clients only after the flush. In-memory derived state (version vector,
+//! Merkle tree, clock, counts) is loaded at open from small persisted
+//! summaries, never by scanning the entries, so restart time does not grow
+//! with the number of keys.
+
+mod backend;
+mod codec;
+pub mod commit;
+mod error;
+mod keys;
+mod schema;
+mod write;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::merkle::{self, Digest, MerkleTree, NodeRef};
+use crate::model::{Clock, Delta, Entry, Hlc, Meta, NodeId, Version, VersionVector};
+
+pub use backend::BackendError;
+pub use codec::CodecError;
+pub use error::{Result, StoreError};
+pub use schema::SCHEMA_VERSION;
+pub use write::{Condition, Op, Outcome};
+
+use backend::Kv;
+
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// The node this directory belongs to; `None` to open whatever node's
+    /// directory it is (offline inspection).
+    pub node_id: Option<NodeId>,
+    /// Deltas kept per origin; older ones are trimmed.
+    pub log_retention: u64,
+    /// Bound on the storage engine's page cache.
+    pub cache_bytes: u64,
+    pub max_clock_offset_ms: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            node_id: None,
+            log_retention: 1_000_000,
+            cache_bytes: 64 << 20,
+            max_clock_offset_ms: 500,
+        }
+    }
+}
+
+/// One record of the apply-order change feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    pub key: String,
+    pub entry: Entry,
+    /// Origin and seq when the change came as a delta; `None` when it came
+    /// from anti-entropy (state, not a logged delta).
+    pub origin: Option<(NodeId, u64)>,
+}
+
+/// Which deltas of one origin a node still holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogStats {
+    pub first: u64,
+    pub last: u64,
+    pub len: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counts {
+    pub live: u64,
+    pub tombstones: u64,
+}
+
+/// A member as remembered across restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub addr: String,
+    pub incarnation: u64,
+}
+
+/// Answer to "deltas of `origin` after `seq`".
+#[derive(Debug, PartialEq)]
+pub enum LogRead {
+    /// Contiguous deltas starting at the requested seq (empty: nothing newer).
+    Deltas(Vec<Delta>),
+    /// The log no longer (or never) held the next delta: use anti-entropy.
+    Unavailable { first_retained: u64 },
+}
+
+pub(crate) struct State {
+    clock: Clock,
+    vv: VersionVector,
+    merkle: MerkleTree,
+    next_change: u64,
+    log: BTreeMap<NodeId, LogStats>,
+    counts: Counts,
+    /// Feed indexes of anti-entropy records, oldest first (trimmed by retention).
+    sync_feed: VecDeque<u64>,
+    poisoned: Option<String>,
+}
+
+pub struct Store {
+    kv: Kv,
+    node_id: NodeId,
+    config: StoreConfig,
+    state: Mutex<State>,
+}
+
+/// A point-in-time description of the store for `hub inspect` and introspection.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub node_id: String,
+    pub schema_version: u32,
+    pub entries: u64,
+    pub tombstones: u64,
+    pub log_len: u64,
+    pub log: BTreeMap<String, LogStats>,
+    pub version_vector: BTreeMap<String, u64>,
+    pub merkle_root: String,
+    pub merkle_occupied_leaves: usize,
+    pub hlc: u64,
+    pub changes_next: u64,
+    pub disk_bytes: u64,
+}
+
+impl Store {
+    pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
+        let kv = Kv::open(dir, config.cache_bytes)?;
+        schema::migrate(&kv)?;
+        let node_id = match (kv.get(&keys::meta("node_id"))?, &config.node_id) {
+            (Some(stored), Some(configured)) => {
+                let stored = String::from_utf8_lossy(&stored).to_string();
+                if stored != configured.as_str() {
+                    return Err(StoreError::WrongNode {
+                        stored,
+                        configured: configured.to_string(),
+                    });
+                }
+                configured.clone()
+            }
+            (Some(stored), None) => NodeId::new(String::from_utf8_lossy(&stored).to_string())
+                .map_err(|e| CodecError { what: "node id", reason: e.to_string() })?,
+            (None, Some(configured)) => {
+                let mut b = backend::WriteBatch::default();
+                b.insert(keys::meta("node_id"), configured.as_str());
+                kv.apply(b)?;
+                kv.flush()?;
+                configured.clone()
+            }
+            (None, None) => return Err(StoreError::NotHubDir(dir.display().to_string())),
+        };
+        let state = load_state(&kv, &config)?;
+        Ok(Store { kv, node_id, config, state: Mutex::new(state) })
+    }
+
+    /// Opens an existing directory read-mostly for inspection, refusing to
+    /// create one where there is none.
+    pub fn open_existing(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        if !dir.join("conf").exists() {
+            return Err(StoreError::Missing(dir.display().to_string()));
+        }
+        Store::open(dir, StoreConfig { cache_bytes, ..StoreConfig::default() })
+    }
+
+    pub fn node_id(&self) -> &NodeId {
+        &self.node_id
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock leaves state we cannot trust; the
+        // poisoned flag in State handles write failures, and we recover the
+        // guard here so readers keep working.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn flush(&self) -> Result<()> {
+        self.kv.flush().map_err(|e| {
+            self.lock().poisoned = Some(e.to_string());
+            e.into()
+        })
+    }
+
+    pub fn get(&self, key: &str) -> Result<Option<Entry>> {
+        match self.kv.get(&keys::entry(key))? {
+            Some(bytes) => Ok(Some(codec::decode("entry", &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Entries (tombstones included) whose key starts with `prefix`, after
+    /// `after` (exclusive), in key order.
+    pub fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Entry)>> {
+        let p = keys::entry(prefix);
+        let from = match after {
+            Some(a) if a >= prefix => {
+                let mut k = keys::entry(a);
+                k.push(0);
+                k
+            }
+            _ => p.clone(),
+        };
+        let mut out = Vec::new();
+        for item in self.kv.scan_from(&p, &from) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let key = keys::suffix_str(&k, 1)
+                .ok_or_else(|| CodecError { what: "entry key", reason: "not UTF-8".into() })?
+                .to_string();
+            out.push((key, codec::decode("entry", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn version_vector(&self) -> VersionVector {
+        self.lock().vv.clone()
+    }
+
+    pub fn hlc(&self) -> Hlc {
+        self.lock().clock.last()
+    }
+
+    /// A fresh timestamp, for messages that carry our clock.
+    pub fn now(&self, wall_ms: u64) -> Hlc {
+        self.lock().clock.now(wall_ms)
+    }
+
+    pub fn observe_clock(&self, remote: Hlc) {
+        self.lock().clock.observe(remote);
+    }
+
+    pub fn check_clock(&self, remote: Hlc, wall_ms: u64) -> std::result::Result<(), crate::model::ClockError> {
+        self.lock().clock.check(remote, wall_ms)
+    }
+
+    pub fn merkle_root(&self) -> Digest {
+        self.lock().merkle.root()
+    }
+
+    pub fn merkle_node(&self, node: NodeRef) -> Option<Digest> {
+        self.lock().merkle.node(node)
+    }
+
+    pub fn merkle_children(&self, node: NodeRef) -> Option<Vec<Digest>> {
+        self.lock().merkle.children(node)
+    }
+
+    /// Every key in a Merkle leaf with its version, for anti-entropy.
+    pub fn bucket_versions(&self, bucket: u16) -> Result<Vec<(String, Version, bool)>> {
+        let prefix = keys::bucket_prefix(bucket);
+        let mut out = Vec::new();
+        for item in self.kv.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let key = keys::suffix_str(&k, 3)
+                .ok_or_else(|| CodecError { what: "bucket key", reason: "not UTF-8".into() })?;
+            if let Some(e) = self.get(key)? {
+                let tomb = e.is_tombstone();
+                out.push((key.to_string(), e.version, tomb));
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn counts(&self) -> Counts {
+        self.lock().counts
+    }
+
+    pub fn log_stats(&self) -> BTreeMap<NodeId, LogStats> {
+        self.lock().log.clone()
+    }
+
+    /// Contiguous deltas of `origin` with seq > `after`, at most `limit`.
+    pub fn deltas_after(&self, origin: &NodeId, after: u64, limit: usize) -> Result<LogRead> {
+        let (known, stats) = {
+            let st = self.lock();
+            (st.vv.get(origin), st.log.get(origin).copied().unwrap_or_default())
+        };
+        if after >= known {
+            return Ok(LogRead::Deltas(Vec::new()));
+        }
+        let prefix = keys::log_prefix(origin);
+        let mut out = Vec::new();
+        let mut expect = after + 1;
+        for item in self.kv.scan_from(&prefix, &keys::log(origin, expect)) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = keys::trailing_u64(&k).unwrap_or(0);
+            if seq != expect {
+                break;
+            }
+            let Some(change) = self.change_at(keys::u64_value(&v).unwrap_or(u64::MAX))? else {
+                break;
+            };
+            out.push(Delta { origin: origin.clone(), seq, key: change.key, entry: change.entry });
+            expect += 1;
+        }
+        if out.is_empty() {
+            return Ok(LogRead::Unavailable { first_retained: stats.first });
+        }
+        Ok(LogRead::Deltas(out))
+    }
+
+    fn change_at(&self, idx: u64) -> Result<Option<Change>> {
+        match self.kv.get(&keys::change(idx))? {
+            Some(b) => Ok(Some(codec::decode("change", &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The change feed after cursor `since` (exclusive; `None` = from the
+    /// oldest retained change), in apply order.
+    pub fn changes(&self, since: Option<u64>, limit: usize) -> Result<Vec<(u64, Change)>> {
+        let prefix = [keys::CHANGE];
+        let from = keys::change(since.map_or(0, |s| s.saturating_add(1)));
+        let mut out = Vec::new();
+        for item in self.kv.scan_from(&prefix, &from) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let idx = keys::trailing_u64(&k).unwrap_or(0);
+            out.push((idx, codec::decode("change", &v)?));
+        }
+        Ok(out)
+    }
+
+    /// The retained deltas of one origin for one key, newest first, with seq
+    /// below `before`. Scans at most `scan_budget` log records, so a busy
+    /// origin cannot make one request expensive.
+    pub fn key_history(
+        &self,
+        origin: &NodeId,
+        key: &str,
+        before: Option<u64>,
+        limit: usize,
+        scan_budget: usize,
+    ) -> Result<Vec<Delta>> {
+        let prefix = keys::log_prefix(origin);
+        let mut out = Vec::new();
+        let iter = self.kv.scan_prefix(&prefix).rev();
+        for item in iter.take(scan_budget) {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item?;
+            let seq = keys::trailing_u64(&k).unwrap_or(0);
+            if before.is_some_and(|b| seq >= b) {
+                continue;
+            }
+            if let Some(c) = self.change_at(keys::u64_value(&v).unwrap_or(u64::MAX))? {
+                if c.key == key {
+                    out.push(Delta { origin: origin.clone(), seq, key: c.key, entry: c.entry });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn save_peer(&self, id: &NodeId, record: &PeerRecord) -> Result<()> {
+        let mut b = backend::WriteBatch::default();
+        b.insert(keys::peer(id), codec::encode(record));
+        self.kv.apply(b)?;
+        Ok(())
+    }
+
+    pub fn remove_peer(&self, id: &NodeId) -> Result<()> {
+        let mut b = backend::WriteBatch::default();
+        b.remove(keys::peer(id));
+        self.kv.apply(b)?;
+        Ok(())
+    }
+
+    pub fn peers(&self) -> Result<Vec<(NodeId, PeerRecord)>> {
+        let mut out = Vec::new();
+        for item in self.kv.scan_prefix(&[keys::PEER]) {
+            let (k, v) = item?;
+            let Some(id) = keys::suffix_str(&k, 1).and_then(|s| NodeId::new(s).ok()) else {
+                continue;
+            };
+            out.push((id, codec::decode("peer", &v)?));
+        }
+        Ok(out)
+    }
+
+    pub fn summary(&self) -> Result<Summary> {
+        let disk_bytes = self.kv.size_on_disk()?;
+        let mut st = self.lock();
+        let root = st.merkle.root();
+        Ok(Summary {
+            node_id: self.node_id.to_string(),
+            schema_version: SCHEMA_VERSION,
+            entries: st.counts.live,
+            tombstones: st.counts.tombstones,
+            log_len: st.log.values().map(|s| s.len).sum(),
+            log: st.log.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            version_vector: st.vv.iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            merkle_root: hex::encode(root),
+            merkle_occupied_leaves: st.merkle.occupied_leaves(),
+            hlc: st.clock.last().0,
+            changes_next: st.next_change,
+            disk_bytes,
+        })
+    }
+
+    /// Applies ops atomically; see [`write`]. Not durable until [`Store::flush`].
+    pub fn apply(&self, ops: Vec<Op>, wall_ms: u64) -> Result<Vec<Outcome>> {
+        let mut st = self.lock();
+        if let Some(reason) = &st.poisoned {
+            return Err(StoreError::Poisoned(reason.clone()));
+        }
+        let (batch, outcomes) = write::build(&self.kv, &self.node_id, &self.config, &mut st, ops, wall_ms)?;
+        if let Err(e) = self.kv.apply(batch) {
+            // In-memory state already moved ahead of disk; refuse further
+            // writes until a restart reloads the truth from disk.
+            st.poisoned = Some(e.to_string());
+            return Err(e.into());
+        }
+        Ok(outcomes)
+    }
+}
+
+fn load_state(kv: &Kv, config: &StoreConfig) -> Result<State> {
+    let mut vv = VersionVector::default();
+    for item in kv.scan_prefix(&[keys::VV]) {
+        let (k, v) = item?;
+        if let (Some(id), Some(seq)) = (
+            keys::suffix_str(&k, 1).and_then(|s| NodeId::new(s).ok()),
+            keys::u64_value(&v),
+        ) {
+            vv.set(id, seq);
+        }
+    }
+    let mut log = BTreeMap::new();
+    for item in kv.scan_prefix(&[keys::LOG_STATS]) {
+        let (k, v) = item?;
+        if let Some(id) = keys::suffix_str(&k, 1).and_then(|s| NodeId::new(s).ok()) {
+            log.insert(id, codec::decode::<LogStats>("log stats", &v)?);
+        }
+    }
+    let mut merkle = MerkleTree::new();
+    for item in kv.scan_prefix(&[keys::LEAF]) {
+        let (k, v) = item?;
+        let bucket = k.get(1..3).and_then(|b| b.try_into().ok()).map(u16::from_be_bytes);
+        let digest: Option<Digest> = v.as_slice().try_into().ok();
+        match (bucket, digest) {
+            (Some(b), Some(d)) => merkle.set_leaf(b, d),
+            _ => return Err(CodecError { what: "merkle leaf", reason: "bad length".into() }.into()),
+        }
+    }
+    let hlc = match kv.get(&keys::meta("hlc"))? {
+        Some(v) => Hlc(keys::u64_value(&v).unwrap_or(0)),
+        None => Hlc::ZERO,
+    };
+    let counts = match kv.get(&keys::meta("counts"))? {
+        Some(v) => codec::decode("counts", &v)?,
+        None => Counts::default(),
+    };
+    let after_last = kv
+        .last_with_prefix(&[keys::CHANGE])?
+        .and_then(|(k, _)| keys::trailing_u64(&k))
+        .map_or(0, |i| i + 1);
+    let recorded = kv
+        .get(&keys::meta("next_change"))?
+        .and_then(|v| keys::u64_value(&v))
+        .unwrap_or(0);
+    let next_change = after_last.max(recorded).max(1);
+    let mut sync_feed = VecDeque::new();
+    for item in kv.scan_prefix(&[keys::SYNC_CHANGE]) {
+        let (k, _) = item?;
+        sync_feed.push_back(keys::trailing_u64(&k).unwrap_or(0));
+    }
+    Ok(State {
+        clock: Clock::new(hlc, config.max_clock_offset_ms),
+        vv,
+        merkle,
+        next_change,
+        log,
+        counts,
+        sync_feed,
+        poisoned: None,
+    })
+}
+
+/// Exposed for tests and tools that check the Merkle invariant.
+pub fn rebuild_merkle_root(store: &Store) -> Result<Digest> {
+    let mut t = MerkleTree::new();
+    for item in store.kv.scan_prefix(&[keys::ENTRY]) {
+        let (k, v) = item?;
+        let key = keys::suffix_str(&k, 1).unwrap_or_default();
+        let e: Entry = codec::decode("entry", &v)?;
+        t.toggle(merkle::bucket_of(key), &merkle::item_digest(key, &e.version, e.is_tombstone()));
+    }
+    Ok(t.root())
+}
+
+/// Meta labels are user-visible; keep them small.
+pub fn meta_of(pairs: &[(&str, String)]) -> Meta {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
