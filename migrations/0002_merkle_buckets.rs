@@ -1,6 +1,6 @@
-//! Schema 1 → 2: schema 1 kept entries, log, change feed and version vector
+//! Schema 1 → 2: schema 1 kept entries, node id and version vector
 //! but no Merkle leaves, no bucket index and no counts. This step derives all
-//! three from the entries.
+//! three from the entries (Merkle leaves as a checkpoint).
 
 use super::super::super::backend::{Kv, WriteBatch};
 use super::super::super::{codec, keys, Counts};
@@ -25,9 +25,17 @@ pub(super) fn up(kv: &Kv, batch: &mut WriteBatch) -> Result<(), String> {
             counts.live += 1;
         }
     }
-    for bucket in touched {
-        batch.insert(keys::leaf(bucket), tree.leaf(bucket));
+    let chunks: std::collections::BTreeSet<u16> =
+        touched.iter().map(|b| b / merkle::FANOUT as u16).collect();
+    for chunk in chunks {
+        let mut bytes = Vec::with_capacity(16 * merkle::FANOUT);
+        for i in 0..merkle::FANOUT as u16 {
+            bytes.extend_from_slice(&tree.leaf(chunk * merkle::FANOUT as u16 + i));
+        }
+        batch.insert(keys::leaf_chunk(chunk), bytes);
     }
     batch.insert(keys::meta("counts"), codec::encode(&counts));
+    // Schema 1 had no feed; the leaves are exact as of its start.
+    batch.insert(keys::meta("merkle_at"), 0u64.to_be_bytes());
     Ok(())
 }

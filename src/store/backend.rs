@@ -24,6 +24,9 @@ impl From<sled::Error> for BackendError {
     }
 }
 
+/// How long opening waits for a lock held by a just-closed handle.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub type Result<T> = std::result::Result<T, BackendError>;
 
 pub struct Kv {
@@ -57,6 +60,21 @@ impl Kv {
     /// Opens (creating if needed) the keyspace in `dir`, with sled's page
     /// cache bounded to `cache_bytes`.
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Kv> {
+        // sled releases its file lock only when its last background thread
+        // lets go of the database, a moment after the handle is dropped; a
+        // restart in the same process must wait for that, briefly.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match Self::try_open(dir, cache_bytes) {
+                Err(BackendError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_open(dir: &Path, cache_bytes: u64) -> Result<Kv> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -108,6 +126,15 @@ impl Kv {
 
     pub fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         self.scan_prefix(prefix).next_back().transpose()
+    }
+
+    /// The greatest key `<= key` that starts with `prefix`.
+    pub fn last_at_or_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match self.db.range(..=key.to_vec()).next_back() {
+            Some(Ok((k, v))) if k.starts_with(prefix) => Ok(Some((k.to_vec(), v.to_vec()))),
+            Some(Err(e)) => Err(e.into()),
+            _ => Ok(None),
+        }
     }
 
     pub fn apply(&self, batch: WriteBatch) -> Result<()> {

@@ -1,28 +1,28 @@
 //! The layout of hub's keyspace: one prefix byte per logical table.
 //!
-//! | prefix | key                          | value                              |
-//! |--------|------------------------------|------------------------------------|
-//! | `e`    | user key                     | `Entry`                            |
-//! | `b`    | bucket (u16 BE) + user key   | empty: keys of a Merkle leaf       |
-//! | `t`    | bucket (u16 BE)              | leaf digest (16 bytes)             |
-//! | `c`    | change index (u64 BE)        | `Change`: the apply-order feed     |
-//! | `l`    | origin len (u8) + origin + seq (u64 BE) | change index (u64 BE)   |
-//! | `x`    | change index (u64 BE)        | empty: feed records from anti-entropy |
-//! | `v`    | origin                       | highest contiguous seq (u64 BE)    |
-//! | `s`    | origin                       | `LogStats` of that origin's log    |
-//! | `p`    | node id                      | peer record (membership)           |
-//! | `m`    | name                         | meta: schema version, node id, HLC, counts |
+//! | prefix | key                                   | value                                  |
+//! |--------|---------------------------------------|----------------------------------------|
+//! | `e`    | user key                              | `Entry`                                |
+//! | `b`    | bucket (u16 BE) + user key            | empty: the keys of a Merkle leaf       |
+//! | `t`    | leaf chunk (u16 BE)                   | 16 leaf digests: Merkle checkpoint     |
+//! | `l`    | origin len (u8) + origin + first seq (u64 BE) | `Run`: an origin's deltas from one commit group |
+//! | `c`    | first change index (u64 BE)           | `Vec<FeedItem>`: one commit group of the apply-order feed |
+//! | `v`    | origin                                | highest contiguous seq (u64 BE)        |
+//! | `s`    | origin                                | `LogStats` of that origin's log        |
+//! | `p`    | node id                               | peer record (membership)               |
+//! | `m`    | name                                  | meta: schema version, node id, HLC, counts, checkpoint |
 //!
+//! Logs and feed are written once per commit group, not once per write: a
+//! group of N writes costs N entry records plus a handful of group records.
 //! Big-endian integers keep numeric order equal to byte order.
 
 use crate::model::NodeId;
 
 pub const ENTRY: u8 = b'e';
 pub const BUCKET: u8 = b'b';
-pub const LEAF: u8 = b't';
-pub const CHANGE: u8 = b'c';
+pub const LEAF_CHUNK: u8 = b't';
+pub const FEED: u8 = b'c';
 pub const LOG: u8 = b'l';
-pub const SYNC_CHANGE: u8 = b'x';
 pub const VV: u8 = b'v';
 pub const LOG_STATS: u8 = b's';
 pub const PEER: u8 = b'p';
@@ -46,16 +46,12 @@ pub fn bucket_prefix(bucket: u16) -> Vec<u8> {
     k
 }
 
-pub fn leaf(bucket: u16) -> Vec<u8> {
-    prefixed(LEAF, &bucket.to_be_bytes())
+pub fn leaf_chunk(chunk: u16) -> Vec<u8> {
+    prefixed(LEAF_CHUNK, &chunk.to_be_bytes())
 }
 
-pub fn change(idx: u64) -> Vec<u8> {
-    prefixed(CHANGE, &idx.to_be_bytes())
-}
-
-pub fn sync_change(idx: u64) -> Vec<u8> {
-    prefixed(SYNC_CHANGE, &idx.to_be_bytes())
+pub fn feed(first_idx: u64) -> Vec<u8> {
+    prefixed(FEED, &first_idx.to_be_bytes())
 }
 
 pub fn log_prefix(origin: &NodeId) -> Vec<u8> {
@@ -67,9 +63,9 @@ pub fn log_prefix(origin: &NodeId) -> Vec<u8> {
     k
 }
 
-pub fn log(origin: &NodeId, seq: u64) -> Vec<u8> {
+pub fn log_run(origin: &NodeId, first_seq: u64) -> Vec<u8> {
     let mut k = log_prefix(origin);
-    k.extend_from_slice(&seq.to_be_bytes());
+    k.extend_from_slice(&first_seq.to_be_bytes());
     k
 }
 
@@ -96,7 +92,7 @@ fn prefixed(p: u8, rest: &[u8]) -> Vec<u8> {
     k
 }
 
-/// The trailing big-endian u64 of a key (log seq, change index).
+/// The trailing big-endian u64 of a key (run first seq, feed index).
 pub fn trailing_u64(key: &[u8]) -> Option<u64> {
     let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
     Some(u64::from_be_bytes(tail))
@@ -106,7 +102,7 @@ pub fn u64_value(v: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(v.try_into().ok()?))
 }
 
-/// The text after the one-byte prefix (user key, origin, node id).
+/// The text after the prefix bytes (user key, origin, node id).
 pub fn suffix_str(key: &[u8], skip: usize) -> Option<&str> {
     std::str::from_utf8(key.get(skip..)?).ok()
 }

@@ -18,7 +18,7 @@ mod keys;
 mod schema;
 mod write;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -68,6 +68,20 @@ pub struct Change {
     pub origin: Option<(NodeId, u64)>,
 }
 
+/// An origin's contiguous deltas from one commit group; seq = first + index.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Run {
+    pub items: Vec<(String, Entry)>,
+}
+
+/// One change of the apply-order feed. Deltas are referenced, not copied:
+/// their content lives once, in the origin's log run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) enum FeedItem {
+    Delta { origin: NodeId, seq: u64, key: String },
+    Sync { key: String, entry: Entry },
+}
+
 /// Which deltas of one origin a node still holds.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogStats {
@@ -105,8 +119,11 @@ pub(crate) struct State {
     next_change: u64,
     log: BTreeMap<NodeId, LogStats>,
     counts: Counts,
-    /// Feed indexes of anti-entropy records, oldest first (trimmed by retention).
-    sync_feed: VecDeque<u64>,
+    /// Leaf chunks changed since the last Merkle checkpoint.
+    dirty_chunks: BTreeSet<u16>,
+    changes_since_checkpoint: u64,
+    /// Feed index up to which the persisted leaf chunks are exact.
+    merkle_at: u64,
     poisoned: Option<String>,
 }
 
@@ -115,6 +132,8 @@ pub struct Store {
     node_id: NodeId,
     config: StoreConfig,
     state: Mutex<State>,
+    /// Set by [`Store::close_as_if_crashed`]: skip the closing checkpoint.
+    skip_checkpoint: std::sync::atomic::AtomicBool,
 }
 
 /// A point-in-time description of the store for `hub inspect` and introspection.
@@ -161,7 +180,13 @@ impl Store {
             (None, None) => return Err(StoreError::NotHubDir(dir.display().to_string())),
         };
         let state = load_state(&kv, &config)?;
-        Ok(Store { kv, node_id, config, state: Mutex::new(state) })
+        Ok(Store {
+            kv,
+            node_id,
+            config,
+            state: Mutex::new(state),
+            skip_checkpoint: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Opens an existing directory read-mostly for inspection, refusing to
@@ -286,7 +311,8 @@ impl Store {
         self.lock().log.clone()
     }
 
-    /// Contiguous deltas of `origin` with seq > `after`, at most `limit`.
+    /// Contiguous deltas of `origin` with seq > `after`, at most `limit`
+    /// (rounded up to whole log runs).
     pub fn deltas_after(&self, origin: &NodeId, after: u64, limit: usize) -> Result<LogRead> {
         let (known, stats) = {
             let st = self.lock();
@@ -295,57 +321,74 @@ impl Store {
         if after >= known {
             return Ok(LogRead::Deltas(Vec::new()));
         }
+        let unavailable = LogRead::Unavailable { first_retained: stats.first };
         let prefix = keys::log_prefix(origin);
-        let mut out = Vec::new();
         let mut expect = after + 1;
-        for item in self.kv.scan_from(&prefix, &keys::log(origin, expect)) {
+        let Some((start_key, _)) = self.kv.last_at_or_before(&prefix, &keys::log_run(origin, expect))? else {
+            return Ok(unavailable);
+        };
+        let mut out = Vec::new();
+        for item in self.kv.scan_from(&prefix, &start_key) {
+            let (k, v) = item?;
+            let first = keys::trailing_u64(&k).unwrap_or(0);
+            let run: Run = codec::decode("log run", &v)?;
+            if first > expect || first + (run.items.len() as u64) <= expect {
+                break; // a gap: the log does not hold `expect`
+            }
+            for (key, entry) in run.items.into_iter().skip((expect - first) as usize) {
+                out.push(Delta { origin: origin.clone(), seq: expect, key, entry });
+                expect += 1;
+            }
             if out.len() >= limit {
                 break;
             }
-            let (k, v) = item?;
-            let seq = keys::trailing_u64(&k).unwrap_or(0);
-            if seq != expect {
-                break;
-            }
-            let Some(change) = self.change_at(keys::u64_value(&v).unwrap_or(u64::MAX))? else {
-                break;
-            };
-            out.push(Delta { origin: origin.clone(), seq, key: change.key, entry: change.entry });
-            expect += 1;
         }
         if out.is_empty() {
-            return Ok(LogRead::Unavailable { first_retained: stats.first });
+            return Ok(unavailable);
         }
         Ok(LogRead::Deltas(out))
     }
 
-    fn change_at(&self, idx: u64) -> Result<Option<Change>> {
-        match self.kv.get(&keys::change(idx))? {
-            Some(b) => Ok(Some(codec::decode("change", &b)?)),
-            None => Ok(None),
-        }
-    }
-
     /// The change feed after cursor `since` (exclusive; `None` = from the
-    /// oldest retained change), in apply order.
+    /// oldest retained change), in apply order. Changes whose log run has
+    /// been trimmed are skipped.
     pub fn changes(&self, since: Option<u64>, limit: usize) -> Result<Vec<(u64, Change)>> {
-        let prefix = [keys::CHANGE];
-        let from = keys::change(since.map_or(0, |s| s.saturating_add(1)));
+        let start = since.map_or(0, |s| s.saturating_add(1));
+        let prefix = [keys::FEED];
+        let from = match self.kv.last_at_or_before(&prefix, &keys::feed(start))? {
+            Some((k, _)) => k,
+            None => keys::feed(0),
+        };
+        let mut runs = RunCache::default();
         let mut out = Vec::new();
-        for item in self.kv.scan_from(&prefix, &from) {
-            if out.len() >= limit {
-                break;
-            }
+        'records: for item in self.kv.scan_from(&prefix, &from) {
             let (k, v) = item?;
-            let idx = keys::trailing_u64(&k).unwrap_or(0);
-            out.push((idx, codec::decode("change", &v)?));
+            let base = keys::trailing_u64(&k).unwrap_or(0);
+            let items: Vec<FeedItem> = codec::decode("feed", &v)?;
+            for (i, fi) in items.into_iter().enumerate() {
+                let idx = base + i as u64;
+                if idx < start {
+                    continue;
+                }
+                if out.len() >= limit {
+                    break 'records;
+                }
+                let change = match fi {
+                    FeedItem::Sync { key, entry } => Change { key, entry, origin: None },
+                    FeedItem::Delta { origin, seq, key } => match runs.entry(self, &origin, seq)? {
+                        Some(entry) => Change { key, entry, origin: Some((origin, seq)) },
+                        None => continue,
+                    },
+                };
+                out.push((idx, change));
+            }
         }
         Ok(out)
     }
 
     /// The retained deltas of one origin for one key, newest first, with seq
-    /// below `before`. Scans at most `scan_budget` log records, so a busy
-    /// origin cannot make one request expensive.
+    /// below `before`. Looks at most `scan_budget` deltas, so a busy origin
+    /// cannot make one request expensive.
     pub fn key_history(
         &self,
         origin: &NodeId,
@@ -356,23 +399,37 @@ impl Store {
     ) -> Result<Vec<Delta>> {
         let prefix = keys::log_prefix(origin);
         let mut out = Vec::new();
-        let iter = self.kv.scan_prefix(&prefix).rev();
-        for item in iter.take(scan_budget) {
-            if out.len() >= limit {
-                break;
-            }
+        let mut scanned = 0;
+        for item in self.kv.scan_prefix(&prefix).rev() {
             let (k, v) = item?;
-            let seq = keys::trailing_u64(&k).unwrap_or(0);
-            if before.is_some_and(|b| seq >= b) {
-                continue;
-            }
-            if let Some(c) = self.change_at(keys::u64_value(&v).unwrap_or(u64::MAX))? {
-                if c.key == key {
-                    out.push(Delta { origin: origin.clone(), seq, key: c.key, entry: c.entry });
+            let first = keys::trailing_u64(&k).unwrap_or(0);
+            let run: Run = codec::decode("log run", &v)?;
+            for (i, (k, entry)) in run.items.into_iter().enumerate().rev() {
+                let seq = first + i as u64;
+                scanned += 1;
+                if out.len() >= limit || scanned > scan_budget {
+                    return Ok(out);
+                }
+                if k == key && before.is_none_or(|b| seq < b) {
+                    out.push(Delta { origin: origin.clone(), seq, key: k, entry });
                 }
             }
         }
         Ok(out)
+    }
+
+    /// Persists the Merkle leaves so the next open replays nothing. Called on
+    /// close; safe at any time.
+    pub fn checkpoint(&self) -> Result<()> {
+        let mut st = self.lock();
+        if st.poisoned.is_some() || st.dirty_chunks.is_empty() {
+            return Ok(());
+        }
+        let mut batch = backend::WriteBatch::default();
+        write::write_checkpoint(&mut batch, &mut st);
+        self.kv.apply(batch)?;
+        drop(st);
+        self.flush()
     }
 
     pub fn save_peer(&self, id: &NodeId, record: &PeerRecord) -> Result<()> {
@@ -457,15 +514,21 @@ fn load_state(kv: &Kv, config: &StoreConfig) -> Result<State> {
         }
     }
     let mut merkle = MerkleTree::new();
-    for item in kv.scan_prefix(&[keys::LEAF]) {
+    for item in kv.scan_prefix(&[keys::LEAF_CHUNK]) {
         let (k, v) = item?;
-        let bucket = k.get(1..3).and_then(|b| b.try_into().ok()).map(u16::from_be_bytes);
-        let digest: Option<Digest> = v.as_slice().try_into().ok();
-        match (bucket, digest) {
-            (Some(b), Some(d)) => merkle.set_leaf(b, d),
-            _ => return Err(CodecError { what: "merkle leaf", reason: "bad length".into() }.into()),
+        let chunk = k.get(1..3).and_then(|b| b.try_into().ok()).map(u16::from_be_bytes);
+        match chunk {
+            Some(c) if v.len() == 16 * merkle::FANOUT => {
+                for (i, d) in v.chunks_exact(16).enumerate() {
+                    let mut digest: Digest = merkle::ZERO;
+                    digest.copy_from_slice(d);
+                    merkle.set_leaf(c * merkle::FANOUT as u16 + i as u16, digest);
+                }
+            }
+            _ => return Err(CodecError { what: "merkle chunk", reason: "bad length".into() }.into()),
         }
     }
+    let merkle_at = meta_u64(kv, "merkle_at")?.unwrap_or(0);
     let hlc = match kv.get(&keys::meta("hlc"))? {
         Some(v) => Hlc(keys::u64_value(&v).unwrap_or(0)),
         None => Hlc::ZERO,
@@ -475,29 +538,124 @@ fn load_state(kv: &Kv, config: &StoreConfig) -> Result<State> {
         None => Counts::default(),
     };
     let after_last = kv
-        .last_with_prefix(&[keys::CHANGE])?
-        .and_then(|(k, _)| keys::trailing_u64(&k))
-        .map_or(0, |i| i + 1);
-    let recorded = kv
-        .get(&keys::meta("next_change"))?
-        .and_then(|v| keys::u64_value(&v))
+        .last_with_prefix(&[keys::FEED])?
+        .map(|(k, v)| -> Result<u64> {
+            let items: Vec<FeedItem> = codec::decode("feed", &v)?;
+            Ok(keys::trailing_u64(&k).unwrap_or(0) + items.len() as u64)
+        })
+        .transpose()?
         .unwrap_or(0);
-    let next_change = after_last.max(recorded).max(1);
-    let mut sync_feed = VecDeque::new();
-    for item in kv.scan_prefix(&[keys::SYNC_CHANGE]) {
-        let (k, _) = item?;
-        sync_feed.push_back(keys::trailing_u64(&k).unwrap_or(0));
-    }
-    Ok(State {
+    let next_change = after_last.max(meta_u64(kv, "next_change")?.unwrap_or(0)).max(1);
+    let mut state = State {
         clock: Clock::new(hlc, config.max_clock_offset_ms),
         vv,
         merkle,
         next_change,
         log,
         counts,
-        sync_feed,
+        dirty_chunks: BTreeSet::new(),
+        changes_since_checkpoint: 0,
+        merkle_at,
         poisoned: None,
-    })
+    };
+    replay_merkle(kv, &mut state)?;
+    Ok(state)
+}
+
+fn meta_u64(kv: &Kv, name: &str) -> Result<Option<u64>> {
+    Ok(kv.get(&keys::meta(name))?.and_then(|v| keys::u64_value(&v)))
+}
+
+/// Brings the checkpointed Merkle leaves up to date: every bucket touched by
+/// a change after the checkpoint is recomputed from its entries. Costs
+/// O(changes since checkpoint × keys per bucket), bounded by `CHECKPOINT_EVERY`.
+fn replay_merkle(kv: &Kv, st: &mut State) -> Result<()> {
+    if st.merkle_at >= st.next_change {
+        return Ok(());
+    }
+    let mut buckets = BTreeSet::new();
+    let from = match kv.last_at_or_before(&[keys::FEED], &keys::feed(st.merkle_at))? {
+        Some((k, _)) => k,
+        None => keys::feed(0),
+    };
+    for item in kv.scan_from(&[keys::FEED], &from) {
+        let (k, v) = item?;
+        let base = keys::trailing_u64(&k).unwrap_or(0);
+        let items: Vec<FeedItem> = codec::decode("feed", &v)?;
+        for (i, fi) in items.iter().enumerate() {
+            if base + i as u64 >= st.merkle_at {
+                let key = match fi {
+                    FeedItem::Delta { key, .. } | FeedItem::Sync { key, .. } => key,
+                };
+                buckets.insert(merkle::bucket_of(key));
+            }
+        }
+    }
+    for &bucket in &buckets {
+        let mut leaf = merkle::ZERO;
+        for item in kv.scan_prefix(&keys::bucket_prefix(bucket)) {
+            let (k, _) = item?;
+            let Some(key) = keys::suffix_str(&k, 3) else { continue };
+            if let Some(v) = kv.get(&keys::entry(key))? {
+                let e: Entry = codec::decode("entry", &v)?;
+                let d = merkle::item_digest(key, &e.version, e.is_tombstone());
+                for (x, y) in leaf.iter_mut().zip(d) {
+                    *x ^= y;
+                }
+            }
+        }
+        st.merkle.set_leaf(bucket, leaf);
+        st.dirty_chunks.insert(bucket / merkle::FANOUT as u16);
+    }
+    st.changes_since_checkpoint = st.next_change - st.merkle_at;
+    if !buckets.is_empty() {
+        tracing::info!(buckets = buckets.len(), "replayed Merkle leaves after the last checkpoint");
+    }
+    Ok(())
+}
+
+/// Decoded log runs, kept while reading the feed (one run serves many items).
+#[derive(Default)]
+struct RunCache {
+    runs: HashMap<NodeId, (u64, Run)>,
+}
+
+impl RunCache {
+    fn entry(&mut self, store: &Store, origin: &NodeId, seq: u64) -> Result<Option<Entry>> {
+        let hit = |(first, run): &(u64, Run)| {
+            seq.checked_sub(*first).and_then(|i| run.items.get(i as usize)).map(|(_, e)| e.clone())
+        };
+        if let Some(e) = self.runs.get(origin).and_then(hit) {
+            return Ok(Some(e));
+        }
+        let prefix = keys::log_prefix(origin);
+        let Some((k, v)) = store.kv.last_at_or_before(&prefix, &keys::log_run(origin, seq))? else {
+            return Ok(None);
+        };
+        let loaded = (keys::trailing_u64(&k).unwrap_or(0), codec::decode::<Run>("log run", &v)?);
+        let e = hit(&loaded);
+        self.runs.insert(origin.clone(), loaded);
+        Ok(e)
+    }
+}
+
+impl Store {
+    /// Closes without the closing Merkle checkpoint, leaving the directory as
+    /// a crash after the last flush would: for tests of the recovery path.
+    pub fn close_as_if_crashed(self) {
+        self.skip_checkpoint.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.skip_checkpoint.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        if let Err(e) = self.checkpoint() {
+            tracing::warn!(error = %e, "Merkle checkpoint at close failed; the next open replays");
+        }
+    }
 }
 
 /// Exposed for tests and tools that check the Merkle invariant.

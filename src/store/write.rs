@@ -1,6 +1,12 @@
 //! The write path: turns a group of operations into one atomic backend batch
 //! and updates the in-memory derived state to match.
 //!
+//! Cost per group of N writes: N entry records (only for writes that win
+//! LWW), one bucket-index record per new key, and a constant number of group
+//! records (one feed record, one log run and vector entry per origin, meta).
+//! The Merkle leaves are persisted by checkpoint every `CHECKPOINT_EVERY`
+//! changes, not per write; open replays the feed after the checkpoint.
+//!
 //! Every delta is logged, also one that loses LWW, so each origin's stream
 //! stays gap-free and can be served onward. Later operations in a group see
 //! the effects of earlier ones (an overlay of pending entries), so a group is
@@ -9,9 +15,14 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::backend::{Kv, WriteBatch};
-use super::{codec, keys, Change, Result, State, StoreConfig};
-use crate::merkle;
+use super::{codec, keys, FeedItem, Result, Run, State, StoreConfig};
+use crate::merkle::{self, FANOUT};
 use crate::model::{Delta, Entry, Meta, NodeId, Version, VersionVector};
+
+/// Changes between two Merkle checkpoints: bounds the replay at open after a crash.
+pub(super) const CHECKPOINT_EVERY: u64 = 16_384;
+/// Feed records trimmed per group at most, so one group never does a lot of cleanup.
+const MAX_FEED_TRIM: usize = 8;
 
 /// What a local write requires of the key's current state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,10 +69,10 @@ struct Builder<'a> {
     config: &'a StoreConfig,
     batch: WriteBatch,
     pending: HashMap<String, Option<Entry>>,
-    touched_buckets: BTreeSet<u16>,
+    feed: Vec<FeedItem>,
+    /// Deltas logged in this group per origin: first seq and the run.
+    runs: BTreeMap<NodeId, (u64, Run)>,
     touched_vv: BTreeSet<NodeId>,
-    /// Log records added in this group per origin, in seq order: (seq, change idx).
-    new_log: BTreeMap<NodeId, Vec<(u64, u64)>>,
 }
 
 pub(super) fn build(
@@ -78,9 +89,9 @@ pub(super) fn build(
         config,
         batch: WriteBatch::default(),
         pending: HashMap::new(),
-        touched_buckets: BTreeSet::new(),
+        feed: Vec::new(),
+        runs: BTreeMap::new(),
         touched_vv: BTreeSet::new(),
-        new_log: BTreeMap::new(),
     };
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
@@ -127,7 +138,7 @@ impl Builder<'_> {
         let entry = Entry { version: Version { hlc, node: node.clone() }, value, meta };
         let seq = self.st.vv.get(node) + 1;
         let delta = Delta { origin: node.clone(), seq, key, entry };
-        self.log_delta(&delta, cur)?;
+        self.log_delta(&delta, cur);
         Ok(Outcome::Written(delta))
     }
 
@@ -142,28 +153,20 @@ impl Builder<'_> {
         self.st.clock.observe(d.entry.version.hlc);
         let cur = self.current(&d.key)?;
         let won = d.entry.supersedes(cur.as_ref());
-        self.log_delta(&d, cur)?;
+        self.log_delta(&d, cur);
         Ok(Outcome::Applied { won })
     }
 
     /// Logs a delta as the next of its origin, and merges its entry.
-    fn log_delta(&mut self, d: &Delta, cur: Option<Entry>) -> Result<()> {
-        let won = d.entry.supersedes(cur.as_ref());
-        if won {
+    fn log_delta(&mut self, d: &Delta, cur: Option<Entry>) {
+        if d.entry.supersedes(cur.as_ref()) {
             self.set_entry(&d.key, cur, d.entry.clone());
         }
-        let idx = self.next_change();
-        let change = Change {
-            key: d.key.clone(),
-            entry: d.entry.clone(),
-            origin: Some((d.origin.clone(), d.seq)),
-        };
-        self.batch.insert(keys::change(idx), codec::encode(&change));
-        self.batch.insert(keys::log(&d.origin, d.seq), idx.to_be_bytes());
-        self.new_log.entry(d.origin.clone()).or_default().push((d.seq, idx));
+        self.feed.push(FeedItem::Delta { origin: d.origin.clone(), seq: d.seq, key: d.key.clone() });
+        let run = self.runs.entry(d.origin.clone()).or_insert_with(|| (d.seq, Run::default()));
+        run.1.items.push((d.key.clone(), d.entry.clone()));
         self.st.vv.set(d.origin.clone(), d.seq);
         self.touched_vv.insert(d.origin.clone());
-        Ok(())
     }
 
     fn sync_entry(&mut self, key: String, entry: Entry) -> Result<Outcome> {
@@ -173,17 +176,7 @@ impl Builder<'_> {
             return Ok(Outcome::EntryMerged { won: false });
         }
         self.set_entry(&key, cur, entry.clone());
-        let idx = self.next_change();
-        let change = Change { key, entry, origin: None };
-        self.batch.insert(keys::change(idx), codec::encode(&change));
-        self.batch.insert(keys::sync_change(idx), []);
-        self.st.sync_feed.push_back(idx);
-        while self.st.sync_feed.len() as u64 > self.config.log_retention {
-            if let Some(old) = self.st.sync_feed.pop_front() {
-                self.batch.remove(keys::change(old));
-                self.batch.remove(keys::sync_change(old));
-            }
-        }
+        self.feed.push(FeedItem::Sync { key, entry });
         Ok(Outcome::EntryMerged { won: true })
     }
 
@@ -195,12 +188,6 @@ impl Builder<'_> {
             }
         }
         Outcome::VvAdvanced
-    }
-
-    fn next_change(&mut self) -> u64 {
-        let idx = self.st.next_change;
-        self.st.next_change += 1;
-        idx
     }
 
     /// Replaces a key's entry, keeping Merkle leaf, bucket index and counts in step.
@@ -225,25 +212,33 @@ impl Builder<'_> {
         } else {
             self.st.counts.live += 1;
         }
-        self.touched_buckets.insert(bucket);
+        self.st.dirty_chunks.insert(bucket / FANOUT as u16);
         self.batch.insert(keys::entry(key), codec::encode(&new));
         self.pending.insert(key.to_string(), Some(new));
     }
 
-    /// Writes the per-group summaries (leaves, vector, log stats, meta) and
-    /// trims logs beyond retention.
+    /// Writes the group records (feed, runs, vector, meta), trims what is
+    /// beyond retention and checkpoints the Merkle leaves when due.
     fn finish(&mut self) -> Result<()> {
-        for bucket in std::mem::take(&mut self.touched_buckets) {
-            self.batch.insert(keys::leaf(bucket), self.st.merkle.leaf(bucket));
+        if !self.feed.is_empty() {
+            let base = self.st.next_change;
+            self.st.next_change += self.feed.len() as u64;
+            self.st.changes_since_checkpoint += self.feed.len() as u64;
+            self.batch.insert(keys::feed(base), codec::encode(&self.feed));
+        }
+        for (origin, (first, run)) in std::mem::take(&mut self.runs) {
+            self.batch.insert(keys::log_run(&origin, first), codec::encode(&run));
+            self.record_run(&origin, first, run.items.len() as u64)?;
         }
         for origin in std::mem::take(&mut self.touched_vv) {
             self.batch.insert(keys::vv(&origin), self.st.vv.get(&origin).to_be_bytes());
         }
-        for (origin, added) in std::mem::take(&mut self.new_log) {
-            self.trim_and_record(&origin, &added)?;
-        }
         if self.batch.is_empty() {
             return Ok(());
+        }
+        self.trim_feed()?;
+        if self.st.changes_since_checkpoint >= CHECKPOINT_EVERY {
+            write_checkpoint(&mut self.batch, self.st);
         }
         self.batch.insert(keys::meta("hlc"), self.st.clock.last().0.to_be_bytes());
         self.batch.insert(keys::meta("counts"), codec::encode(&self.st.counts));
@@ -251,36 +246,70 @@ impl Builder<'_> {
         Ok(())
     }
 
-    fn trim_and_record(&mut self, origin: &NodeId, added: &[(u64, u64)]) -> Result<()> {
+    /// Updates an origin's log stats for a new run and drops whole old runs
+    /// while the rest still holds `log_retention` deltas (so at least that many
+    /// are kept; the newest run is never dropped).
+    fn record_run(&mut self, origin: &NodeId, first: u64, len: u64) -> Result<()> {
+        let retention = self.config.log_retention.max(1);
         let mut stats = self.st.log.get(origin).copied().unwrap_or_default();
         if stats.len == 0 {
-            stats.first = added.first().map_or(0, |a| a.0);
+            stats.first = first;
         }
-        stats.len += added.len() as u64;
-        stats.last = added.last().map_or(stats.last, |a| a.0);
-        let excess = stats.len.saturating_sub(self.config.log_retention.max(1));
-        if excess > 0 {
-            // Oldest first: what is on disk, then what this group adds.
-            let prefix = keys::log_prefix(origin);
-            let on_disk = self.kv.scan_prefix(&prefix).map(|r| {
-                r.map(|(k, v)| {
-                    (keys::trailing_u64(&k).unwrap_or(0), keys::u64_value(&v).unwrap_or(0))
-                })
-            });
-            let mut all = on_disk.chain(added.iter().map(|a| Ok(*a)));
-            for _ in 0..excess {
-                let Some(item) = all.next() else { break };
-                let (seq, idx) = item?;
-                self.batch.remove(keys::log(origin, seq));
-                self.batch.remove(keys::change(idx));
+        stats.len += len;
+        stats.last = first + len - 1;
+        if stats.len - len >= retention {
+            // Oldest runs first; the new run is not on disk yet, so it stays.
+            let mut new_first = first;
+            for item in self.kv.scan_prefix(&keys::log_prefix(origin)) {
+                let (k, v) = item?;
+                let run_len = codec::decode::<Run>("log run", &v)?.items.len() as u64;
+                if stats.len - run_len < retention {
+                    new_first = keys::trailing_u64(&k).unwrap_or(first);
+                    break;
+                }
+                self.batch.remove(k);
+                stats.len -= run_len;
             }
-            if let Some(next) = all.next() {
-                stats.first = next?.0;
-            }
-            stats.len -= excess;
+            stats.first = new_first;
         }
         self.batch.insert(keys::log_stats(origin), codec::encode(&stats));
         self.st.log.insert(origin.clone(), stats);
         Ok(())
     }
+
+    /// Drops the oldest feed records once the newer ones hold more than the
+    /// feed's retention (`log_retention` per origin), but never past the
+    /// Merkle checkpoint, whose replay needs them.
+    fn trim_feed(&mut self) -> Result<()> {
+        let origins = self.st.log.len().max(1) as u64;
+        let keep = self.config.log_retention.max(1).saturating_mul(origins);
+        let horizon = self.st.next_change.saturating_sub(keep).min(self.st.merkle_at);
+        let mut records = self.kv.scan_prefix(&[keys::FEED]).take(MAX_FEED_TRIM + 1);
+        let Some(first) = records.next() else { return Ok(()) };
+        let mut cur = first?.0;
+        for next in records {
+            let next = next?.0;
+            // `cur` ends where `next` begins.
+            if keys::trailing_u64(&next).unwrap_or(u64::MAX) > horizon {
+                break;
+            }
+            self.batch.remove(&cur);
+            cur = next;
+        }
+        Ok(())
+    }
+}
+
+/// Adds the dirty Merkle leaf chunks and the feed position they cover.
+pub(super) fn write_checkpoint(batch: &mut WriteBatch, st: &mut State) {
+    for chunk in std::mem::take(&mut st.dirty_chunks) {
+        let mut bytes = Vec::with_capacity(16 * FANOUT);
+        for i in 0..FANOUT as u16 {
+            bytes.extend_from_slice(&st.merkle.leaf(chunk * FANOUT as u16 + i));
+        }
+        batch.insert(keys::leaf_chunk(chunk), bytes);
+    }
+    st.merkle_at = st.next_change;
+    st.changes_since_checkpoint = 0;
+    batch.insert(keys::meta("merkle_at"), st.merkle_at.to_be_bytes());
 }
