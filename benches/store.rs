@@ -15,7 +15,14 @@ fn id(s: &str) -> NodeId {
 }
 
 fn open(dir: &std::path::Path) -> Store {
-    Store::open(dir, StoreConfig { node_id: Some(id("bench")), ..StoreConfig::default() }).unwrap()
+    Store::open(
+        dir,
+        StoreConfig {
+            node_id: Some(id("bench")),
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap()
 }
 
 fn deltas(origin: &NodeId, from_seq: u64, n: u64) -> Vec<Op> {
@@ -27,7 +34,10 @@ fn deltas(origin: &NodeId, from_seq: u64, n: u64) -> Vec<Op> {
                 seq,
                 key: format!("sensors/{origin}/s{}", seq % 10_000),
                 entry: Entry {
-                    version: Version { hlc: Hlc::new(1_700_000_000_000 + seq, 0), node: origin.clone() },
+                    version: Version {
+                        hlc: Hlc::new(1_700_000_000_000 + seq, 0),
+                        node: origin.clone(),
+                    },
                     value: Some(format!("{}", seq as f64 * 0.5).into_bytes()),
                     meta: Meta::new(),
                 },
@@ -82,13 +92,19 @@ fn apply_deltas(c: &mut Criterion) {
 
 fn merkle_update(c: &mut Criterion) {
     let mut t = MerkleTree::new();
-    let v = Version { hlc: Hlc(42), node: id("n") };
+    let v = Version {
+        hlc: Hlc(42),
+        node: id("n"),
+    };
     let mut i = 0u64;
     c.bench_function("merkle/update_per_write", |b| {
         b.iter(|| {
             i += 1;
             let key = format!("key{i}");
-            t.toggle(merkle::bucket_of(&key), &merkle::item_digest(&key, &v, false));
+            t.toggle(
+                merkle::bucket_of(&key),
+                &merkle::item_digest(&key, &v, false),
+            );
         })
     });
     c.bench_function("merkle/root_after_1000_writes", |b| {
@@ -97,7 +113,10 @@ fn merkle_update(c: &mut Criterion) {
             for it in 0..iters {
                 for j in 0..1000 {
                     let key = format!("x{j}-{it}-{i}");
-                    t.toggle(merkle::bucket_of(&key), &merkle::item_digest(&key, &v, false));
+                    t.toggle(
+                        merkle::bucket_of(&key),
+                        &merkle::item_digest(&key, &v, false),
+                    );
                 }
                 let start = Instant::now();
                 std::hint::black_box(t.root());
@@ -111,7 +130,10 @@ fn merkle_update(c: &mut Criterion) {
 /// Restart time: open a directory holding `HUB_BENCH_KEYS` (default 1,000,000)
 /// entries and read the Merkle root (what a node needs before serving).
 fn restart(c: &mut Criterion) {
-    let n: u64 = std::env::var("HUB_BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
+    let n: u64 = std::env::var("HUB_BENCH_KEYS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     {
         let store = open(dir.path());

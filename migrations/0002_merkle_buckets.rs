@@ -16,7 +16,10 @@ pub(super) fn up(kv: &Kv, batch: &mut WriteBatch) -> Result<(), String> {
         let key = keys::suffix_str(&k, 1).ok_or("entry key is not UTF-8")?;
         let entry: Entry = codec::decode("entry", &v).map_err(|e| e.to_string())?;
         let bucket = merkle::bucket_of(key);
-        tree.toggle(bucket, &merkle::item_digest(key, &entry.version, entry.is_tombstone()));
+        tree.toggle(
+            bucket,
+            &merkle::item_digest(key, &entry.version, entry.is_tombstone()),
+        );
         touched.insert(bucket);
         batch.insert(keys::bucket_member(bucket, key), []);
         if entry.is_tombstone() {

@@ -29,7 +29,9 @@ pub const FANOUT: usize = 16;
 pub const LEAF_LEVEL: u8 = 4;
 
 /// A node of the tree: `index` runs over `FANOUT^level` nodes at `level`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 pub struct NodeRef {
     pub level: u8,
     pub index: u32,
@@ -49,7 +51,10 @@ impl NodeRef {
         }
         let base = self.index * FANOUT as u32;
         let level = self.level + 1;
-        Some((0..FANOUT as u32).map(move |i| NodeRef { level, index: base + i }))
+        Some((0..FANOUT as u32).map(move |i| NodeRef {
+            level,
+            index: base + i,
+        }))
     }
 
     pub fn is_valid(self) -> bool {
@@ -110,8 +115,14 @@ impl MerkleTree {
         let levels: Vec<Vec<Digest>> = (0..=LEAF_LEVEL as u32)
             .map(|l| vec![ZERO; FANOUT.pow(l)])
             .collect();
-        let dirty = (0..LEAF_LEVEL as u32).map(|l| vec![false; FANOUT.pow(l)]).collect();
-        MerkleTree { levels, dirty, any_dirty: false }
+        let dirty = (0..LEAF_LEVEL as u32)
+            .map(|l| vec![false; FANOUT.pow(l)])
+            .collect();
+        MerkleTree {
+            levels,
+            dirty,
+            any_dirty: false,
+        }
     }
 
     /// Adds or removes an item (XOR is its own inverse).
@@ -182,12 +193,19 @@ impl MerkleTree {
     pub fn children(&mut self, node: NodeRef) -> Option<Vec<Digest>> {
         let kids: Vec<NodeRef> = node.children()?.collect();
         self.refresh();
-        Some(kids.iter().map(|k| self.levels[k.level as usize][k.index as usize]).collect())
+        Some(
+            kids.iter()
+                .map(|k| self.levels[k.level as usize][k.index as usize])
+                .collect(),
+        )
     }
 
     /// Number of non-empty leaves: a cheap occupancy figure for introspection.
     pub fn occupied_leaves(&self) -> usize {
-        self.levels[LEAF_LEVEL as usize].iter().filter(|d| **d != ZERO).count()
+        self.levels[LEAF_LEVEL as usize]
+            .iter()
+            .filter(|d| **d != ZERO)
+            .count()
     }
 }
 
@@ -206,7 +224,10 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn version(h: u64) -> Version {
-        Version { hlc: Hlc(h), node: NodeId::new("n").unwrap() }
+        Version {
+            hlc: Hlc(h),
+            node: NodeId::new("n").unwrap(),
+        }
     }
 
     /// Builds a tree from final state only.
@@ -259,14 +280,26 @@ mod tests {
 
     #[test]
     fn tombstone_differs_from_value_with_same_version() {
-        assert_ne!(item_digest("a", &version(1), false), item_digest("a", &version(1), true));
+        assert_ne!(
+            item_digest("a", &version(1), false),
+            item_digest("a", &version(1), true)
+        );
     }
 
     #[test]
     fn node_refs_reject_out_of_range() {
         assert!(NodeRef { level: 5, index: 0 }.children().is_none());
-        assert!(NodeRef { level: 1, index: 16 }.children().is_none());
-        assert!(!NodeRef { level: 4, index: 65_536 }.is_valid());
+        assert!(NodeRef {
+            level: 1,
+            index: 16
+        }
+        .children()
+        .is_none());
+        assert!(!NodeRef {
+            level: 4,
+            index: 65_536
+        }
+        .is_valid());
         assert_eq!(leaf_range(NodeRef::ROOT), 0..=u16::MAX);
         assert_eq!(leaf_range(NodeRef { level: 3, index: 2 }), 32..=47);
     }

@@ -13,15 +13,32 @@ fn id(s: &str) -> NodeId {
 }
 
 fn open(dir: &Path, node: &str) -> Store {
-    Store::open(dir, StoreConfig { node_id: Some(id(node)), ..StoreConfig::default() }).unwrap()
+    Store::open(
+        dir,
+        StoreConfig {
+            node_id: Some(id(node)),
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap()
 }
 
 fn put(key: &str, value: &str) -> Op {
-    Op::Local { key: key.into(), value: Some(value.into()), meta: Meta::new(), cond: Condition::Always }
+    Op::Local {
+        key: key.into(),
+        value: Some(value.into()),
+        meta: Meta::new(),
+        cond: Condition::Always,
+    }
 }
 
 fn del(key: &str) -> Op {
-    Op::Local { key: key.into(), value: None, meta: Meta::new(), cond: Condition::IfPresent }
+    Op::Local {
+        key: key.into(),
+        value: None,
+        meta: Meta::new(),
+        cond: Condition::IfPresent,
+    }
 }
 
 fn commit(s: &Store, ops: Vec<Op>) -> Vec<Outcome> {
@@ -31,7 +48,10 @@ fn commit(s: &Store, ops: Vec<Op>) -> Vec<Outcome> {
 }
 
 fn value(s: &Store, key: &str) -> Option<String> {
-    s.get(key).unwrap().and_then(|e| e.value).map(|v| String::from_utf8(v).unwrap())
+    s.get(key)
+        .unwrap()
+        .and_then(|e| e.value)
+        .map(|v| String::from_utf8(v).unwrap())
 }
 
 fn written(o: &Outcome) -> Delta {
@@ -91,18 +111,37 @@ fn conditional_writes_check_the_current_state() {
         meta: Meta::new(),
         cond: Condition::IfAbsent,
     };
-    let out = commit(&s, vec![create("k"), create("k"), del("missing"), del("k"), create("k")]);
+    let out = commit(
+        &s,
+        vec![
+            create("k"),
+            create("k"),
+            del("missing"),
+            del("k"),
+            create("k"),
+        ],
+    );
     assert!(matches!(out[0], Outcome::Written(_)));
     assert_eq!(out[1], Outcome::Conflict);
     assert_eq!(out[2], Outcome::NotFound);
     assert!(matches!(out[3], Outcome::Written(_)));
-    assert!(matches!(out[4], Outcome::Written(_)), "a deleted key can be created again");
+    assert!(
+        matches!(out[4], Outcome::Written(_)),
+        "a deleted key can be created again"
+    );
     // Rejected writes consume no seq: the origin's stream stays gap-free.
     assert_eq!(s.version_vector().get(&id("a")), 3);
 }
 
 fn entry(hlc: u64, node: &str, v: Option<&str>) -> Entry {
-    Entry { version: Version { hlc: Hlc(hlc), node: id(node) }, value: v.map(Into::into), meta: Meta::new() }
+    Entry {
+        version: Version {
+            hlc: Hlc(hlc),
+            node: id(node),
+        },
+        value: v.map(Into::into),
+        meta: Meta::new(),
+    }
 }
 
 #[test]
@@ -115,7 +154,13 @@ fn deltas_must_arrive_in_seq_order_and_duplicates_are_ignored() {
         key: key.into(),
         entry: entry(hlc, "b", Some("x")),
     };
-    let out = commit(&s, vec![d(2, "k", 20), d(1, "k", 10), d(1, "k", 10), d(2, "k", 20)].into_iter().map(Op::Delta).collect());
+    let out = commit(
+        &s,
+        vec![d(2, "k", 20), d(1, "k", 10), d(1, "k", 10), d(2, "k", 20)]
+            .into_iter()
+            .map(Op::Delta)
+            .collect(),
+    );
     assert_eq!(out[0], Outcome::Gap { expected: 1 });
     assert_eq!(out[1], Outcome::Applied { won: true });
     assert_eq!(out[2], Outcome::Duplicate);
@@ -126,7 +171,9 @@ fn deltas_must_arrive_in_seq_order_and_duplicates_are_ignored() {
     assert_eq!(out[0], Outcome::Applied { won: false });
     assert_eq!(s.get("k").unwrap().unwrap().version.hlc, Hlc(20));
     match s.deltas_after(&id("b"), 0, 10).unwrap() {
-        LogRead::Deltas(ds) => assert_eq!(ds.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2, 3]),
+        LogRead::Deltas(ds) => {
+            assert_eq!(ds.iter().map(|d| d.seq).collect::<Vec<_>>(), vec![1, 2, 3])
+        }
         other => panic!("{other:?}"),
     }
     // Received clocks advance ours.
@@ -136,7 +183,11 @@ fn deltas_must_arrive_in_seq_order_and_duplicates_are_ignored() {
 #[test]
 fn log_retention_trims_old_deltas_without_touching_the_version_vector() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { node_id: Some(id("a")), log_retention: 10, ..StoreConfig::default() };
+    let cfg = StoreConfig {
+        node_id: Some(id("a")),
+        log_retention: 10,
+        ..StoreConfig::default()
+    };
     let s = Store::open(dir.path(), cfg.clone()).unwrap();
     commit(&s, (0..25).map(|i| put(&format!("k{i}"), "x")).collect());
     for i in 25..40 {
@@ -145,12 +196,18 @@ fn log_retention_trims_old_deltas_without_touching_the_version_vector() {
     assert_eq!(s.version_vector().get(&id("a")), 40);
     let stats = s.log_stats()[&id("a")];
     assert_eq!((stats.first, stats.last, stats.len), (31, 40, 10));
-    assert_eq!(s.deltas_after(&id("a"), 5, 100).unwrap(), LogRead::Unavailable { first_retained: 31 });
+    assert_eq!(
+        s.deltas_after(&id("a"), 5, 100).unwrap(),
+        LogRead::Unavailable { first_retained: 31 }
+    );
     match s.deltas_after(&id("a"), 30, 100).unwrap() {
         LogRead::Deltas(ds) => assert_eq!(ds.len(), 10),
         other => panic!("{other:?}"),
     }
-    assert_eq!(s.deltas_after(&id("a"), 40, 100).unwrap(), LogRead::Deltas(vec![]));
+    assert_eq!(
+        s.deltas_after(&id("a"), 40, 100).unwrap(),
+        LogRead::Deltas(vec![])
+    );
     // The feed is trimmed with the log; every entry is still there.
     assert_eq!(s.changes(None, 100).unwrap().len(), 10);
     assert_eq!(s.scan("", None, 100).unwrap().len(), 40);
@@ -166,21 +223,55 @@ fn merkle_root_of_real_store_equals_rebuilt_and_is_order_independent() {
     let s1 = open(d1.path(), "a");
     let s2 = open(d2.path(), "b");
     let entries: Vec<(String, Entry)> = (0..500u64)
-        .map(|i| (format!("key{}", i % 200), entry(1000 + i, if i % 2 == 0 { "x" } else { "y" }, if i % 7 == 0 { None } else { Some("v") })))
+        .map(|i| {
+            (
+                format!("key{}", i % 200),
+                entry(
+                    1000 + i,
+                    if i % 2 == 0 { "x" } else { "y" },
+                    if i % 7 == 0 { None } else { Some("v") },
+                ),
+            )
+        })
         .collect();
     for chunk in entries.chunks(37) {
-        commit(&s1, chunk.iter().map(|(k, e)| Op::Entry { key: k.clone(), entry: e.clone() }).collect());
+        commit(
+            &s1,
+            chunk
+                .iter()
+                .map(|(k, e)| Op::Entry {
+                    key: k.clone(),
+                    entry: e.clone(),
+                })
+                .collect(),
+        );
         let _ = s1.merkle_root(); // reads interleaved with writes
     }
     for (k, e) in entries.iter().rev() {
-        s2.apply(vec![Op::Entry { key: k.clone(), entry: e.clone() }], 0).unwrap();
+        s2.apply(
+            vec![Op::Entry {
+                key: k.clone(),
+                entry: e.clone(),
+            }],
+            0,
+        )
+        .unwrap();
     }
     s2.flush().unwrap();
     assert_eq!(s1.merkle_root(), s2.merkle_root());
     assert_eq!(store::rebuild_merkle_root(&s1).unwrap(), s1.merkle_root());
-    assert_eq!(s1.scan("", None, 1000).unwrap(), s2.scan("", None, 1000).unwrap());
+    assert_eq!(
+        s1.scan("", None, 1000).unwrap(),
+        s2.scan("", None, 1000).unwrap()
+    );
     // One differing key shows up along exactly one root-to-leaf path.
-    commit(&s2, vec![Op::Entry { key: "key5".into(), entry: entry(99_999, "y", Some("new")) }]);
+    commit(
+        &s2,
+        vec![Op::Entry {
+            key: "key5".into(),
+            entry: entry(99_999, "y", Some("new")),
+        }],
+    );
     let bucket = merkle::bucket_of("key5");
     let mut node = NodeRef::ROOT;
     while !node.is_leaf() {
@@ -191,7 +282,12 @@ fn merkle_root_of_real_store_equals_rebuilt_and_is_order_independent() {
         node = node.children().unwrap().nth(diff[0]).unwrap();
     }
     assert_eq!(node.index, bucket as u32);
-    let keys: Vec<String> = s2.bucket_versions(bucket).unwrap().into_iter().map(|(k, _, _)| k).collect();
+    let keys: Vec<String> = s2
+        .bucket_versions(bucket)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _, _)| k)
+        .collect();
     assert!(keys.contains(&"key5".to_string()));
 }
 
@@ -210,14 +306,25 @@ fn advancing_the_version_vector_is_persistent_and_never_lowers_it() {
     let s = open(dir.path(), "a");
     assert_eq!(s.version_vector().get(&id("b")), 50);
     // Delta 51 is the next one; the log of b has no record of 1..=50.
-    assert_eq!(s.deltas_after(&id("b"), 10, 10).unwrap(), LogRead::Unavailable { first_retained: 0 });
+    assert_eq!(
+        s.deltas_after(&id("b"), 10, 10).unwrap(),
+        LogRead::Unavailable { first_retained: 0 }
+    );
 }
 
 #[test]
 fn directory_of_another_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), "a"));
-    let err = Store::open(dir.path(), StoreConfig { node_id: Some(id("b")), ..StoreConfig::default() }).err().unwrap();
+    let err = Store::open(
+        dir.path(),
+        StoreConfig {
+            node_id: Some(id("b")),
+            ..StoreConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
     assert!(matches!(err, StoreError::WrongNode { .. }), "{err}");
 }
 
@@ -233,7 +340,10 @@ fn second_open_of_a_locked_directory_says_it_is_locked() {
 fn missing_directory_is_not_created_by_inspection() {
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("nope");
-    assert!(matches!(Store::open_existing(&missing, 1 << 20), Err(StoreError::Missing(_))));
+    assert!(matches!(
+        Store::open_existing(&missing, 1 << 20),
+        Err(StoreError::Missing(_))
+    ));
     assert!(!missing.exists());
 }
 
@@ -246,7 +356,11 @@ fn write_schema1_fixture(dir: &Path, entries: &BTreeMap<String, Entry>) {
     for (k, e) in entries {
         let mut key = b"e".to_vec();
         key.extend_from_slice(k.as_bytes());
-        db.insert(key, bincode::serde::encode_to_vec(e, bincode::config::standard()).unwrap()).unwrap();
+        db.insert(
+            key,
+            bincode::serde::encode_to_vec(e, bincode::config::standard()).unwrap(),
+        )
+        .unwrap();
     }
     db.flush().unwrap();
 }
@@ -256,10 +370,20 @@ fn schema_1_directory_is_migrated_at_open() {
     let dir = tempfile::tempdir().unwrap();
     let mut entries = BTreeMap::new();
     for i in 0..300u64 {
-        entries.insert(format!("k{i}"), entry(i + 1, "old", if i % 10 == 0 { None } else { Some("v") }));
+        entries.insert(
+            format!("k{i}"),
+            entry(i + 1, "old", if i % 10 == 0 { None } else { Some("v") }),
+        );
     }
     write_schema1_fixture(dir.path(), &entries);
-    let s = Store::open(dir.path(), StoreConfig { node_id: Some(id("old")), ..StoreConfig::default() }).unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreConfig {
+            node_id: Some(id("old")),
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
     let summary = s.summary().unwrap();
     assert_eq!(summary.schema_version, store::SCHEMA_VERSION);
     assert_eq!((summary.entries, summary.tombstones), (270, 30));
@@ -267,13 +391,33 @@ fn schema_1_directory_is_migrated_at_open() {
     // The same entries in a fresh store give the same root.
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = open(fresh_dir.path(), "new");
-    commit(&fresh, entries.iter().map(|(k, e)| Op::Entry { key: k.clone(), entry: e.clone() }).collect());
+    commit(
+        &fresh,
+        entries
+            .iter()
+            .map(|(k, e)| Op::Entry {
+                key: k.clone(),
+                entry: e.clone(),
+            })
+            .collect(),
+    );
     assert_eq!(fresh.merkle_root(), s.merkle_root());
     let b = merkle::bucket_of("k7");
-    assert!(s.bucket_versions(b).unwrap().iter().any(|(k, _, _)| k == "k7"));
+    assert!(s
+        .bucket_versions(b)
+        .unwrap()
+        .iter()
+        .any(|(k, _, _)| k == "k7"));
     drop(s);
     // Reopening does not migrate again and keeps everything.
-    let s = Store::open(dir.path(), StoreConfig { node_id: Some(id("old")), ..StoreConfig::default() }).unwrap();
+    let s = Store::open(
+        dir.path(),
+        StoreConfig {
+            node_id: Some(id("old")),
+            ..StoreConfig::default()
+        },
+    )
+    .unwrap();
     assert_eq!(s.summary().unwrap().entries, 270);
 }
 
@@ -285,8 +429,19 @@ fn directory_from_a_newer_binary_is_refused() {
         db.insert(b"mschema_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(dir.path(), StoreConfig { node_id: Some(id("a")), ..StoreConfig::default() }).err().unwrap();
-    assert!(matches!(err, StoreError::SchemaTooNew { found: 99, .. }), "{err}");
+    let err = Store::open(
+        dir.path(),
+        StoreConfig {
+            node_id: Some(id("a")),
+            ..StoreConfig::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -296,7 +451,12 @@ fn merkle_leaves_are_recovered_after_a_crash_between_checkpoints() {
         let s = open(dir.path(), "a");
         // More than one checkpoint interval, then a tail after the last one.
         for g in 0..45u64 {
-            commit(&s, (0..500).map(|i| put(&format!("k{}", (g * 500 + i) % 15_000), &g.to_string())).collect());
+            commit(
+                &s,
+                (0..500)
+                    .map(|i| put(&format!("k{}", (g * 500 + i) % 15_000), &g.to_string()))
+                    .collect(),
+            );
         }
         commit(&s, vec![del("k3"), del("k4")]);
         let root = s.merkle_root();
@@ -313,13 +473,21 @@ fn merkle_leaves_are_recovered_after_a_crash_between_checkpoints() {
 #[test]
 fn change_feed_is_trimmed_to_retention_and_reads_stay_consistent() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = StoreConfig { node_id: Some(id("a")), log_retention: 50, ..StoreConfig::default() };
+    let cfg = StoreConfig {
+        node_id: Some(id("a")),
+        log_retention: 50,
+        ..StoreConfig::default()
+    };
     let s = Store::open(dir.path(), cfg).unwrap();
     for i in 0..300 {
         commit(&s, vec![put(&format!("k{}", i % 40), &i.to_string())]);
     }
     let feed = s.changes(None, 10_000).unwrap();
-    assert!(feed.len() >= 50 && feed.len() <= 60, "feed holds {}", feed.len());
+    assert!(
+        feed.len() >= 50 && feed.len() <= 60,
+        "feed holds {}",
+        feed.len()
+    );
     let (last_idx, last) = feed.last().unwrap();
     assert_eq!(last.origin.as_ref().unwrap().1, 300);
     assert_eq!(*last_idx, 300);

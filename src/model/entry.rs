@@ -62,7 +62,10 @@ mod tests {
 
     fn entry(hlc: u64, node: &str, value: Option<u8>) -> Entry {
         Entry {
-            version: Version { hlc: Hlc(hlc), node: NodeId::new(node).unwrap() },
+            version: Version {
+                hlc: Hlc(hlc),
+                node: NodeId::new(node).unwrap(),
+            },
             value: value.map(|v| vec![v]),
             meta: Meta::new(),
         }
@@ -80,7 +83,12 @@ mod tests {
     }
 
     fn arb_entry() -> impl Strategy<Value = (u8, Entry)> {
-        (0u8..6, 0u64..20, prop::sample::select(vec!["a", "b", "c"]), prop::option::of(any::<u8>()))
+        (
+            0u8..6,
+            0u64..20,
+            prop::sample::select(vec!["a", "b", "c"]),
+            prop::option::of(any::<u8>()),
+        )
             .prop_map(|(k, h, n, v)| {
                 // Equal versions must be the same write, as they are in the system.
                 let v = v.map(|_| (h as u8) ^ n.as_bytes()[0]);

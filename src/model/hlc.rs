@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 const LOGICAL_BITS: u32 = 16;
 const LOGICAL_MASK: u64 = (1 << LOGICAL_BITS) - 1;
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Hlc(pub u64);
 
 impl Hlc {
@@ -113,7 +115,10 @@ mod tests {
         assert!(c.check(Hlc::new(10_400, 0), 10_000).is_ok());
         assert_eq!(
             c.check(Hlc::new(10_600, 0), 10_000),
-            Err(ClockError::TooFarAhead { ahead_ms: 600, max_offset_ms: 500 })
+            Err(ClockError::TooFarAhead {
+                ahead_ms: 600,
+                max_offset_ms: 500
+            })
         );
     }
 

@@ -35,7 +35,10 @@ mod tests {
         assert!(validate_key("sensors/n1/temp").is_ok());
         assert!(validate_key("ключ").is_ok());
         assert_eq!(validate_key(""), Err(KeyError::Empty));
-        assert_eq!(validate_key(&"k".repeat(1025)), Err(KeyError::TooLong(1025)));
+        assert_eq!(
+            validate_key(&"k".repeat(1025)),
+            Err(KeyError::TooLong(1025))
+        );
         assert!(validate_key(&"k".repeat(1024)).is_ok());
         assert_eq!(validate_key("a\nb"), Err(KeyError::ControlChar(1)));
     }

@@ -84,7 +84,9 @@ impl Kv {
             .open()
             .map_err(|e| match e {
                 sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
-                    BackendError::Locked { path: dir.display().to_string() }
+                    BackendError::Locked {
+                        path: dir.display().to_string(),
+                    }
                 }
                 other => other.into(),
             })?;
@@ -129,7 +131,11 @@ impl Kv {
     }
 
     /// The greatest key `<= key` that starts with `prefix`.
-    pub fn last_at_or_before(&self, prefix: &[u8], key: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    pub fn last_at_or_before(
+        &self,
+        prefix: &[u8],
+        key: &[u8],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         match self.db.range(..=key.to_vec()).next_back() {
             Some(Ok((k, v))) if k.starts_with(prefix) => Ok(Some((k.to_vec(), v.to_vec()))),
             Some(Err(e)) => Err(e.into()),

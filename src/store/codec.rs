@@ -25,6 +25,9 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
             what,
             reason: format!("{} trailing bytes", bytes.len() - used),
         }),
-        Err(e) => Err(CodecError { what, reason: e.to_string() }),
+        Err(e) => Err(CodecError {
+            what,
+            reason: e.to_string(),
+        }),
     }
 }

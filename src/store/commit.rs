@@ -51,7 +51,9 @@ pub enum CommitError {
 }
 
 pub fn wall_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Receives the deltas of each durable group.
@@ -74,7 +76,10 @@ impl Committer {
     /// Applies `ops` atomically and durably; resolves after the flush.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, CommitError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Job { ops, reply }).await.map_err(|_| CommitError::Stopped)?;
+        self.tx
+            .send(Job { ops, reply })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
         Ok(rx.await.map_err(|_| CommitError::Stopped)??)
     }
 
@@ -83,7 +88,12 @@ impl Committer {
     }
 }
 
-fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, sink: Option<DeltaSink>, stats: Arc<CommitStats>) {
+fn run(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<Job>,
+    sink: Option<DeltaSink>,
+    stats: Arc<CommitStats>,
+) {
     use std::sync::atomic::Ordering::Relaxed;
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
@@ -152,4 +162,3 @@ fn run(store: Arc<Store>, mut rx: mpsc::Receiver<Job>, sink: Option<DeltaSink>, 
         }
     }
 }
-

@@ -78,8 +78,15 @@ pub(crate) struct Run {
 /// their content lives once, in the origin's log run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum FeedItem {
-    Delta { origin: NodeId, seq: u64, key: String },
-    Sync { key: String, entry: Entry },
+    Delta {
+        origin: NodeId,
+        seq: u64,
+        key: String,
+    },
+    Sync {
+        key: String,
+        entry: Entry,
+    },
 }
 
 /// Which deltas of one origin a node still holds.
@@ -169,7 +176,10 @@ impl Store {
                 configured.clone()
             }
             (Some(stored), None) => NodeId::new(String::from_utf8_lossy(&stored).to_string())
-                .map_err(|e| CodecError { what: "node id", reason: e.to_string() })?,
+                .map_err(|e| CodecError {
+                    what: "node id",
+                    reason: e.to_string(),
+                })?,
             (None, Some(configured)) => {
                 let mut b = backend::WriteBatch::default();
                 b.insert(keys::meta("node_id"), configured.as_str());
@@ -195,7 +205,13 @@ impl Store {
         if !dir.join("conf").exists() {
             return Err(StoreError::Missing(dir.display().to_string()));
         }
-        Store::open(dir, StoreConfig { cache_bytes, ..StoreConfig::default() })
+        Store::open(
+            dir,
+            StoreConfig {
+                cache_bytes,
+                ..StoreConfig::default()
+            },
+        )
     }
 
     pub fn node_id(&self) -> &NodeId {
@@ -230,7 +246,12 @@ impl Store {
 
     /// Entries (tombstones included) whose key starts with `prefix`, after
     /// `after` (exclusive), in key order.
-    pub fn scan(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<(String, Entry)>> {
+    pub fn scan(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, Entry)>> {
         let p = keys::entry(prefix);
         let from = match after {
             Some(a) if a >= prefix => {
@@ -247,7 +268,10 @@ impl Store {
             }
             let (k, v) = item?;
             let key = keys::suffix_str(&k, 1)
-                .ok_or_else(|| CodecError { what: "entry key", reason: "not UTF-8".into() })?
+                .ok_or_else(|| CodecError {
+                    what: "entry key",
+                    reason: "not UTF-8".into(),
+                })?
                 .to_string();
             out.push((key, codec::decode("entry", &v)?));
         }
@@ -271,7 +295,11 @@ impl Store {
         self.lock().clock.observe(remote);
     }
 
-    pub fn check_clock(&self, remote: Hlc, wall_ms: u64) -> std::result::Result<(), crate::model::ClockError> {
+    pub fn check_clock(
+        &self,
+        remote: Hlc,
+        wall_ms: u64,
+    ) -> std::result::Result<(), crate::model::ClockError> {
         self.lock().clock.check(remote, wall_ms)
     }
 
@@ -293,8 +321,10 @@ impl Store {
         let mut out = Vec::new();
         for item in self.kv.scan_prefix(&prefix) {
             let (k, _) = item?;
-            let key = keys::suffix_str(&k, 3)
-                .ok_or_else(|| CodecError { what: "bucket key", reason: "not UTF-8".into() })?;
+            let key = keys::suffix_str(&k, 3).ok_or_else(|| CodecError {
+                what: "bucket key",
+                reason: "not UTF-8".into(),
+            })?;
             if let Some(e) = self.get(key)? {
                 let tomb = e.is_tombstone();
                 out.push((key.to_string(), e.version, tomb));
@@ -316,15 +346,23 @@ impl Store {
     pub fn deltas_after(&self, origin: &NodeId, after: u64, limit: usize) -> Result<LogRead> {
         let (known, stats) = {
             let st = self.lock();
-            (st.vv.get(origin), st.log.get(origin).copied().unwrap_or_default())
+            (
+                st.vv.get(origin),
+                st.log.get(origin).copied().unwrap_or_default(),
+            )
         };
         if after >= known {
             return Ok(LogRead::Deltas(Vec::new()));
         }
-        let unavailable = LogRead::Unavailable { first_retained: stats.first };
+        let unavailable = LogRead::Unavailable {
+            first_retained: stats.first,
+        };
         let prefix = keys::log_prefix(origin);
         let mut expect = after + 1;
-        let Some((start_key, _)) = self.kv.last_at_or_before(&prefix, &keys::log_run(origin, expect))? else {
+        let Some((start_key, _)) = self
+            .kv
+            .last_at_or_before(&prefix, &keys::log_run(origin, expect))?
+        else {
             return Ok(unavailable);
         };
         let mut out = Vec::new();
@@ -336,7 +374,12 @@ impl Store {
                 break; // a gap: the log does not hold `expect`
             }
             for (key, entry) in run.items.into_iter().skip((expect - first) as usize) {
-                out.push(Delta { origin: origin.clone(), seq: expect, key, entry });
+                out.push(Delta {
+                    origin: origin.clone(),
+                    seq: expect,
+                    key,
+                    entry,
+                });
                 expect += 1;
             }
             if out.len() >= limit {
@@ -374,9 +417,17 @@ impl Store {
                     break 'records;
                 }
                 let change = match fi {
-                    FeedItem::Sync { key, entry } => Change { key, entry, origin: None },
+                    FeedItem::Sync { key, entry } => Change {
+                        key,
+                        entry,
+                        origin: None,
+                    },
                     FeedItem::Delta { origin, seq, key } => match runs.entry(self, &origin, seq)? {
-                        Some(entry) => Change { key, entry, origin: Some((origin, seq)) },
+                        Some(entry) => Change {
+                            key,
+                            entry,
+                            origin: Some((origin, seq)),
+                        },
                         None => continue,
                     },
                 };
@@ -411,7 +462,12 @@ impl Store {
                     return Ok(out);
                 }
                 if k == key && before.is_none_or(|b| seq < b) {
-                    out.push(Delta { origin: origin.clone(), seq, key: k, entry });
+                    out.push(Delta {
+                        origin: origin.clone(),
+                        seq,
+                        key: k,
+                        entry,
+                    });
                 }
             }
         }
@@ -484,7 +540,8 @@ impl Store {
         if let Some(reason) = &st.poisoned {
             return Err(StoreError::Poisoned(reason.clone()));
         }
-        let (batch, outcomes) = write::build(&self.kv, &self.node_id, &self.config, &mut st, ops, wall_ms)?;
+        let (batch, outcomes) =
+            write::build(&self.kv, &self.node_id, &self.config, &mut st, ops, wall_ms)?;
         if let Err(e) = self.kv.apply(batch) {
             // In-memory state already moved ahead of disk; refuse further
             // writes until a restart reloads the truth from disk.
@@ -516,7 +573,10 @@ fn load_state(kv: &Kv, config: &StoreConfig) -> Result<State> {
     let mut merkle = MerkleTree::new();
     for item in kv.scan_prefix(&[keys::LEAF_CHUNK]) {
         let (k, v) = item?;
-        let chunk = k.get(1..3).and_then(|b| b.try_into().ok()).map(u16::from_be_bytes);
+        let chunk = k
+            .get(1..3)
+            .and_then(|b| b.try_into().ok())
+            .map(u16::from_be_bytes);
         match chunk {
             Some(c) if v.len() == 16 * merkle::FANOUT => {
                 for (i, d) in v.chunks_exact(16).enumerate() {
@@ -525,7 +585,13 @@ fn load_state(kv: &Kv, config: &StoreConfig) -> Result<State> {
                     merkle.set_leaf(c * merkle::FANOUT as u16 + i as u16, digest);
                 }
             }
-            _ => return Err(CodecError { what: "merkle chunk", reason: "bad length".into() }.into()),
+            _ => {
+                return Err(CodecError {
+                    what: "merkle chunk",
+                    reason: "bad length".into(),
+                }
+                .into())
+            }
         }
     }
     let merkle_at = meta_u64(kv, "merkle_at")?.unwrap_or(0);
@@ -545,7 +611,9 @@ fn load_state(kv: &Kv, config: &StoreConfig) -> Result<State> {
         })
         .transpose()?
         .unwrap_or(0);
-    let next_change = after_last.max(meta_u64(kv, "next_change")?.unwrap_or(0)).max(1);
+    let next_change = after_last
+        .max(meta_u64(kv, "next_change")?.unwrap_or(0))
+        .max(1);
     let mut state = State {
         clock: Clock::new(hlc, config.max_clock_offset_ms),
         vv,
@@ -595,7 +663,9 @@ fn replay_merkle(kv: &Kv, st: &mut State) -> Result<()> {
         let mut leaf = merkle::ZERO;
         for item in kv.scan_prefix(&keys::bucket_prefix(bucket)) {
             let (k, _) = item?;
-            let Some(key) = keys::suffix_str(&k, 3) else { continue };
+            let Some(key) = keys::suffix_str(&k, 3) else {
+                continue;
+            };
             if let Some(v) = kv.get(&keys::entry(key))? {
                 let e: Entry = codec::decode("entry", &v)?;
                 let d = merkle::item_digest(key, &e.version, e.is_tombstone());
@@ -609,7 +679,10 @@ fn replay_merkle(kv: &Kv, st: &mut State) -> Result<()> {
     }
     st.changes_since_checkpoint = st.next_change - st.merkle_at;
     if !buckets.is_empty() {
-        tracing::info!(buckets = buckets.len(), "replayed Merkle leaves after the last checkpoint");
+        tracing::info!(
+            buckets = buckets.len(),
+            "replayed Merkle leaves after the last checkpoint"
+        );
     }
     Ok(())
 }
@@ -623,16 +696,24 @@ struct RunCache {
 impl RunCache {
     fn entry(&mut self, store: &Store, origin: &NodeId, seq: u64) -> Result<Option<Entry>> {
         let hit = |(first, run): &(u64, Run)| {
-            seq.checked_sub(*first).and_then(|i| run.items.get(i as usize)).map(|(_, e)| e.clone())
+            seq.checked_sub(*first)
+                .and_then(|i| run.items.get(i as usize))
+                .map(|(_, e)| e.clone())
         };
         if let Some(e) = self.runs.get(origin).and_then(hit) {
             return Ok(Some(e));
         }
         let prefix = keys::log_prefix(origin);
-        let Some((k, v)) = store.kv.last_at_or_before(&prefix, &keys::log_run(origin, seq))? else {
+        let Some((k, v)) = store
+            .kv
+            .last_at_or_before(&prefix, &keys::log_run(origin, seq))?
+        else {
             return Ok(None);
         };
-        let loaded = (keys::trailing_u64(&k).unwrap_or(0), codec::decode::<Run>("log run", &v)?);
+        let loaded = (
+            keys::trailing_u64(&k).unwrap_or(0),
+            codec::decode::<Run>("log run", &v)?,
+        );
         let e = hit(&loaded);
         self.runs.insert(origin.clone(), loaded);
         Ok(e)
@@ -643,13 +724,17 @@ impl Store {
     /// Closes without the closing Merkle checkpoint, leaving the directory as
     /// a crash after the last flush would: for tests of the recovery path.
     pub fn close_as_if_crashed(self) {
-        self.skip_checkpoint.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.skip_checkpoint
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if self.skip_checkpoint.load(std::sync::atomic::Ordering::Relaxed) {
+        if self
+            .skip_checkpoint
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
             return;
         }
         if let Err(e) = self.checkpoint() {
@@ -665,12 +750,18 @@ pub fn rebuild_merkle_root(store: &Store) -> Result<Digest> {
         let (k, v) = item?;
         let key = keys::suffix_str(&k, 1).unwrap_or_default();
         let e: Entry = codec::decode("entry", &v)?;
-        t.toggle(merkle::bucket_of(key), &merkle::item_digest(key, &e.version, e.is_tombstone()));
+        t.toggle(
+            merkle::bucket_of(key),
+            &merkle::item_digest(key, &e.version, e.is_tombstone()),
+        );
     }
     Ok(t.root())
 }
 
 /// Meta labels are user-visible; keep them small.
 pub fn meta_of(pairs: &[(&str, String)]) -> Meta {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }

@@ -40,7 +40,10 @@ pub(super) fn migrate(kv: &Kv) -> Result<()> {
         None => 1,
     };
     if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     for to in (found + 1)..=SCHEMA_VERSION {
         let mut batch = WriteBatch::default();

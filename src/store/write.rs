@@ -37,7 +37,12 @@ pub enum Condition {
 #[derive(Clone, Debug)]
 pub enum Op {
     /// A write accepted at this node; gets a fresh HLC and the next own seq.
-    Local { key: String, value: Option<Vec<u8>>, meta: Meta, cond: Condition },
+    Local {
+        key: String,
+        value: Option<Vec<u8>>,
+        meta: Meta,
+        cond: Condition,
+    },
     /// A delta received from a peer; must be the next seq of its origin.
     Delta(Delta),
     /// State received through anti-entropy (no seq): merged by LWW only.
@@ -54,12 +59,18 @@ pub enum Outcome {
     /// `Condition::IfPresent` and the key is absent or deleted.
     NotFound,
     /// A delta was logged; `won` says whether it changed the entry.
-    Applied { won: bool },
+    Applied {
+        won: bool,
+    },
     /// The delta's seq is already covered by the version vector.
     Duplicate,
     /// The delta is not the next one of its origin; nothing was written.
-    Gap { expected: u64 },
-    EntryMerged { won: bool },
+    Gap {
+        expected: u64,
+    },
+    EntryMerged {
+        won: bool,
+    },
     VvAdvanced,
 }
 
@@ -96,7 +107,12 @@ pub(super) fn build(
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
         let outcome = match op {
-            Op::Local { key, value, meta, cond } => b.local(node, key, value, meta, cond, wall_ms)?,
+            Op::Local {
+                key,
+                value,
+                meta,
+                cond,
+            } => b.local(node, key, value, meta, cond, wall_ms)?,
             Op::Delta(d) => b.delta(d)?,
             Op::Entry { key, entry } => b.sync_entry(key, entry)?,
             Op::AdvanceVv(vv) => b.advance_vv(&vv),
@@ -135,9 +151,21 @@ impl Builder<'_> {
             _ => {}
         }
         let hlc = self.st.clock.now(wall_ms);
-        let entry = Entry { version: Version { hlc, node: node.clone() }, value, meta };
+        let entry = Entry {
+            version: Version {
+                hlc,
+                node: node.clone(),
+            },
+            value,
+            meta,
+        };
         let seq = self.st.vv.get(node) + 1;
-        let delta = Delta { origin: node.clone(), seq, key, entry };
+        let delta = Delta {
+            origin: node.clone(),
+            seq,
+            key,
+            entry,
+        };
         self.log_delta(&delta, cur);
         Ok(Outcome::Written(delta))
     }
@@ -162,8 +190,15 @@ impl Builder<'_> {
         if d.entry.supersedes(cur.as_ref()) {
             self.set_entry(&d.key, cur, d.entry.clone());
         }
-        self.feed.push(FeedItem::Delta { origin: d.origin.clone(), seq: d.seq, key: d.key.clone() });
-        let run = self.runs.entry(d.origin.clone()).or_insert_with(|| (d.seq, Run::default()));
+        self.feed.push(FeedItem::Delta {
+            origin: d.origin.clone(),
+            seq: d.seq,
+            key: d.key.clone(),
+        });
+        let run = self
+            .runs
+            .entry(d.origin.clone())
+            .or_insert_with(|| (d.seq, Run::default()));
         run.1.items.push((d.key.clone(), d.entry.clone()));
         self.st.vv.set(d.origin.clone(), d.seq);
         self.touched_vv.insert(d.origin.clone());
@@ -224,14 +259,17 @@ impl Builder<'_> {
             let base = self.st.next_change;
             self.st.next_change += self.feed.len() as u64;
             self.st.changes_since_checkpoint += self.feed.len() as u64;
-            self.batch.insert(keys::feed(base), codec::encode(&self.feed));
+            self.batch
+                .insert(keys::feed(base), codec::encode(&self.feed));
         }
         for (origin, (first, run)) in std::mem::take(&mut self.runs) {
-            self.batch.insert(keys::log_run(&origin, first), codec::encode(&run));
+            self.batch
+                .insert(keys::log_run(&origin, first), codec::encode(&run));
             self.record_run(&origin, first, run.items.len() as u64)?;
         }
         for origin in std::mem::take(&mut self.touched_vv) {
-            self.batch.insert(keys::vv(&origin), self.st.vv.get(&origin).to_be_bytes());
+            self.batch
+                .insert(keys::vv(&origin), self.st.vv.get(&origin).to_be_bytes());
         }
         if self.batch.is_empty() {
             return Ok(());
@@ -240,9 +278,12 @@ impl Builder<'_> {
         if self.st.changes_since_checkpoint >= CHECKPOINT_EVERY {
             write_checkpoint(&mut self.batch, self.st);
         }
-        self.batch.insert(keys::meta("hlc"), self.st.clock.last().0.to_be_bytes());
-        self.batch.insert(keys::meta("counts"), codec::encode(&self.st.counts));
-        self.batch.insert(keys::meta("next_change"), self.st.next_change.to_be_bytes());
+        self.batch
+            .insert(keys::meta("hlc"), self.st.clock.last().0.to_be_bytes());
+        self.batch
+            .insert(keys::meta("counts"), codec::encode(&self.st.counts));
+        self.batch
+            .insert(keys::meta("next_change"), self.st.next_change.to_be_bytes());
         Ok(())
     }
 
@@ -272,7 +313,8 @@ impl Builder<'_> {
             }
             stats.first = new_first;
         }
-        self.batch.insert(keys::log_stats(origin), codec::encode(&stats));
+        self.batch
+            .insert(keys::log_stats(origin), codec::encode(&stats));
         self.st.log.insert(origin.clone(), stats);
         Ok(())
     }
@@ -283,9 +325,15 @@ impl Builder<'_> {
     fn trim_feed(&mut self) -> Result<()> {
         let origins = self.st.log.len().max(1) as u64;
         let keep = self.config.log_retention.max(1).saturating_mul(origins);
-        let horizon = self.st.next_change.saturating_sub(keep).min(self.st.merkle_at);
+        let horizon = self
+            .st
+            .next_change
+            .saturating_sub(keep)
+            .min(self.st.merkle_at);
         let mut records = self.kv.scan_prefix(&[keys::FEED]).take(MAX_FEED_TRIM + 1);
-        let Some(first) = records.next() else { return Ok(()) };
+        let Some(first) = records.next() else {
+            return Ok(());
+        };
         let mut cur = first?.0;
         for next in records {
             let next = next?.0;
