@@ -249,7 +249,7 @@ pub struct TransportStats {
 
 struct PeerHandle {
     tx: mpsc::Sender<Bytes>,
-    expect: Arc<Mutex<Option<NodeId>>>,
+    expect: Option<NodeId>,
     task: JoinHandle<()>,
 }
 
@@ -268,6 +268,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Closes our outbound connection to `addr` after its task was aborted.
+    fn drop_outbound(&self, addr: SocketAddr, why: &[u8]) {
+        let c = self.counters_for(addr);
+        c.connected.store(false, Ordering::Relaxed);
+        let conn = c.conn.lock().ok().and_then(|mut c| c.take());
+        if let Some(conn) = conn {
+            conn.close(codes::SHUTDOWN.into(), why);
+        }
+    }
+
     pub(crate) fn counters_for(&self, addr: SocketAddr) -> Arc<PeerCounters> {
         match self.counters.lock() {
             Ok(mut m) => m.entry(addr).or_default().clone(),
@@ -417,21 +427,23 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             return Err(SendError::Closed);
         }
         let mut peers = self.inner.peers.lock().map_err(|_| SendError::Closed)?;
-        if let Some(p) = peers.get(&addr) {
-            if p.task.is_finished() {
-                peers.remove(&addr);
+        // A finished task (should not happen) or a new expected identity for
+        // this address (the membership changed): start afresh, so frames
+        // queued for one node never go to another.
+        let stale = peers
+            .get(&addr)
+            .is_some_and(|p| p.task.is_finished() || (expect.is_some() && p.expect != expect));
+        if stale {
+            if let Some(old) = peers.remove(&addr) {
+                old.task.abort();
+                self.inner
+                    .shared
+                    .drop_outbound(addr, b"peer identity changed");
             }
         }
         let handle = peers
             .entry(addr)
-            .or_insert_with(|| self.spawn_peer(addr, expect.clone()));
-        if let Some(want) = expect {
-            if let Ok(mut e) = handle.expect.lock() {
-                if e.as_ref() != Some(&want) {
-                    *e = Some(want);
-                }
-            }
-        }
+            .or_insert_with(|| self.spawn_peer(addr, expect));
         match handle.tx.try_send(frame.0.clone()) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -449,7 +461,6 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
 
     fn spawn_peer(&self, addr: SocketAddr, expect: Option<NodeId>) -> PeerHandle {
         let (tx, rx) = mpsc::channel(self.inner.peer_queue_len);
-        let expect = Arc::new(Mutex::new(expect));
         let task = self.inner.runtime.spawn(peer::run(
             self.inner.shared.clone(),
             addr,
@@ -467,12 +478,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
                 p.task.abort();
             }
         }
-        let c = self.inner.shared.counters_for(addr);
-        c.connected.store(false, Ordering::Relaxed);
-        let conn = c.conn.lock().ok().and_then(|mut c| c.take());
-        if let Some(conn) = conn {
-            conn.close(codes::SHUTDOWN.into(), b"peer removed");
-        }
+        self.inner.shared.drop_outbound(addr, b"peer removed");
     }
 
     /// A serde-serializable snapshot of all counters.

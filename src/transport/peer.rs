@@ -12,7 +12,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -32,7 +32,7 @@ pub(crate) async fn run<M: Send + 'static>(
     shared: Arc<Shared>,
     addr: SocketAddr,
     mut rx: mpsc::Receiver<Bytes>,
-    expect: Arc<Mutex<Option<NodeId>>>,
+    expect: Option<NodeId>,
     events: mpsc::Sender<Incoming<M>>,
 ) {
     let counters = shared.counters_for(addr);
@@ -45,8 +45,8 @@ pub(crate) async fn run<M: Send + 'static>(
                 None => return,
             }
         }
-        let want = expect.lock().ok().and_then(|e| e.clone());
-        let conn = match connect(&shared, addr, want.as_ref()).await {
+        let want = expect.as_ref();
+        let conn = match connect(&shared, addr, want).await {
             Ok(c) => c,
             Err(e) => {
                 counters.connect_failures.fetch_add(1, Ordering::Relaxed);
