@@ -418,3 +418,63 @@ async fn sender_reconnects_after_the_peer_restarts_on_the_same_address() {
     let pb = s.peers.iter().find(|p| p.addr == b_addr).unwrap();
     assert!(pb.reconnects >= 1 && pb.connected, "{pb:?}");
 }
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn sender_recovers_at_once_when_a_peer_crashes_and_restarts() {
+    let d = tempfile::tempdir().unwrap();
+    let ids = cluster(d.path(), &["a", "b"]);
+    let rt_a = runtime();
+    let rt_b = runtime();
+    let (a, _arx) = rt_a.block_on(node(&ids[0]));
+    let (b, mut brx) = rt_b.block_on(node(&ids[1]));
+    let b_addr = b.local_addr().unwrap();
+    a.send(b_addr, Some(id("b")), &Msg::Seq(1)).unwrap();
+    assert_eq!(
+        rt_b.block_on(next_msg(&mut brx, DEADLINE)),
+        Some((id("a"), Msg::Seq(1)))
+    );
+
+    // Crash: b's tasks vanish without closing anything (no CONNECTION_CLOSE
+    // reaches a), then its socket is freed.
+    drop(rt_b);
+    drop(brx);
+    drop(b);
+
+    let rt_b2 = runtime();
+    let end = Instant::now() + DEADLINE;
+    let (_b2, mut b2rx) = loop {
+        match rt_b2.block_on(Transport::<Msg>::bind(config(ids[1].clone(), b_addr))) {
+            Ok(n) => break n,
+            Err(e) => {
+                assert!(Instant::now() < end, "cannot rebind: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    // a's old connection is answered with a stateless reset it recognises,
+    // so it redials long before its 10 s idle timeout.
+    let start = Instant::now();
+    let mut i = 2;
+    let got = loop {
+        let _ = a.send(b_addr, Some(id("b")), &Msg::Seq(i));
+        if let Some(m) = rt_b2.block_on(next_msg(&mut b2rx, Duration::from_millis(50))) {
+            break m;
+        }
+        assert!(start.elapsed() < DEADLINE, "no message after restart");
+        i += 1;
+    };
+    assert_eq!(got.0, id("a"));
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "recovery took {:?}",
+        start.elapsed()
+    );
+}

@@ -353,11 +353,19 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
         let handshakes = Arc::new(HandshakeCounters::default());
         let server = tls::quic_server_config(&cfg.identity, handshakes.clone(), tc.clone())?;
         let client_config = tls::quic_client_config(&cfg.identity, handshakes.clone(), tc)?;
-        let endpoint =
-            quinn::Endpoint::server(server, cfg.listen).map_err(|source| TransportError::Bind {
-                addr: cfg.listen,
-                source,
-            })?;
+        let bind_err = |source| TransportError::Bind {
+            addr: cfg.listen,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(cfg.listen).map_err(bind_err)?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            bind_err(std::io::Error::other("no async runtime (run inside tokio)"))
+        })?;
+        let mut endpoint_config =
+            quinn::EndpointConfig::new(Arc::new(tls::ResetKey::from_identity(&cfg.identity)));
+        endpoint_config.cid_generator(|| Box::new(tls::CidGenerator));
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server), socket, runtime)
+            .map_err(bind_err)?;
         let shared = Arc::new(Shared {
             node_id: cfg.identity.node_id.clone(),
             endpoint,
