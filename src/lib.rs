@@ -3,8 +3,12 @@
 //! Layers, bottom up (each only calls the ones below it):
 //! - [`model`]: ids, hybrid logical clock, versions, entries, deltas (pure);
 //! - [`merkle`]: the incremental Merkle tree used by anti-entropy (pure);
-//! - [`store`]: the durable LWW map, delta log and change feed on sled.
+//! - [`store`]: the durable LWW map, delta log and change feed on sled;
+//! - [`certs`]: cluster CA and node certificates (`hub certs`);
+//! - [`transport`]: mutually authenticated QUIC between nodes, framed messages.
 
+pub mod certs;
 pub mod merkle;
 pub mod model;
 pub mod store;
+pub mod transport;
