@@ -546,3 +546,68 @@ fn same_seed_gives_same_history() {
     assert!(!a.is_empty());
     assert_eq!(a, run(99));
 }
+
+#[test]
+fn departed_node_is_left_not_dead_and_comes_back_when_restarted() {
+    for seed in seeds(51) {
+        let mut sim = Sim::cluster(seed, 4);
+        sim.run_until_all_alive(3_000);
+        let now = sim.now;
+        let fx = sim.node("n2").m.leave(now);
+        assert_eq!(fx.len(), 3);
+        sim.apply(&id("n2"), fx);
+        sim.run_for(100);
+        sim.node("n2").up = false;
+        sim.run_for(15_000);
+        for n in ["n1", "n3", "n4"] {
+            assert_eq!(sim.status(n, "n2"), Some(Status::Left), "{n}");
+            assert_eq!(sim.nodes[&id(n)].m.alive_peers().len(), 2);
+        }
+        // Left is not dead: nobody declared it dead, nobody probes it.
+        assert!(!sim
+            .changes
+            .iter()
+            .any(|c| c.peer == id("n2") && c.to == Status::Dead));
+
+        // Restarted (same incarnation) from its persisted peers: alive again.
+        let records: Vec<_> = sim.nodes[&id("n2")].persisted.clone().into_iter().collect();
+        let inc = sim.nodes[&id("n2")].m.incarnation();
+        sim.nodes.remove(&id("n2"));
+        sim.add("n2", addr_of(2), inc);
+        let now = sim.now;
+        let fx = sim.node("n2").m.restore(records, now);
+        sim.apply(&id("n2"), fx);
+        sim.run_until_all_alive(3_000);
+        sim.run_for(10_000);
+        assert!(sim.all_alive(), "{:#?}", sim.views());
+    }
+}
+
+#[test]
+fn one_way_link_loss_does_not_inflate_incarnations_and_heals() {
+    for seed in seeds(61) {
+        let mut sim = Sim::cluster(seed, 3);
+        sim.run_until_all_alive(3_000);
+        let incs: Vec<u64> = sim.nodes.values().map(|n| n.m.incarnation()).collect();
+        // n1 can no longer reach n2; n2 still reaches n1.
+        sim.blocked.insert((id("n1"), id("n2")));
+        sim.run_for(30_000);
+        for (n, before) in sim.nodes.values().zip(&incs) {
+            assert!(
+                n.m.incarnation() <= before + 2,
+                "{} incarnation {} -> {}",
+                n.m.id(),
+                before,
+                n.m.incarnation()
+            );
+        }
+        // The third node, which reaches both, keeps both alive.
+        assert_eq!(sim.status("n3", "n1"), Some(Status::Alive));
+        assert_eq!(sim.status("n3", "n2"), Some(Status::Alive));
+        sim.blocked.clear();
+        sim.run_until_all_alive(3_000);
+        let healed_at = sim.now;
+        sim.run_for(10_000);
+        assert!(sim.changes.iter().all(|c| c.at <= healed_at));
+    }
+}

@@ -235,6 +235,9 @@ pub struct Stats {
     pub pings_sent: u64,
     pub acks_received: u64,
     pub join_attempts: u64,
+    /// Second-hand entries about unknown members dropped because the table
+    /// was full.
+    pub gossip_ignored: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -762,7 +765,14 @@ impl Membership {
             }
             return;
         }
+        let table_full = self.table.len() >= MAX_MEMBERS_PER_MSG;
         match self.table.get_mut(&g.id) {
+            None if table_full => {
+                // Bounded memory: second-hand entries cannot grow the table
+                // past what one Welcome can carry.
+                self.stats.gossip_ignored += 1;
+                debug!(node = %self.me, peer = %g.id, "member table full; gossip entry ignored");
+            }
             None => {
                 let status = match g.status {
                     // Suspicion is local: a member someone suspects is still
