@@ -44,6 +44,21 @@
 //! loss (we hear a peer but it never hears us) the peer flaps between alive
 //! and suspect in our view.
 //!
+//! **Driving it (the async shell).** One task owns the [`Membership`]
+//! (behind a mutex or as an actor). `now_ms` is a monotonic clock (e.g.
+//! milliseconds since an `Instant` taken at start), the same for every call.
+//! At start: `new(id, advertised_addr, incarnation, cfg)` (incarnation: wall
+//! clock ms at process start), then `restore(store.peers(), now)`, then
+//! `join(--join addrs, now)`. Call `tick(now, rng)` every
+//! [`Config::tick_interval_ms`]; call `on_message(cert_id, remote_addr, msg,
+//! now)` for every membership message. Map effects: `Send` → the per-peer
+//! queue of `to` (the transport dials `addr` and checks the certificate
+//! names `to`); `SendToAddr` → dial `addr`, accept whatever valid cluster
+//! certificate answers and report that id as `from` for its replies;
+//! `Persist` → `store.save_peer`; `StatusChanged` → tell replication (and
+//! start anti-entropy with a peer that becomes alive); `Refused` → metrics.
+//! Send failures need not be reported back: missing acks are the signal.
+//!
 //! **Costs.** Per heartbeat interval each node sends one ping and one ack per
 //! peer: O(n²) messages cluster-wide, each ≤ `gossip_per_message` entries
 //! (~100 bytes each). Memory O(n · detector window).
