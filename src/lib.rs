@@ -5,9 +5,12 @@
 //! - [`merkle`]: the incremental Merkle tree used by anti-entropy (pure);
 //! - [`store`]: the durable LWW map, delta log and change feed on sled;
 //! - [`certs`]: cluster CA and node certificates (`hub certs`);
-//! - [`transport`]: mutually authenticated QUIC between nodes, framed messages.
+//! - [`transport`]: mutually authenticated QUIC between nodes, framed messages;
+//! - [`membership`]: join, member table and phi-accrual failure detection (sans-IO);
+//! - [`replication`]: push, pull and Merkle anti-entropy (sans-IO).
 
 pub mod certs;
+pub mod membership;
 pub mod merkle;
 pub mod model;
 pub mod store;
