@@ -3,8 +3,16 @@
 //! Layers, bottom up (each only calls the ones below it):
 //! - [`model`]: ids, hybrid logical clock, versions, entries, deltas (pure);
 //! - [`merkle`]: the incremental Merkle tree used by anti-entropy (pure);
-//! - [`store`]: the durable LWW map, delta log and change feed on sled.
+//! - [`store`]: the durable LWW map, delta log and change feed on sled;
+//! - [`sensors`]: simulated sensors writing through the committer;
+//! - [`http`]: the HTTP API; [`metrics`]: per-node Prometheus registry;
+//! - [`config`] and [`node`]: one node's settings and its running shell.
 
+pub mod config;
+pub mod http;
 pub mod merkle;
+pub mod metrics;
 pub mod model;
+pub mod node;
+pub mod sensors;
 pub mod store;
