@@ -27,7 +27,8 @@ struct Resp {
 
 impl Resp {
     fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     /// Asserts the JSON error shape and returns its code.
@@ -44,7 +45,12 @@ async fn start_with(f: impl FnOnce(&mut Config)) -> TestNode {
     f(&mut config);
     let node = Node::start(config).await.unwrap();
     let base = format!("http://{}", node.http_addr());
-    TestNode { node, base, client: Client::builder(TokioExecutor::new()).build_http(), _dir: dir }
+    TestNode {
+        node,
+        base,
+        client: Client::builder(TokioExecutor::new()).build_http(),
+        _dir: dir,
+    }
 }
 
 async fn start() -> TestNode {
@@ -52,16 +58,32 @@ async fn start() -> TestNode {
 }
 
 impl TestNode {
-    async fn call(&self, method: Method, path: &str, body: impl Into<Bytes>, ctype: Option<&str>) -> Resp {
-        let mut b = hyper::Request::builder().method(method).uri(format!("{}{}", self.base, path));
+    async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<Bytes>,
+        ctype: Option<&str>,
+    ) -> Resp {
+        let mut b = hyper::Request::builder()
+            .method(method)
+            .uri(format!("{}{}", self.base, path));
         if let Some(c) = ctype {
             b = b.header("content-type", c);
         }
-        let resp = self.client.request(b.body(Full::new(body.into())).unwrap()).await.unwrap();
+        let resp = self
+            .client
+            .request(b.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
-        Resp { status, headers, body }
+        Resp {
+            status,
+            headers,
+            body,
+        }
     }
 
     async fn get(&self, path: &str) -> Resp {
@@ -73,13 +95,21 @@ impl TestNode {
     }
 
     async fn post_json(&self, path: &str, body: impl Into<Bytes>) -> Resp {
-        self.call(Method::POST, path, body, Some("application/json")).await
+        self.call(Method::POST, path, body, Some("application/json"))
+            .await
     }
 
     /// Everything a write would change.
     fn snapshot(&self) -> Value {
         let s = self.node.store().summary().unwrap();
-        json!([s.entries, s.tombstones, s.merkle_root, s.version_vector, s.changes_next, s.log_len])
+        json!([
+            s.entries,
+            s.tombstones,
+            s.merkle_root,
+            s.version_vector,
+            s.changes_next,
+            s.log_len
+        ])
     }
 }
 
@@ -123,8 +153,14 @@ async fn post_creates_with_201_and_refuses_an_existing_key_with_409() {
     assert_eq!(n.snapshot(), before);
     assert_eq!(&n.get("/kv/k").await.body[..], b"first");
     // A deleted key can be created again.
-    assert_eq!(n.call(Method::DELETE, "/kv/k", "", None).await.status, StatusCode::NO_CONTENT);
-    assert_eq!(n.call(Method::POST, "/kv/k", "again", None).await.status, StatusCode::CREATED);
+    assert_eq!(
+        n.call(Method::DELETE, "/kv/k", "", None).await.status,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        n.call(Method::POST, "/kv/k", "again", None).await.status,
+        StatusCode::CREATED
+    );
     assert_eq!(&n.get("/kv/k").await.body[..], b"again");
 }
 
@@ -132,7 +168,10 @@ async fn post_creates_with_201_and_refuses_an_existing_key_with_409() {
 async fn delete_answers_204_then_404_and_the_key_reads_as_absent() {
     let n = start().await;
     n.put("/kv/gone", "x").await;
-    assert_eq!(n.call(Method::DELETE, "/kv/gone", "", None).await.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        n.call(Method::DELETE, "/kv/gone", "", None).await.status,
+        StatusCode::NO_CONTENT
+    );
     let r = n.get("/kv/gone").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "not_found");
@@ -156,7 +195,12 @@ async fn bad_keys_are_refused_with_400_and_change_nothing() {
     for path in ["/kv/a%0Ab", "/kv/%7F", long.as_str(), "/kv/", "/kv/%FF%FE"] {
         for method in [Method::PUT, Method::POST, Method::GET, Method::DELETE] {
             let r = n.call(method.clone(), path, "v", None).await;
-            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{method} {path}: {:?}", r.body);
+            assert_eq!(
+                r.status,
+                StatusCode::BAD_REQUEST,
+                "{method} {path}: {:?}",
+                r.body
+            );
             let code = r.error_code();
             assert!(code == "bad_key" || code == "bad_path", "{code}");
         }
@@ -164,7 +208,10 @@ async fn bad_keys_are_refused_with_400_and_change_nothing() {
     assert_eq!(n.snapshot(), before);
     // 1024 bytes is still a key.
     let max = format!("/kv/{}", "k".repeat(1024));
-    assert_eq!(n.call(Method::PUT, &max, "v", None).await.status, StatusCode::OK);
+    assert_eq!(
+        n.call(Method::PUT, &max, "v", None).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -179,7 +226,12 @@ async fn values_over_the_configured_limit_are_refused_with_413_and_change_nothin
     }
     assert_eq!(n.snapshot(), before);
     assert_eq!(&n.get("/kv/k").await.body[..], b"small");
-    assert_eq!(n.call(Method::PUT, "/kv/k", vec![b'x'; 1000], None).await.status, StatusCode::OK);
+    assert_eq!(
+        n.call(Method::PUT, "/kv/k", vec![b'x'; 1000], None)
+            .await
+            .status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -190,7 +242,12 @@ async fn list_pages_by_prefix_and_after_and_skips_deleted_keys() {
     }
     n.call(Method::DELETE, "/kv/a/2", "", None).await;
     let keys = |v: &Value| -> Vec<String> {
-        v["keys"].as_array().unwrap().iter().map(|k| k["key"].as_str().unwrap().to_string()).collect()
+        v["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["key"].as_str().unwrap().to_string())
+            .collect()
     };
     let p1 = n.get("/kv?prefix=a/&limit=2").await.json();
     assert_eq!(keys(&p1), ["a/1", "a/3"]);
@@ -198,9 +255,18 @@ async fn list_pages_by_prefix_and_after_and_skips_deleted_keys() {
     let p2 = n.get("/kv?prefix=a/&limit=2&after=a/3").await.json();
     assert_eq!(keys(&p2), ["a/4"]);
     assert_eq!(p2["next"], Value::Null);
-    assert_eq!(keys(&n.get("/kv").await.json()), ["a/1", "a/3", "a/4", "b/1"]);
+    assert_eq!(
+        keys(&n.get("/kv").await.json()),
+        ["a/1", "a/3", "a/4", "b/1"]
+    );
     let before = n.snapshot();
-    for q in ["/kv?limit=0", "/kv?limit=abc", "/kv?limit=10001", "/kv?colour=red", "/kv?limit=-1"] {
+    for q in [
+        "/kv?limit=0",
+        "/kv?limit=abc",
+        "/kv?limit=10001",
+        "/kv?colour=red",
+        "/kv?limit=-1",
+    ] {
         let r = n.get(q).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
         assert_eq!(r.error_code(), "bad_query");
@@ -215,7 +281,12 @@ async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
     let r = n.get("/nope").await;
     assert_eq!(r.status, StatusCode::NOT_FOUND);
     assert_eq!(r.error_code(), "not_found");
-    for (m, p) in [(Method::PATCH, "/kv/k"), (Method::DELETE, "/kv"), (Method::POST, "/api/state"), (Method::GET, "/api/readings")] {
+    for (m, p) in [
+        (Method::PATCH, "/kv/k"),
+        (Method::DELETE, "/kv"),
+        (Method::POST, "/api/state"),
+        (Method::GET, "/api/readings"),
+    ] {
         let r = n.call(m.clone(), p, "", None).await;
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{m} {p}");
         assert_eq!(r.error_code(), "method_not_allowed");
@@ -226,7 +297,12 @@ async fn unknown_routes_are_404_and_wrong_methods_405_in_json() {
 #[tokio::test]
 async fn a_batch_of_readings_is_one_commit_and_shows_in_state_grouped_by_origin() {
     let n = start().await;
-    let groups = n.node.committer().stats().groups.load(std::sync::atomic::Ordering::Relaxed);
+    let groups = n
+        .node
+        .committer()
+        .stats()
+        .groups
+        .load(std::sync::atomic::Ordering::Relaxed);
     let body = json!([
         {"sensor": "temp", "value": 21.5, "unit": "C", "ts_ms": 1700000000000u64},
         {"sensor": "door", "value": true},
@@ -235,7 +311,14 @@ async fn a_batch_of_readings_is_one_commit_and_shows_in_state_grouped_by_origin(
     let r = n.post_json("/api/readings", body.to_string()).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.json()["accepted"], 3);
-    assert_eq!(n.node.committer().stats().groups.load(std::sync::atomic::Ordering::Relaxed), groups + 1);
+    assert_eq!(
+        n.node
+            .committer()
+            .stats()
+            .groups
+            .load(std::sync::atomic::Ordering::Relaxed),
+        groups + 1
+    );
     let s = n.get("/api/state").await.json();
     assert_eq!(s["n1"]["temp"]["value"], 21.5);
     assert_eq!(s["n1"]["temp"]["ts_ms"], 1700000000000u64);
@@ -251,7 +334,8 @@ async fn a_batch_of_readings_is_one_commit_and_shows_in_state_grouped_by_origin(
 #[tokio::test]
 async fn malformed_reading_batches_are_refused_with_400_and_nothing_is_applied() {
     let n = start().await;
-    n.post_json("/api/readings", r#"[{"sensor":"t","value":1}]"#).await;
+    n.post_json("/api/readings", r#"[{"sensor":"t","value":1}]"#)
+        .await;
     let before = n.snapshot();
     let bad = [
         "not json",
@@ -273,7 +357,14 @@ async fn malformed_reading_batches_are_refused_with_400_and_nothing_is_applied()
         assert!(code == "bad_json" || code == "bad_reading", "{code}");
     }
     // Missing content type is refused the same way.
-    let r = n.call(Method::POST, "/api/readings", r#"[{"sensor":"t","value":1}]"#, None).await;
+    let r = n
+        .call(
+            Method::POST,
+            "/api/readings",
+            r#"[{"sensor":"t","value":1}]"#,
+            None,
+        )
+        .await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST);
     assert_eq!(n.snapshot(), before);
 }
@@ -287,12 +378,21 @@ async fn updates_feed_is_non_consuming_and_pages_by_cursor() {
     n.call(Method::DELETE, "/kv/k0", "", None).await;
     let all = n.get("/api/updates").await.json();
     assert_eq!(all["updates"].as_array().unwrap().len(), 6);
-    assert_eq!(n.get("/api/updates").await.json(), all, "reading consumed something");
+    assert_eq!(
+        n.get("/api/updates").await.json(),
+        all,
+        "reading consumed something"
+    );
     let p1 = n.get("/api/updates?limit=4").await.json();
     assert_eq!(p1["updates"].as_array().unwrap().len(), 4);
     let next = p1["next"].as_str().unwrap();
     let p2 = n.get(&format!("/api/updates?since={next}")).await.json();
-    let keys: Vec<_> = p2["updates"].as_array().unwrap().iter().map(|u| u["key"].clone()).collect();
+    let keys: Vec<_> = p2["updates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["key"].clone())
+        .collect();
     assert_eq!(keys, [json!("k4"), json!("k0")]);
     assert_eq!(p2["updates"][1]["deleted"], true);
     assert_eq!(p2["updates"][1]["value"], Value::Null);
@@ -301,7 +401,12 @@ async fn updates_feed_is_non_consuming_and_pages_by_cursor() {
     let p3 = n.get(&format!("/api/updates?since={end}")).await.json();
     assert_eq!(p3["updates"], json!([]));
     assert_eq!(p3["next"], end);
-    for q in ["/api/updates?since=abc", "/api/updates?since=-1", "/api/updates?limit=0", "/api/updates?x=1"] {
+    for q in [
+        "/api/updates?since=abc",
+        "/api/updates?since=-1",
+        "/api/updates?limit=0",
+        "/api/updates?x=1",
+    ] {
         let r = n.get(q).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
     }
@@ -311,18 +416,43 @@ async fn updates_feed_is_non_consuming_and_pages_by_cursor() {
 async fn sensor_history_is_newest_first_and_pages_with_before() {
     let n = start().await;
     for v in 1..=5 {
-        n.post_json("/api/readings", json!([{"sensor": "t", "value": v}, {"sensor": "other", "value": 0}]).to_string())
-            .await;
+        n.post_json(
+            "/api/readings",
+            json!([{"sensor": "t", "value": v}, {"sensor": "other", "value": 0}]).to_string(),
+        )
+        .await;
     }
     let h = n.get("/api/sensors/n1/t/history?limit=3").await.json();
-    let vals: Vec<_> = h["readings"].as_array().unwrap().iter().map(|r| r["value"].clone()).collect();
+    let vals: Vec<_> = h["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
     assert_eq!(vals, [json!(5), json!(4), json!(3)]);
     let before = h["next_before"].as_u64().unwrap();
-    let h2 = n.get(&format!("/api/sensors/n1/t/history?limit=3&before={before}")).await.json();
-    let vals: Vec<_> = h2["readings"].as_array().unwrap().iter().map(|r| r["value"].clone()).collect();
+    let h2 = n
+        .get(&format!(
+            "/api/sensors/n1/t/history?limit=3&before={before}"
+        ))
+        .await
+        .json();
+    let vals: Vec<_> = h2["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].clone())
+        .collect();
     assert_eq!(vals, [json!(2), json!(1)]);
-    assert_eq!(n.get("/api/sensors/n2/t/history").await.json()["readings"], json!([]));
-    for q in ["/api/sensors/Bad_Id/t/history", "/api/sensors/n1/t/history?before=x", "/api/sensors/n1/t/history?limit=0"] {
+    assert_eq!(
+        n.get("/api/sensors/n2/t/history").await.json()["readings"],
+        json!([])
+    );
+    for q in [
+        "/api/sensors/Bad_Id/t/history",
+        "/api/sensors/n1/t/history?before=x",
+        "/api/sensors/n1/t/history?limit=0",
+    ] {
         assert_eq!(n.get(q).await.status, StatusCode::BAD_REQUEST, "{q}");
     }
 }
@@ -351,7 +481,10 @@ async fn introspection_and_metrics_report_store_and_counters() {
     let mk = n.get("/api/merkle").await.json();
     assert_eq!(mk["digest"], i["merkle_root"]);
     assert_eq!(mk["children"].as_array().unwrap().len(), 16);
-    assert_eq!(n.get("/api/merkle?level=9").await.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        n.get("/api/merkle?level=9").await.status,
+        StatusCode::BAD_REQUEST
+    );
     let e = n.get("/api/entry/a").await.json();
     assert_eq!(e["value"], 1);
     assert_eq!(n.get("/api/entry/zz").await.status, StatusCode::NOT_FOUND);
@@ -361,9 +494,14 @@ async fn introspection_and_metrics_report_store_and_counters() {
 async fn data_version_vector_clock_and_cursors_survive_restart() {
     let dir = tempfile::tempdir().unwrap();
     let config = Config::for_test("n1", dir.path().join("data")).unwrap();
-    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
     let call = |base: String, m: Method, p: &str, body: &'static str| {
-        let req = hyper::Request::builder().method(m).uri(format!("{base}{p}")).body(Full::new(Bytes::from(body))).unwrap();
+        let req = hyper::Request::builder()
+            .method(m)
+            .uri(format!("{base}{p}"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
         let c = client.clone();
         async move {
             let r = c.request(req).await.unwrap();
@@ -377,9 +515,21 @@ async fn data_version_vector_clock_and_cursors_survive_restart() {
         call(base.clone(), Method::PUT, &format!("/kv/k{i}"), "v").await;
     }
     call(base.clone(), Method::DELETE, "/kv/k3", "").await;
-    let feed_before: Value = serde_json::from_slice(&call(base.clone(), Method::GET, "/api/updates?limit=5", "").await.1).unwrap();
+    let feed_before: Value = serde_json::from_slice(
+        &call(base.clone(), Method::GET, "/api/updates?limit=5", "")
+            .await
+            .1,
+    )
+    .unwrap();
     let cursor = feed_before["next"].as_str().unwrap().to_string();
-    let rest_before = call(base.clone(), Method::GET, &format!("/api/updates?since={cursor}"), "").await.1;
+    let rest_before = call(
+        base.clone(),
+        Method::GET,
+        &format!("/api/updates?since={cursor}"),
+        "",
+    )
+    .await
+    .1;
     let summary = node.store().summary().unwrap();
     let hlc = node.store().hlc();
     node.shutdown().await;
@@ -389,13 +539,33 @@ async fn data_version_vector_clock_and_cursors_survive_restart() {
     let after = node.store().summary().unwrap();
     assert_eq!(after.version_vector, summary.version_vector);
     assert_eq!(after.merkle_root, summary.merkle_root);
-    assert_eq!((after.entries, after.tombstones), (summary.entries, summary.tombstones));
+    assert_eq!(
+        (after.entries, after.tombstones),
+        (summary.entries, summary.tombstones)
+    );
     assert!(node.store().hlc() >= hlc);
-    assert_eq!(&call(base.clone(), Method::GET, "/kv/k9", "").await.1[..], b"v");
-    assert_eq!(call(base.clone(), Method::GET, "/kv/k3", "").await.0, StatusCode::NOT_FOUND);
-    assert_eq!(call(base.clone(), Method::GET, &format!("/api/updates?since={cursor}"), "").await.1, rest_before);
+    assert_eq!(
+        &call(base.clone(), Method::GET, "/kv/k9", "").await.1[..],
+        b"v"
+    );
+    assert_eq!(
+        call(base.clone(), Method::GET, "/kv/k3", "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(
+            base.clone(),
+            Method::GET,
+            &format!("/api/updates?since={cursor}"),
+            ""
+        )
+        .await
+        .1,
+        rest_before
+    );
     // New writes continue the clock and the sequence.
-    let w: Value = serde_json::from_slice(&call(base.clone(), Method::PUT, "/kv/new", "v").await.1).unwrap();
+    let w: Value =
+        serde_json::from_slice(&call(base.clone(), Method::PUT, "/kv/new", "v").await.1).unwrap();
     assert!(w["version"]["hlc"].as_u64().unwrap() > hlc.0);
     assert_eq!(w["seq"], 12);
     node.shutdown().await;

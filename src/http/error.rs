@@ -46,7 +46,11 @@ impl From<JsonRejection> for ApiError {
     /// Every malformed body is a 400 (axum would say 422 or 415 for some).
     fn from(r: JsonRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", r.body_text());
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                r.body_text(),
+            );
         }
         ApiError::bad_request("bad_json", r.body_text())
     }
