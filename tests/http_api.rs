@@ -570,3 +570,53 @@ async fn data_version_vector_clock_and_cursors_survive_restart() {
     assert_eq!(w["seq"], 12);
     node.shutdown().await;
 }
+
+#[tokio::test]
+async fn simulated_sensors_write_readings_under_their_node_key() {
+    use hub::sensors::{SensorKind, SensorSpec};
+    let n = start_with(|c| {
+        c.sensors = vec![
+            SensorSpec {
+                name: "count".into(),
+                period_ms: 10,
+                kind: SensorKind::Incremental { step: 1.0 },
+            },
+            SensorSpec {
+                name: "temp".into(),
+                period_ms: 10,
+                kind: SensorKind::Numeric {
+                    min: 10.0,
+                    max: 20.0,
+                    unit: Some("C".into()),
+                },
+            },
+        ]
+    })
+    .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = n.get("/api/state").await.json();
+        if s["n1"]["count"]["value"].as_f64().unwrap_or(0.0) >= 3.0 && s["n1"]["temp"].is_object() {
+            let t = &s["n1"]["temp"];
+            assert!((10.0..=20.0).contains(&t["value"].as_f64().unwrap()));
+            assert_eq!(t["meta"]["kind"], "numeric");
+            assert_eq!(t["meta"]["unit"], "C");
+            assert_eq!(t["origin"], "n1");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sensors did not write: {s}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let h = n.get("/api/sensors/n1/count/history?limit=2").await.json();
+    let vals: Vec<f64> = h["readings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_f64().unwrap())
+        .collect();
+    assert!(vals[0] > vals[1], "history newest first: {vals:?}");
+    n.node.shutdown().await;
+}
