@@ -7,11 +7,18 @@
 //! - [`certs`]: cluster CA and node certificates (`hub certs`);
 //! - [`transport`]: mutually authenticated QUIC between nodes, framed messages;
 //! - [`membership`]: join, member table and phi-accrual failure detection (sans-IO);
-//! - [`replication`]: push, pull and Merkle anti-entropy (sans-IO).
+//! - [`sensors`]: simulated sensors writing through the committer;
+//! - [`http`]: the HTTP API; [`metrics`]: per-node Prometheus registry;
+//! - [`config`] and [`node`]: one node's settings and its running shell.
 
 pub mod certs;
+pub mod config;
+pub mod http;
 pub mod membership;
 pub mod merkle;
+pub mod metrics;
 pub mod model;
+pub mod node;
+pub mod sensors;
 pub mod store;
 pub mod transport;

@@ -1,0 +1,300 @@
+//! `hub inspect`: the same views of a node offline (its stopped data
+//! directory) or live (`--node http://ADDR`, over the read-only HTTP API).
+//! Both paths build the same JSON, printed as-is with `--json` or as text.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use hub::http::api::{change_json, entry_json, merkle_json};
+use hub::merkle::NodeRef;
+use hub::model::validate_key;
+use hub::store::Store;
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A stopped node's data directory.
+    #[arg(long, conflicts_with = "node", required_unless_present = "node")]
+    pub data_dir: Option<PathBuf>,
+    /// A running node's HTTP address, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub view: View,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum View {
+    /// Entries, tombstones, log per origin, version vector, Merkle root, schema, disk size.
+    Summary,
+    /// Live keys in order.
+    Keys {
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// One entry with its version and meta (tombstones too).
+    Get { key: String },
+    /// The change feed in apply order.
+    Log {
+        /// Cursor to start after.
+        #[arg(long)]
+        since: Option<u64>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// The version vector.
+    Vv,
+    /// A Merkle node (default the root) and its children.
+    Merkle {
+        #[arg(long, default_value_t = 0)]
+        level: u8,
+        #[arg(long, default_value_t = 0)]
+        index: u32,
+    },
+}
+
+pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let value = match (&args.node, &args.data_dir) {
+        (Some(url), _) => live(url, &args.view).await?,
+        (None, Some(dir)) => {
+            let dir = dir.clone();
+            let view = args.view.clone();
+            tokio::task::spawn_blocking(move || offline(&dir, &view)).await??
+        }
+        (None, None) => bail!("give --data-dir DIR (stopped node) or --node URL (running node)"),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{}", text(&args.view, &value));
+    }
+    Ok(())
+}
+
+fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
+    let store = Store::open_existing(dir, 16 << 20)
+        .with_context(|| format!("cannot open {} for inspection", dir.display()))?;
+    Ok(match view {
+        View::Summary => serde_json::to_value(store.summary()?)?,
+        View::Keys { prefix, limit } => {
+            let mut keys = Vec::new();
+            let mut after: Option<String> = None;
+            'scan: loop {
+                let page = store.scan(prefix, after.as_deref(), 1000)?;
+                let done = page.len() < 1000;
+                for (k, e) in page {
+                    after = Some(k.clone());
+                    if let Some(v) = &e.value {
+                        keys.push(json!({
+                            "key": k,
+                            "version": hub::http::kv::VersionJson::from(&e.version),
+                            "bytes": v.len(),
+                        }));
+                        if keys.len() >= *limit {
+                            break 'scan;
+                        }
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            json!({ "keys": keys })
+        }
+        View::Get { key } => {
+            validate_key(key)?;
+            match store.get(key)? {
+                Some(e) => entry_json(key, &e),
+                None => bail!("key {key:?} not found"),
+            }
+        }
+        View::Log { since, limit } => {
+            let changes = store.changes(*since, *limit)?;
+            let next = changes.last().map(|(i, _)| *i).or(*since).unwrap_or(0);
+            let updates: Vec<Value> = changes.iter().map(|(i, c)| change_json(*i, c)).collect();
+            json!({ "updates": updates, "next": next.to_string() })
+        }
+        View::Vv => json!(store.summary()?.version_vector),
+        View::Merkle { level, index } => {
+            let node = NodeRef {
+                level: *level,
+                index: *index,
+            };
+            if !node.is_valid() {
+                bail!("no Merkle node at level {level} index {index}");
+            }
+            merkle_json(&store, node)
+        }
+    })
+}
+
+async fn live(url: &str, view: &View) -> anyhow::Result<Value> {
+    let base = url.trim_end_matches('/');
+    let path = match view {
+        View::Summary | View::Vv => "/api/introspection".to_string(),
+        View::Keys { prefix, limit } => format!("/kv?prefix={}&limit={limit}", encode(prefix)),
+        View::Get { key } => format!("/api/entry/{}", encode(key)),
+        View::Log { since, limit } => match since {
+            Some(s) => format!("/api/updates?since={s}&limit={limit}"),
+            None => format!("/api/updates?limit={limit}"),
+        },
+        View::Merkle { level, index } => format!("/api/merkle?level={level}&index={index}"),
+    };
+    let v = get_json(&format!("{base}{path}")).await?;
+    Ok(match view {
+        View::Vv => v.get("version_vector").cloned().unwrap_or(Value::Null),
+        View::Keys { .. } => json!({ "keys": v.get("keys").cloned().unwrap_or(json!([])) }),
+        _ => v,
+    })
+}
+
+/// Percent-encodes everything but unreserved characters and `/`.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn get_json(url: &str) -> anyhow::Result<Value> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri: hyper::Uri = url
+        .parse()
+        .with_context(|| format!("bad node URL {url:?}"))?;
+    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
+        .await
+        .context("node did not answer within 10 s")?
+        .with_context(|| format!("cannot reach {url}; is the node running?"))?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .context("reading response")?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&body)
+        .with_context(|| format!("{url} did not answer JSON (status {status})"))?;
+    if !status.is_success() {
+        let msg = v
+            .pointer("/error/message")
+            .and_then(Value::as_str)
+            .unwrap_or("error");
+        bail!("{url}: {status}: {msg}");
+    }
+    Ok(v)
+}
+
+fn text(view: &View, v: &Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let s = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    match view {
+        View::Summary => {
+            for field in [
+                "node_id",
+                "schema_version",
+                "entries",
+                "tombstones",
+                "log_len",
+                "merkle_root",
+                "hlc",
+                "disk_bytes",
+            ] {
+                let _ = writeln!(out, "{field:<15} {}", s(&v[field]));
+            }
+            if let Some(log) = v["log"].as_object() {
+                for (origin, st) in log {
+                    let _ = writeln!(
+                        out,
+                        "log {origin:<11} seq {}..={} ({} kept)",
+                        s(&st["first"]),
+                        s(&st["last"]),
+                        s(&st["len"])
+                    );
+                }
+            }
+            if let Some(vv) = v["version_vector"].as_object() {
+                for (origin, seq) in vv {
+                    let _ = writeln!(out, "vv  {origin:<11} {}", s(seq));
+                }
+            }
+            if let Some(c) = v["counters"].as_object() {
+                for (k, n) in c {
+                    let _ = writeln!(out, "counter {k:<20} {}", s(n));
+                }
+            }
+        }
+        View::Keys { .. } => {
+            for k in v["keys"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{}\t{}\t{} bytes",
+                    s(&k["key"]),
+                    s(&k["version"]["text"]),
+                    s(&k["bytes"])
+                );
+            }
+        }
+        View::Get { .. } => {
+            let _ = writeln!(out, "key      {}", s(&v["key"]));
+            let _ = writeln!(out, "version  {}", s(&v["version"]["text"]));
+            let _ = writeln!(out, "deleted  {}", s(&v["deleted"]));
+            let _ = writeln!(out, "meta     {}", v["meta"]);
+            let _ = writeln!(out, "value    {}", s(&v["value"]));
+        }
+        View::Log { .. } => {
+            for u in v["updates"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    out,
+                    "{}\t{}:{}\t{}\t{}",
+                    s(&u["cursor"]),
+                    s(&u["origin"]),
+                    s(&u["seq"]),
+                    s(&u["key"]),
+                    if u["deleted"] == Value::Bool(true) {
+                        "(deleted)".to_string()
+                    } else {
+                        s(&u["value"])
+                    }
+                );
+            }
+            let _ = writeln!(out, "next cursor {}", s(&v["next"]));
+        }
+        View::Vv => {
+            for (origin, seq) in v.as_object().into_iter().flatten() {
+                let _ = writeln!(out, "{origin}\t{}", s(seq));
+            }
+        }
+        View::Merkle { .. } => {
+            let _ = writeln!(
+                out,
+                "level {} index {}: {}",
+                s(&v["level"]),
+                s(&v["index"]),
+                s(&v["digest"])
+            );
+            for (i, c) in v["children"].as_array().into_iter().flatten().enumerate() {
+                let _ = writeln!(out, "  child {i:>2} {}", s(c));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,358 @@
+//! `/health`, `/metrics` and `/api/*`: the sensor-hub views (state, updates,
+//! readings, history) and the read-only views `hub inspect --node` uses
+//! (introspection, merkle, entry).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::error::{ApiError, ApiResult};
+use super::kv::{limit_from, VersionJson};
+use super::AppState;
+use crate::merkle::{NodeRef, LEAF_LEVEL};
+use crate::model::{validate_key, Entry, Meta, NodeId};
+use crate::sensors;
+use crate::store::{Change, Condition, Op};
+
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({ "status": "ok", "node_id": state.node_id.as_str() }))
+}
+
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let summary = state.store.summary().ok();
+    let text = state
+        .metrics
+        .render(summary.as_ref(), state.committer.stats());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// A stored value as JSON: sensor readings are JSON text, so parse it; any
+/// other UTF-8 is a string; other bytes are hex in an object.
+pub fn value_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.to_string())),
+        Err(_) => json!({ "hex": hex::encode(bytes) }),
+    }
+}
+
+/// The reading's time: the device's `ts_ms` when it sent one, else the
+/// physical part of the entry's HLC.
+fn ts_ms(entry: &Entry) -> u64 {
+    entry
+        .meta
+        .get("ts_ms")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| entry.version.hlc.physical_ms())
+}
+
+fn meta_json(meta: &Meta) -> Value {
+    Value::Object(
+        meta.iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect(),
+    )
+}
+
+/// `GET /api/state`: the latest reading of every sensor, grouped by origin.
+pub async fn state(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = state.store.scan(sensors::PREFIX, after.as_deref(), 1000)?;
+        let done = page.len() < 1000;
+        for (key, entry) in page {
+            if let (Some((origin, name)), Some(v)) = (sensors::parse_key(&key), &entry.value) {
+                out.entry(origin.to_string()).or_default().insert(
+                    name.to_string(),
+                    json!({
+                        "value": value_json(v),
+                        "ts_ms": ts_ms(&entry),
+                        "origin": origin,
+                        "meta": meta_json(&entry.meta),
+                    }),
+                );
+            }
+            after = Some(key);
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(Json(json!(out)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatesQuery {
+    since: Option<String>,
+    limit: Option<usize>,
+}
+
+pub fn change_json(cursor: u64, c: &Change) -> Value {
+    let (origin, seq) = match &c.origin {
+        Some((o, s)) => (Value::String(o.to_string()), json!(s)),
+        None => (Value::Null, Value::Null),
+    };
+    json!({
+        "cursor": cursor.to_string(),
+        "key": c.key,
+        "origin": origin,
+        "seq": seq,
+        "version": VersionJson::from(&c.entry.version),
+        "ts_ms": ts_ms(&c.entry),
+        "deleted": c.entry.is_tombstone(),
+        "value": c.entry.value.as_deref().map(value_json),
+        "meta": meta_json(&c.entry.meta),
+    })
+}
+
+/// `GET /api/updates?since=&limit=`: the change feed in apply order. Reading
+/// consumes nothing; cursors are positions in the persisted feed.
+pub async fn updates(
+    State(state): State<AppState>,
+    q: Result<Query<UpdatesQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q?;
+    let limit = limit_from(q.limit)?;
+    let since = match q.since.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+            ApiError::bad_request(
+                "bad_cursor",
+                format!("cursor {s:?} is not one this API returned"),
+            )
+        })?),
+    };
+    let changes = state.store.changes(since, limit)?;
+    let next = changes.last().map(|(i, _)| *i).or(since).unwrap_or(0);
+    let updates: Vec<Value> = changes.iter().map(|(i, c)| change_json(*i, c)).collect();
+    Ok(Json(
+        json!({ "updates": updates, "next": next.to_string() }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadingIn {
+    sensor: String,
+    value: Value,
+    ts_ms: Option<u64>,
+    unit: Option<String>,
+}
+
+fn check_sensor_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 128 || name.contains('/') || validate_key(name).is_err() {
+        return Err(format!(
+            "sensor name {name:?} must be 1-128 printable characters without '/'"
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /api/readings`: a batch of real readings, stored as this node's
+/// sensors in one commit; any bad reading refuses the whole batch.
+pub async fn readings(
+    State(state): State<AppState>,
+    body: Result<Json<Vec<ReadingIn>>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(batch) = body?;
+    let mut ops = Vec::with_capacity(batch.len());
+    for (i, r) in batch.into_iter().enumerate() {
+        check_sensor_name(&r.sensor)
+            .map_err(|m| ApiError::bad_request("bad_reading", format!("[{i}].sensor: {m}")))?;
+        if !(r.value.is_number() || r.value.is_boolean() || r.value.is_string()) {
+            return Err(ApiError::bad_request(
+                "bad_reading",
+                format!("[{i}].value: must be a number, boolean or string"),
+            ));
+        }
+        let mut meta = Meta::new();
+        meta.insert("kind".into(), "reading".into());
+        if let Some(ts) = r.ts_ms {
+            meta.insert("ts_ms".into(), ts.to_string());
+        }
+        if let Some(unit) = r.unit {
+            if unit.len() > 64 || unit.chars().any(char::is_control) {
+                return Err(ApiError::bad_request(
+                    "bad_reading",
+                    format!("[{i}].unit: 1-64 printable characters"),
+                ));
+            }
+            meta.insert("unit".into(), unit);
+        }
+        ops.push(Op::Local {
+            key: sensors::key(state.node_id.as_str(), &r.sensor),
+            value: Some(r.value.to_string().into_bytes()),
+            meta,
+            cond: Condition::Always,
+        });
+    }
+    let n = ops.len();
+    if n > 0 {
+        state.committer.commit(ops).await?;
+        state.metrics.readings_ingested.inc_by(n as u64);
+        state.metrics.writes.inc_by(n as u64);
+    }
+    Ok((StatusCode::OK, Json(json!({ "accepted": n }))).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryQuery {
+    limit: Option<usize>,
+    before: Option<u64>,
+}
+
+/// Log records looked at per history request, so one call stays cheap.
+const HISTORY_SCAN_BUDGET: usize = 100_000;
+
+/// `GET /api/sensors/{origin}/{sensor}/history?limit=&before=`: readings
+/// newest first from the retained log; `before` is a seq (exclusive).
+pub async fn history(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+    q: Result<Query<HistoryQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path((origin, sensor)) = path?;
+    let Query(q) = q?;
+    let limit = limit_from(q.limit)?;
+    let origin =
+        NodeId::new(origin).map_err(|e| ApiError::bad_request("bad_origin", e.to_string()))?;
+    check_sensor_name(&sensor).map_err(|m| ApiError::bad_request("bad_sensor", m))?;
+    let key = sensors::key(origin.as_str(), &sensor);
+    let deltas = state
+        .store
+        .key_history(&origin, &key, q.before, limit, HISTORY_SCAN_BUDGET)?;
+    let readings: Vec<Value> = deltas
+        .iter()
+        .map(|d| {
+            json!({
+                "seq": d.seq,
+                "value": d.entry.value.as_deref().map(value_json),
+                "ts_ms": ts_ms(&d.entry),
+                "version": VersionJson::from(&d.entry.version),
+                "meta": meta_json(&d.entry.meta),
+            })
+        })
+        .collect();
+    let next_before = if deltas.len() == limit {
+        deltas.last().map(|d| d.seq)
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "origin": origin.as_str(),
+        "sensor": sensor,
+        "readings": readings,
+        "next_before": next_before,
+    })))
+}
+
+#[derive(Serialize)]
+struct Counters {
+    writes: u64,
+    rejected_inputs: u64,
+    readings_ingested: u64,
+    sensor_readings: u64,
+    commit_groups: u64,
+    commit_ops: u64,
+    flushes: u64,
+}
+
+/// `GET /api/introspection`: the store summary plus this node's counters.
+pub async fn introspection(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let s = state.store.summary()?;
+    let c = state.committer.stats();
+    let m = &state.metrics;
+    let counters = Counters {
+        writes: m.writes.get(),
+        rejected_inputs: m.rejected.get(),
+        readings_ingested: m.readings_ingested.get(),
+        sensor_readings: m.sensor_readings.get(),
+        commit_groups: c.groups.load(Relaxed),
+        commit_ops: c.ops.load(Relaxed),
+        flushes: c.flushes.load(Relaxed),
+    };
+    let mut v = serde_json::to_value(&s)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    if let Value::Object(o) = &mut v {
+        o.insert("counters".into(), json!(counters));
+        o.insert("max_value_bytes".into(), json!(state.max_value_bytes));
+    }
+    Ok(Json(v))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MerkleQuery {
+    level: Option<u8>,
+    index: Option<u32>,
+}
+
+/// `GET /api/merkle?level=&index=`: one Merkle node and its children.
+pub async fn merkle(
+    State(state): State<AppState>,
+    q: Result<Query<MerkleQuery>, QueryRejection>,
+) -> ApiResult<Json<Value>> {
+    let Query(q) = q?;
+    let node = NodeRef {
+        level: q.level.unwrap_or(0),
+        index: q.index.unwrap_or(0),
+    };
+    if !node.is_valid() {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!(
+                "no Merkle node at level {} index {} (levels 0..={LEAF_LEVEL})",
+                node.level, node.index
+            ),
+        ));
+    }
+    Ok(Json(merkle_json(&state.store, node)))
+}
+
+pub fn merkle_json(store: &crate::store::Store, node: NodeRef) -> Value {
+    let digest = store.merkle_node(node).map(hex::encode);
+    let children: Option<Vec<String>> = store
+        .merkle_children(node)
+        .map(|c| c.iter().map(hex::encode).collect());
+    json!({ "level": node.level, "index": node.index, "digest": digest, "children": children })
+}
+
+/// `GET /api/entry/{key}`: an entry with version and meta, tombstones included.
+pub async fn entry(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Value>> {
+    let Path(key) = path?;
+    validate_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+    match state.store.get(&key)? {
+        Some(e) => Ok(Json(entry_json(&key, &e))),
+        None => Err(ApiError::not_found(format!("key {key:?} not found"))),
+    }
+}
+
+pub fn entry_json(key: &str, e: &Entry) -> Value {
+    json!({
+        "key": key,
+        "version": VersionJson::from(&e.version),
+        "deleted": e.is_tombstone(),
+        "value": e.value.as_deref().map(value_json),
+        "bytes": e.value.as_ref().map(Vec::len),
+        "meta": meta_json(&e.meta),
+    })
+}

@@ -1,0 +1,268 @@
+//! `/kv`: plain key/value access to the LWW map.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ApiResult};
+use super::{AppState, VERSION_HEADER};
+use crate::model::{validate_key, Delta, Meta, Version};
+use crate::store::{Condition, Op, Outcome};
+
+pub const DEFAULT_LIMIT: usize = 100;
+pub const MAX_LIMIT: usize = 10_000;
+
+#[derive(Serialize)]
+pub struct VersionJson {
+    pub hlc: u64,
+    pub node: String,
+    /// `<hlc>@<node>`, as in the version header.
+    pub text: String,
+}
+
+impl From<&Version> for VersionJson {
+    fn from(v: &Version) -> Self {
+        VersionJson {
+            hlc: v.hlc.0,
+            node: v.node.to_string(),
+            text: v.to_string(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Written {
+    key: String,
+    version: VersionJson,
+    seq: u64,
+}
+
+fn key_from(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+    let Path(key) = path?;
+    validate_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+    Ok(key)
+}
+
+pub(super) fn limit_from(limit: Option<usize>) -> ApiResult<usize> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::bad_request(
+            "bad_query",
+            format!("limit {n} is not between 1 and {MAX_LIMIT}"),
+        )),
+    }
+}
+
+fn version_header(v: &Version) -> HeaderValue {
+    // Node ids are DNS labels and hlc is a number, so this is always a valid header.
+    HeaderValue::from_str(&v.to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
+async fn write(
+    state: &AppState,
+    key: String,
+    value: Option<Vec<u8>>,
+    cond: Condition,
+) -> ApiResult<Outcome> {
+    let op = Op::Local {
+        key,
+        value,
+        meta: Meta::new(),
+        cond,
+    };
+    let outcome = state.committer.commit(vec![op]).await?.pop();
+    outcome.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store_error",
+            "no outcome for write",
+        )
+    })
+}
+
+fn written(status: StatusCode, d: Delta) -> Response {
+    let header = version_header(&d.entry.version);
+    let body = Written {
+        version: (&d.entry.version).into(),
+        key: d.key,
+        seq: d.seq,
+    };
+    (status, [(VERSION_HEADER, header)], Json(body)).into_response()
+}
+
+fn value_from(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult<Vec<u8>> {
+    let body = body?;
+    if body.len() > state.max_value_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+            format!(
+                "value is {} bytes; the limit is {}",
+                body.len(),
+                state.max_value_bytes
+            ),
+        ));
+    }
+    Ok(body.to_vec())
+}
+
+/// `PUT /kv/{key}`: write unconditionally; 200 with the new version.
+pub async fn put(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let key = key_from(path)?;
+    let value = value_from(&state, body)?;
+    match write(&state, key, Some(value), Condition::Always).await? {
+        Outcome::Written(d) => {
+            state.metrics.writes.inc();
+            Ok(written(StatusCode::OK, d))
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `POST /kv/{key}`: create; 201, or 409 if the key holds a value.
+pub async fn create(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let key = key_from(path)?;
+    let value = value_from(&state, body)?;
+    match write(&state, key.clone(), Some(value), Condition::IfAbsent).await? {
+        Outcome::Written(d) => {
+            state.metrics.writes.inc();
+            Ok(written(StatusCode::CREATED, d))
+        }
+        Outcome::Conflict => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "exists",
+            format!("key {key:?} already exists; use PUT to overwrite"),
+        )),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// `DELETE /kv/{key}`: 204, or 404 if absent or already deleted.
+pub async fn delete(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let key = key_from(path)?;
+    match write(&state, key.clone(), None, Condition::IfPresent).await? {
+        Outcome::Written(d) => {
+            state.metrics.writes.inc();
+            Ok((
+                StatusCode::NO_CONTENT,
+                [(VERSION_HEADER, version_header(&d.entry.version))],
+            )
+                .into_response())
+        }
+        Outcome::NotFound => Err(ApiError::not_found(format!("key {key:?} not found"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(o: Outcome) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "store_error",
+        format!("unexpected outcome {o:?}"),
+    )
+}
+
+/// `GET /kv/{key}`: the raw value, version in `x-hub-version`.
+pub async fn get(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> ApiResult<Response> {
+    let key = key_from(path)?;
+    match state.store.get(&key)? {
+        Some(e) => match e.value {
+            Some(v) => Ok((
+                StatusCode::OK,
+                [
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/octet-stream"),
+                    ),
+                    (
+                        header::HeaderName::from_static(VERSION_HEADER),
+                        version_header(&e.version),
+                    ),
+                ],
+                v,
+            )
+                .into_response()),
+            None => Err(ApiError::not_found(format!("key {key:?} was deleted"))),
+        },
+        None => Err(ApiError::not_found(format!("key {key:?} not found"))),
+    }
+}
+
+/// `/kv/` with an empty key.
+pub async fn empty_key() -> ApiError {
+    ApiError::bad_request("bad_key", "key is empty")
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Serialize)]
+struct Listed {
+    key: String,
+    version: VersionJson,
+    bytes: usize,
+}
+
+/// `GET /kv?prefix=&after=&limit=`: live keys in key order; `next` is the
+/// `after` for the following page, `null` at the end.
+pub async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(q) = q?;
+    let limit = limit_from(q.limit)?;
+    let prefix = q.prefix.unwrap_or_default();
+    let mut after = q.after;
+    let mut keys = Vec::new();
+    // Tombstones are skipped, so a page may need more than one scan.
+    'scan: loop {
+        let page = state.store.scan(&prefix, after.as_deref(), limit)?;
+        let exhausted = page.len() < limit;
+        for (key, entry) in page {
+            after = Some(key.clone());
+            if let Some(v) = &entry.value {
+                keys.push(Listed {
+                    bytes: v.len(),
+                    version: (&entry.version).into(),
+                    key,
+                });
+                if keys.len() == limit {
+                    break 'scan;
+                }
+            }
+        }
+        if exhausted {
+            break;
+        }
+    }
+    let next = if keys.len() == limit {
+        keys.last().map(|k| k.key.clone())
+    } else {
+        None
+    };
+    Ok(Json(serde_json::json!({ "keys": keys, "next": next })).into_response())
+}

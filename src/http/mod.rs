@@ -1,0 +1,85 @@
+//! The HTTP API (axum). Every write goes through the committer and is
+//! answered only after it is durable; reads go straight to the store.
+//! Errors are JSON (see [`error`]).
+
+pub mod api;
+pub mod error;
+pub mod kv;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::metrics::Metrics;
+use crate::model::NodeId;
+use crate::store::commit::Committer;
+use crate::store::Store;
+
+/// Response header carrying an entry's version, `<hlc>@<node>`.
+pub const VERSION_HEADER: &str = "x-hub-version";
+
+/// What every handler can reach.
+pub struct Shared {
+    pub node_id: NodeId,
+    pub store: Arc<Store>,
+    pub committer: Committer,
+    pub metrics: Arc<Metrics>,
+    pub max_value_bytes: usize,
+    pub max_batch_bytes: usize,
+}
+
+pub type AppState = Arc<Shared>;
+
+pub fn router(state: AppState) -> Router {
+    let kv_routes = Router::new()
+        .route("/kv", get(kv::list))
+        .route(
+            "/kv/",
+            get(kv::empty_key)
+                .put(kv::empty_key)
+                .post(kv::empty_key)
+                .delete(kv::empty_key),
+        )
+        .route(
+            "/kv/{*key}",
+            get(kv::get)
+                .put(kv::put)
+                .post(kv::create)
+                .delete(kv::delete),
+        )
+        .layer(DefaultBodyLimit::max(state.max_value_bytes));
+    let api_routes = Router::new()
+        .route("/health", get(api::health))
+        .route("/metrics", get(api::metrics))
+        .route("/api/state", get(api::state))
+        .route("/api/updates", get(api::updates))
+        .route(
+            "/api/readings",
+            post(api::readings).layer(DefaultBodyLimit::max(state.max_batch_bytes)),
+        )
+        .route("/api/sensors/{origin}/{sensor}/history", get(api::history))
+        .route("/api/introspection", get(api::introspection))
+        .route("/api/merkle", get(api::merkle))
+        .route("/api/entry/{*key}", get(api::entry));
+    Router::new()
+        .merge(kv_routes)
+        .merge(api_routes)
+        .fallback(error::route_not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            count_responses,
+        ))
+        .with_state(state)
+}
+
+/// Counts responses by status class, and 4xx as rejected inputs.
+async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    state.metrics.count_status(resp.status().as_u16());
+    resp
+}
