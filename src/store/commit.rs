@@ -1,9 +1,10 @@
 //! Group commit: the one writer of a store.
 //!
 //! Writers (HTTP handlers, sensors, replication) send jobs over a bounded
-//! channel. A dedicated thread takes whatever has queued up, applies it all as
-//! one atomic batch, flushes once, and only then answers every job. Under load
-//! many writes share one flush; with one writer a write costs one flush. The
+//! channel. One thread takes whatever has queued up and applies it as one
+//! atomic batch; a second thread flushes and only then answers every job of
+//! every group applied before the flush began, so applying the next group
+//! overlaps with flushing this one. Under load many writes share one flush; with one writer a write costs one flush. The
 //! bounded channel pushes back on producers instead of queueing without limit.
 //!
 //! After a flush, deltas that were newly logged are handed to the subscriber
@@ -60,16 +61,25 @@ pub fn wall_ms() -> u64 {
 pub type DeltaSink = mpsc::UnboundedSender<Arc<Vec<Delta>>>;
 
 impl Committer {
-    /// Starts the writer thread. It stops when every `Committer` is dropped.
+    /// Starts the writer threads. They stop when every `Committer` is dropped.
     pub fn start(store: Arc<Store>, sink: Option<DeltaSink>) -> Committer {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(CommitStats::default());
-        let thread_stats = stats.clone();
-        std::thread::Builder::new()
-            .name("hub-commit".into())
-            .spawn(move || run(store, rx, sink, thread_stats))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start commit thread"));
+        // At most a few applied groups wait for their flush: backpressure.
+        let (flush_tx, flush_rx) = std::sync::mpsc::sync_channel(4);
+        let (apply_store, apply_stats, flush_stats) = (store.clone(), stats.clone(), stats.clone());
+        let keep_received = sink.is_some();
+        let spawned = std::thread::Builder::new()
+            .name("hub-apply".into())
+            .spawn(move || apply_loop(apply_store, rx, flush_tx, keep_received, apply_stats))
+            .and_then(|_| {
+                std::thread::Builder::new()
+                    .name("hub-flush".into())
+                    .spawn(move || flush_loop(store, flush_rx, sink, flush_stats))
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start commit threads");
+        }
         Committer { tx, stats }
     }
 
@@ -88,10 +98,23 @@ impl Committer {
     }
 }
 
-fn run(
+/// A group that is applied and waits for a flush before it is answered.
+struct Applied {
+    outcomes: Vec<Outcome>,
+    sizes: Vec<usize>,
+    replies: Vec<Reply>,
+    /// Received deltas aligned with `outcomes`, to hand on once durable.
+    received: Vec<Option<Delta>>,
+}
+
+/// Gathers queued jobs into groups and applies each as one atomic batch.
+/// Applying group N+1 overlaps with the flush of group N: a flush makes
+/// durable everything applied before it started, so answering after it is sound.
+fn apply_loop(
     store: Arc<Store>,
     mut rx: mpsc::Receiver<Job>,
-    sink: Option<DeltaSink>,
+    flush_tx: std::sync::mpsc::SyncSender<Applied>,
+    keep_received: bool,
     stats: Arc<CommitStats>,
 ) {
     use std::sync::atomic::Ordering::Relaxed;
@@ -110,11 +133,10 @@ fn run(
         let mut all = Vec::with_capacity(n_ops);
         let mut sizes = Vec::with_capacity(jobs.len());
         let mut replies = Vec::with_capacity(jobs.len());
-        // Received deltas, kept to hand on to replication once durable.
         let mut received: Vec<Option<Delta>> = Vec::new();
         for job in jobs {
             sizes.push(job.ops.len());
-            if sink.is_some() {
+            if keep_received {
                 received.extend(job.ops.iter().map(|op| match op {
                     Op::Delta(d) => Some(d.clone()),
                     _ => None,
@@ -123,33 +145,18 @@ fn run(
             all.extend(job.ops);
             replies.push(job.reply);
         }
-        let result = store.apply(all, wall_ms()).and_then(|outcomes| {
-            store.flush()?;
-            Ok(outcomes)
-        });
         stats.groups.fetch_add(1, Relaxed);
         stats.ops.fetch_add(n_ops as u64, Relaxed);
-        match result {
-            Ok(mut outcomes) => {
-                stats.flushes.fetch_add(1, Relaxed);
-                if let Some(sink) = &sink {
-                    let fresh: Vec<Delta> = outcomes
-                        .iter()
-                        .zip(received.iter_mut())
-                        .filter_map(|(o, r)| match o {
-                            Outcome::Written(d) => Some(d.clone()),
-                            Outcome::Applied { .. } => r.take(),
-                            _ => None,
-                        })
-                        .collect();
-                    if !fresh.is_empty() {
-                        let _ = sink.send(Arc::new(fresh));
-                    }
-                }
-                let mut rest = outcomes.drain(..);
-                for (size, reply) in sizes.into_iter().zip(replies) {
-                    let part: Vec<Outcome> = rest.by_ref().take(size).collect();
-                    let _ = reply.send(Ok(part));
+        match store.apply(all, wall_ms()) {
+            Ok(outcomes) => {
+                let applied = Applied {
+                    outcomes,
+                    sizes,
+                    replies,
+                    received,
+                };
+                if flush_tx.send(applied).is_err() {
+                    return;
                 }
             }
             Err(e) => {
@@ -158,6 +165,54 @@ fn run(
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
+            }
+        }
+    }
+}
+
+/// Flushes once for every applied group waiting, then answers them all.
+fn flush_loop(
+    store: Arc<Store>,
+    rx: std::sync::mpsc::Receiver<Applied>,
+    sink: Option<DeltaSink>,
+    stats: Arc<CommitStats>,
+) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while let Ok(first) = rx.recv() {
+        let mut groups = vec![first];
+        groups.extend(rx.try_iter());
+        let flushed = store.flush();
+        if flushed.is_ok() {
+            stats.flushes.fetch_add(1, Relaxed);
+        }
+        let error = flushed.err().map(Arc::new);
+        for mut g in groups {
+            if let Some(e) = &error {
+                tracing::error!(error = %e, "flush failed");
+                for reply in g.replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                continue;
+            }
+            if let Some(sink) = &sink {
+                let fresh: Vec<Delta> = g
+                    .outcomes
+                    .iter()
+                    .zip(g.received.iter_mut())
+                    .filter_map(|(o, r)| match o {
+                        Outcome::Written(d) => Some(d.clone()),
+                        Outcome::Applied { .. } => r.take(),
+                        _ => None,
+                    })
+                    .collect();
+                if !fresh.is_empty() {
+                    let _ = sink.send(Arc::new(fresh));
+                }
+            }
+            let mut rest = g.outcomes.into_iter();
+            for (size, reply) in g.sizes.into_iter().zip(g.replies) {
+                let part: Vec<Outcome> = rest.by_ref().take(size).collect();
+                let _ = reply.send(Ok(part));
             }
         }
     }
