@@ -36,8 +36,15 @@ use crate::store::{Op, Store};
 #[derive(Debug)]
 enum Waiting {
     Root,
-    Digests { req: u64, nodes: Vec<NodeRef> },
-    LeafDiff { req: u64, seen: BTreeSet<u32>, parts: Option<u32> },
+    Digests {
+        req: u64,
+        nodes: Vec<NodeRef>,
+    },
+    LeafDiff {
+        req: u64,
+        seen: BTreeSet<u32>,
+        parts: Option<u32>,
+    },
 }
 
 /// A session this node initiated.
@@ -45,6 +52,9 @@ enum Waiting {
 pub(super) struct Session {
     pub(super) id: u64,
     pub(super) last_activity_ms: u64,
+    /// The outstanding request, kept to resend it, and when it was sent.
+    request: Option<Msg>,
+    sent_ms: u64,
     peer_vv: Option<VersionVector>,
     /// Inner nodes known to differ whose children we still need.
     frontier: VecDeque<NodeRef>,
@@ -68,14 +78,22 @@ impl Replicator {
         store: &Store,
         out: &mut Vec<Effect>,
     ) -> bool {
-        if self.sessions.contains_key(peer) || self.sessions.len() >= self.config.max_ae_sessions || *peer == self.node {
+        if self.sessions.contains_key(peer)
+            || self.sessions.len() >= self.config.max_ae_sessions
+            || *peer == self.node
+        {
             return false;
         }
         let id = self.next_id();
-        let msg = Msg::AeBegin { clock: store.now(now), session: id };
+        let msg = Msg::AeBegin {
+            clock: store.now(now),
+            session: id,
+        };
         let mut session = Session {
             id,
             last_activity_ms: now,
+            request: None,
+            sent_ms: now,
             peer_vv: None,
             frontier: VecDeque::new(),
             leaves: VecDeque::new(),
@@ -98,10 +116,18 @@ impl Replicator {
             },
         };
         session.run.bytes_sent += msg.encoded_len();
+        session.request = Some(msg.clone());
         tracing::debug!(node = %self.node, peer = %peer, session = id, ?trigger, "anti-entropy started");
         self.sessions.insert(peer.clone(), session);
-        self.peers.entry(peer.clone()).or_default().stats.anti_entropy_runs += 1;
-        out.push(Effect::Send { to: peer.clone(), msg });
+        self.peers
+            .entry(peer.clone())
+            .or_default()
+            .stats
+            .anti_entropy_runs += 1;
+        out.push(Effect::Send {
+            to: peer.clone(),
+            msg,
+        });
         true
     }
 
@@ -113,7 +139,9 @@ impl Replicator {
 
     /// Ends the session with `peer`, recording its run.
     pub(super) fn finish_session(&mut self, peer: &NodeId, now: u64, failure: Option<&str>) {
-        let Some(s) = self.sessions.remove(peer) else { return };
+        let Some(s) = self.sessions.remove(peer) else {
+            return;
+        };
         let mut run = s.run;
         run.finished_ms = now;
         let p = self.peers.entry(peer.clone()).or_default();
@@ -125,7 +153,11 @@ impl Replicator {
             }
             None => {
                 let changed = run.entries_received + run.entries_sent + run.leaves_compared > 0;
-                run.result = if changed { AeResult::Repaired } else { AeResult::InSync };
+                run.result = if changed {
+                    AeResult::Repaired
+                } else {
+                    AeResult::InSync
+                };
                 tracing::info!(node = %self.node, peer = %peer, session = s.id,
                     received = run.entries_received, sent = run.entries_sent,
                     bytes = run.bytes_sent + run.bytes_received, ms = now.saturating_sub(run.started_ms),
@@ -138,9 +170,18 @@ impl Replicator {
     }
 
     /// Answers from the responder, for our session.
-    pub(super) fn on_ae_answer(&mut self, from: &NodeId, msg: Msg, now: u64, store: &Store, out: &mut Vec<Effect>) {
+    pub(super) fn on_ae_answer(
+        &mut self,
+        from: &NodeId,
+        msg: Msg,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
         let session = match &msg {
-            Msg::AeRoot { session, .. } | Msg::AeDigests { session, .. } | Msg::AeLeafDiff { session, .. } => *session,
+            Msg::AeRoot { session, .. }
+            | Msg::AeDigests { session, .. }
+            | Msg::AeLeafDiff { session, .. } => *session,
             _ => return,
         };
         let Some(s) = self.sessions.get_mut(from).filter(|s| s.id == session) else {
@@ -148,13 +189,22 @@ impl Replicator {
         };
         let bytes = msg.encoded_len();
         match (msg, &mut s.waiting) {
-            (Msg::AeRoot { vv, root, children, .. }, Some(Waiting::Root)) => {
+            (
+                Msg::AeRoot {
+                    vv, root, children, ..
+                },
+                Some(Waiting::Root),
+            ) => {
                 s.run.bytes_received += bytes;
                 s.last_activity_ms = now;
                 s.waiting = None;
                 s.peer_vv = Some(vv);
                 if root != store.merkle_root() {
-                    let theirs = if children.is_empty() { vec![crate::merkle::ZERO; FANOUT] } else { children };
+                    let theirs = if children.is_empty() {
+                        vec![crate::merkle::ZERO; FANOUT]
+                    } else {
+                        children
+                    };
                     s.run.nodes_compared += 1;
                     let mine = store.merkle_children(NodeRef::ROOT).unwrap_or_default();
                     enqueue_differing(s, NodeRef::ROOT, &mine, &theirs);
@@ -175,8 +225,19 @@ impl Replicator {
                 }
             }
             (
-                Msg::AeLeafDiff { req, part, parts, entries, want, .. },
-                Some(Waiting::LeafDiff { req: expect, seen, parts: known }),
+                Msg::AeLeafDiff {
+                    req,
+                    part,
+                    parts,
+                    entries,
+                    want,
+                    ..
+                },
+                Some(Waiting::LeafDiff {
+                    req: expect,
+                    seen,
+                    parts: known,
+                }),
             ) => {
                 if req != *expect || known.is_some_and(|k| k != parts) || seen.contains(&part) {
                     return;
@@ -192,8 +253,17 @@ impl Replicator {
                 let id = s.id;
                 if !entries.is_empty() {
                     s.run.entries_received += entries.len() as u64;
-                    let ops = entries.into_iter().map(|(key, entry)| Op::Entry { key, entry }).collect();
-                    let tag = self.commit(from, ops, PendingKind::SessionEntries { session: id }, now, out);
+                    let ops = entries
+                        .into_iter()
+                        .map(|(key, entry)| Op::Entry { key, entry })
+                        .collect();
+                    let tag = self.commit(
+                        from,
+                        ops,
+                        PendingKind::SessionEntries { session: id },
+                        now,
+                        out,
+                    );
                     if let Some(s) = self.sessions.get_mut(from) {
                         s.commits.insert(tag);
                     }
@@ -208,22 +278,44 @@ impl Replicator {
     }
 
     /// Sends the responder the entries it wants (we are newer there).
-    fn send_wanted(&mut self, peer: &NodeId, session: u64, want: Vec<String>, now: u64, store: &Store, out: &mut Vec<Effect>) {
+    fn send_wanted(
+        &mut self,
+        peer: &NodeId,
+        session: u64,
+        want: Vec<String>,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
         let mut entries: Vec<(String, Entry)> = Vec::with_capacity(want.len());
         for key in want {
             match store.get(&key) {
                 Ok(Some(e)) => entries.push((key, e)),
                 Ok(None) => {}
-                Err(e) => tracing::error!(node = %self.node, peer = %peer, error = %e, "cannot read entry for anti-entropy"),
+                Err(e) => {
+                    tracing::error!(node = %self.node, peer = %peer, error = %e, "cannot read entry for anti-entropy")
+                }
             }
         }
         let n = entries.len() as u64;
         let clock = store.now(now);
         let mut bytes = 0;
-        for chunk in chunks(entries, self.config.max_items_per_msg, self.config.max_msg_bytes, |(k, e)| approx_size(k, e)) {
-            let msg = Msg::AeEntries { clock, session, entries: chunk };
+        for chunk in chunks(
+            entries,
+            self.config.max_items_per_msg,
+            self.config.max_msg_bytes,
+            |(k, e)| approx_size(k, e),
+        ) {
+            let msg = Msg::AeEntries {
+                clock,
+                session,
+                entries: chunk,
+            };
             bytes += msg.encoded_len();
-            out.push(Effect::Send { to: peer.clone(), msg });
+            out.push(Effect::Send {
+                to: peer.clone(),
+                msg,
+            });
         }
         if let Some(s) = self.sessions.get_mut(peer) {
             s.run.entries_sent += n;
@@ -234,7 +326,9 @@ impl Replicator {
     /// Sends the next request of the session, or finishes it.
     fn session_step(&mut self, peer: &NodeId, now: u64, store: &Store, out: &mut Vec<Effect>) {
         let req = self.next_id();
-        let Some(s) = self.sessions.get_mut(peer) else { return };
+        let Some(s) = self.sessions.get_mut(peer) else {
+            return;
+        };
         if s.waiting.is_some() {
             return;
         }
@@ -242,8 +336,16 @@ impl Replicator {
         let msg = if !s.frontier.is_empty() {
             let take = s.frontier.len().min(MAX_NODES);
             let nodes: Vec<NodeRef> = s.frontier.drain(..take).collect();
-            s.waiting = Some(Waiting::Digests { req, nodes: nodes.clone() });
-            Msg::AeNodes { clock, session: s.id, req, nodes }
+            s.waiting = Some(Waiting::Digests {
+                req,
+                nodes: nodes.clone(),
+            });
+            Msg::AeNodes {
+                clock,
+                session: s.id,
+                req,
+                nodes,
+            }
         } else if !s.leaves.is_empty() {
             let max_items = self.config.max_items_per_msg;
             let mut buckets: Vec<(u16, Vec<ItemVersion>)> = Vec::new();
@@ -273,44 +375,128 @@ impl Replicator {
                 items += versions.len();
                 let list = versions
                     .into_iter()
-                    .map(|(key, version, tombstone)| ItemVersion { key, version, tombstone })
+                    .map(|(key, version, tombstone)| ItemVersion {
+                        key,
+                        version,
+                        tombstone,
+                    })
                     .collect();
                 buckets.push((b, list));
             }
             s.run.leaves_compared += buckets.len() as u64;
-            s.waiting = Some(Waiting::LeafDiff { req, seen: BTreeSet::new(), parts: None });
-            Msg::AeLeaves { clock, session: s.id, req, buckets }
+            s.waiting = Some(Waiting::LeafDiff {
+                req,
+                seen: BTreeSet::new(),
+                parts: None,
+            });
+            Msg::AeLeaves {
+                clock,
+                session: s.id,
+                req,
+                buckets,
+            }
         } else {
             self.maybe_finish_session(peer, now, out);
             return;
         };
         if let Some(s) = self.sessions.get_mut(peer) {
             s.run.bytes_sent += msg.encoded_len();
+            s.request = Some(msg.clone());
+            s.sent_ms = now;
         }
-        out.push(Effect::Send { to: peer.clone(), msg });
+        out.push(Effect::Send {
+            to: peer.clone(),
+            msg,
+        });
+    }
+
+    /// Resends the outstanding request of sessions that got no answer for
+    /// `ae_retry_ms` (a message lost, or dropped by a full send queue). A
+    /// resent request gets a new id, so parts of an older answer are never
+    /// mixed with the new one.
+    pub(super) fn retry_sessions(&mut self, now: u64, out: &mut Vec<Effect>) {
+        let retry_ms = self.config.ae_retry_ms;
+        let due: Vec<NodeId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| {
+                s.waiting.is_some()
+                    && s.request.is_some()
+                    && now.saturating_sub(s.sent_ms) >= retry_ms
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for peer in due {
+            let req = self.next_id();
+            let Some(s) = self.sessions.get_mut(&peer) else {
+                continue;
+            };
+            let Some(mut msg) = s.request.take() else {
+                continue;
+            };
+            match (&mut msg, &mut s.waiting) {
+                (Msg::AeNodes { req: r, .. }, Some(Waiting::Digests { req: w, .. })) => {
+                    *r = req;
+                    *w = req;
+                }
+                (Msg::AeLeaves { req: r, .. }, Some(waiting @ Waiting::LeafDiff { .. })) => {
+                    *r = req;
+                    *waiting = Waiting::LeafDiff {
+                        req,
+                        seen: BTreeSet::new(),
+                        parts: None,
+                    };
+                }
+                _ => {}
+            }
+            s.sent_ms = now;
+            s.run.bytes_sent += msg.encoded_len();
+            s.request = Some(msg.clone());
+            tracing::debug!(node = %self.node, peer = %peer, session = s.id, kind = msg.kind(), "anti-entropy request resent");
+            out.push(Effect::Send { to: peer, msg });
+        }
     }
 
     /// When the exchange is complete and every entry is durable, advances
     /// our vector to the peer's snapshot (then the session ends on its outcome).
     pub(super) fn maybe_finish_session(&mut self, peer: &NodeId, now: u64, out: &mut Vec<Effect>) {
-        let Some(s) = self.sessions.get_mut(peer) else { return };
+        let Some(s) = self.sessions.get_mut(peer) else {
+            return;
+        };
         let done = s.waiting.is_none() && s.frontier.is_empty() && s.leaves.is_empty();
         if !done || !s.commits.is_empty() || s.vv_tag.is_some() {
             return;
         }
         let Some(vv) = s.peer_vv.clone() else { return };
         let id = s.id;
-        let tag = self.commit(peer, vec![Op::AdvanceVv(vv)], PendingKind::SessionVv { session: id }, now, out);
+        let tag = self.commit(
+            peer,
+            vec![Op::AdvanceVv(vv)],
+            PendingKind::SessionVv { session: id },
+            now,
+            out,
+        );
         if let Some(s) = self.sessions.get_mut(peer) {
             s.vv_tag = Some(tag);
         }
     }
 
     /// Requests from a peer's session: answered from our current state.
-    pub(super) fn serve_ae(&mut self, from: &NodeId, msg: Msg, now: u64, store: &Store, out: &mut Vec<Effect>) {
+    pub(super) fn serve_ae(
+        &mut self,
+        from: &NodeId,
+        msg: Msg,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
         let reply = match msg {
             Msg::AeBegin { session, .. } => {
-                self.peers.entry(from.clone()).or_default().stats.anti_entropy_served += 1;
+                self.peers
+                    .entry(from.clone())
+                    .or_default()
+                    .stats
+                    .anti_entropy_served += 1;
                 // The vector first: everything read after it covers it.
                 let vv = store.version_vector();
                 let root = store.merkle_root();
@@ -319,22 +505,50 @@ impl Replicator {
                 } else {
                     store.merkle_children(NodeRef::ROOT).unwrap_or_default()
                 };
-                vec![Msg::AeRoot { clock: store.now(now), session, vv, root, children }]
+                vec![Msg::AeRoot {
+                    clock: store.now(now),
+                    session,
+                    vv,
+                    root,
+                    children,
+                }]
             }
-            Msg::AeNodes { session, req, nodes, .. } => {
+            Msg::AeNodes {
+                session,
+                req,
+                nodes,
+                ..
+            } => {
                 // Validated: every node is a valid inner node.
                 let children = nodes
                     .iter()
-                    .map(|n| store.merkle_children(*n).unwrap_or_else(|| vec![crate::merkle::ZERO; FANOUT]))
+                    .map(|n| {
+                        store
+                            .merkle_children(*n)
+                            .unwrap_or_else(|| vec![crate::merkle::ZERO; FANOUT])
+                    })
                     .collect();
-                vec![Msg::AeDigests { clock: store.now(now), session, req, children }]
+                vec![Msg::AeDigests {
+                    clock: store.now(now),
+                    session,
+                    req,
+                    children,
+                }]
             }
-            Msg::AeLeaves { session, req, buckets, .. } => match self.leaf_diff(from, buckets, store) {
+            Msg::AeLeaves {
+                session,
+                req,
+                buckets,
+                ..
+            } => match self.leaf_diff(from, buckets, store) {
                 Ok((entries, want)) => {
                     let clock = store.now(now);
-                    let mut parts = chunks(entries, self.config.max_items_per_msg, self.config.max_msg_bytes, |(k, e)| {
-                        approx_size(k, e)
-                    });
+                    let mut parts = chunks(
+                        entries,
+                        self.config.max_items_per_msg,
+                        self.config.max_msg_bytes,
+                        |(k, e)| approx_size(k, e),
+                    );
                     if parts.is_empty() {
                         parts.push(Vec::new());
                     }
@@ -348,8 +562,20 @@ impl Replicator {
                         .into_iter()
                         .enumerate()
                         .map(|(i, entries)| {
-                            let want = if i as u32 == n - 1 { want.take().unwrap_or_default() } else { Vec::new() };
-                            Msg::AeLeafDiff { clock, session, req, part: i as u32, parts: n, entries, want }
+                            let want = if i as u32 == n - 1 {
+                                want.take().unwrap_or_default()
+                            } else {
+                                Vec::new()
+                            };
+                            Msg::AeLeafDiff {
+                                clock,
+                                session,
+                                req,
+                                part: i as u32,
+                                parts: n,
+                                entries,
+                                want,
+                            }
                         })
                         .collect()
                 }
@@ -360,7 +586,10 @@ impl Replicator {
             },
             Msg::AeEntries { entries, .. } => {
                 if !entries.is_empty() {
-                    let ops = entries.into_iter().map(|(key, entry)| Op::Entry { key, entry }).collect();
+                    let ops = entries
+                        .into_iter()
+                        .map(|(key, entry)| Op::Entry { key, entry })
+                        .collect();
                     self.commit(from, ops, PendingKind::ServedEntries, now, out);
                 }
                 return;
@@ -368,7 +597,10 @@ impl Replicator {
             _ => return,
         };
         for msg in reply {
-            out.push(Effect::Send { to: from.clone(), msg });
+            out.push(Effect::Send {
+                to: from.clone(),
+                msg,
+            });
         }
     }
 
@@ -421,7 +653,12 @@ impl Replicator {
 }
 
 /// Queues the children of `node` whose digests differ.
-fn enqueue_differing(s: &mut Session, node: NodeRef, mine: &[crate::merkle::Digest], theirs: &[crate::merkle::Digest]) {
+fn enqueue_differing(
+    s: &mut Session,
+    node: NodeRef,
+    mine: &[crate::merkle::Digest],
+    theirs: &[crate::merkle::Digest],
+) {
     let Some(kids) = node.children() else { return };
     for (i, child) in kids.enumerate() {
         let (a, b) = (mine.get(i), theirs.get(i));

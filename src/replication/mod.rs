@@ -83,6 +83,9 @@ pub struct ReplicationConfig {
     /// pull, sent at once, usually catches up first and makes the session a
     /// cheap root comparison. Default 1 s.
     pub ae_after_connect_ms: u64,
+    /// An anti-entropy request without answer for this long is sent again
+    /// (it was lost or dropped by a full queue). Default 1 s.
+    pub ae_retry_ms: u64,
     /// A session without progress for this long fails. Default 10 s.
     pub ae_timeout_ms: u64,
     /// Sessions this node initiates at the same time. Default 2.
@@ -105,6 +108,7 @@ impl Default for ReplicationConfig {
             pull_timeout_ms: 5_000,
             ae_interval_ms: 10_000,
             ae_after_connect_ms: 1_000,
+            ae_retry_ms: 1_000,
             ae_timeout_ms: 10_000,
             max_ae_sessions: 2,
             max_items_per_msg: 1024,
@@ -117,7 +121,11 @@ impl Default for ReplicationConfig {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("replication setting {name} = {value} is out of range ({expected})")]
-    OutOfRange { name: &'static str, value: u64, expected: &'static str },
+    OutOfRange {
+        name: &'static str,
+        value: u64,
+        expected: &'static str,
+    },
 }
 
 impl ReplicationConfig {
@@ -127,17 +135,62 @@ impl ReplicationConfig {
             if ok {
                 Ok(())
             } else {
-                Err(ConfigError::OutOfRange { name, value, expected })
+                Err(ConfigError::OutOfRange {
+                    name,
+                    value,
+                    expected,
+                })
             }
         };
-        check("push_fanout", self.push_fanout as u64, self.push_fanout >= 1, ">= 1")?;
-        check("pull_interval_ms", self.pull_interval_ms, self.pull_interval_ms >= 1, ">= 1")?;
-        check("ae_interval_ms", self.ae_interval_ms, self.ae_interval_ms >= 1, ">= 1")?;
-        check("ae_timeout_ms", self.ae_timeout_ms, self.ae_timeout_ms >= 1, ">= 1")?;
-        check("max_ae_sessions", self.max_ae_sessions as u64, self.max_ae_sessions >= 1, ">= 1")?;
+        check(
+            "push_fanout",
+            self.push_fanout as u64,
+            self.push_fanout >= 1,
+            ">= 1",
+        )?;
+        check(
+            "pull_interval_ms",
+            self.pull_interval_ms,
+            self.pull_interval_ms >= 1,
+            ">= 1",
+        )?;
+        check(
+            "ae_interval_ms",
+            self.ae_interval_ms,
+            self.ae_interval_ms >= 1,
+            ">= 1",
+        )?;
+        check(
+            "ae_retry_ms",
+            self.ae_retry_ms,
+            self.ae_retry_ms >= 1,
+            ">= 1",
+        )?;
+        check(
+            "ae_timeout_ms",
+            self.ae_timeout_ms,
+            self.ae_timeout_ms >= 1,
+            ">= 1",
+        )?;
+        check(
+            "max_ae_sessions",
+            self.max_ae_sessions as u64,
+            self.max_ae_sessions >= 1,
+            ">= 1",
+        )?;
         let items = self.max_items_per_msg;
-        check("max_items_per_msg", items as u64, (1..=msg::MAX_ITEMS).contains(&items), "1..=4096")?;
-        check("max_msg_bytes", self.max_msg_bytes as u64, self.max_msg_bytes >= 1024, ">= 1024")
+        check(
+            "max_items_per_msg",
+            items as u64,
+            (1..=msg::MAX_ITEMS).contains(&items),
+            "1..=4096",
+        )?;
+        check(
+            "max_msg_bytes",
+            self.max_msg_bytes as u64,
+            self.max_msg_bytes >= 1024,
+            ">= 1024",
+        )
     }
 }
 
@@ -151,7 +204,11 @@ pub enum Effect {
     /// outcomes with [`Replicator::on_commit_outcomes`] (or
     /// [`Replicator::on_commit_failed`]) with the same `tag`. `from` is the
     /// peer the ops came from.
-    Commit { from: Option<NodeId>, tag: u64, ops: Vec<Op> },
+    Commit {
+        from: Option<NodeId>,
+        tag: u64,
+        ops: Vec<Op>,
+    },
     /// A peer's clock runs too far ahead of ours: its message was refused.
     /// Log it loudly and raise the alert metric.
     ClockRefused { peer: NodeId, ahead_ms: u64 },
@@ -265,7 +322,11 @@ impl Replicator {
 
     /// Peers membership reports alive, in id order.
     pub fn live_peers(&self) -> Vec<NodeId> {
-        self.peers.iter().filter(|(_, p)| p.stats.up).map(|(id, _)| id.clone()).collect()
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.stats.up)
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 
     /// Records the transport's send-queue length to `peer`, for stats.
@@ -281,29 +342,47 @@ impl Replicator {
         }
         if let Err(e) = msg.validate() {
             tracing::warn!(node = %self.node, peer = %from, kind = msg.kind(), error = %e, "bad replication message ignored");
-            self.peers.entry(from.clone()).or_default().stats.bad_messages += 1;
+            self.peers
+                .entry(from.clone())
+                .or_default()
+                .stats
+                .bad_messages += 1;
             return out;
         }
         let newest = msg.clock().max(msg.max_version_hlc());
-        if let Err(ClockError::TooFarAhead { ahead_ms, max_offset_ms }) = store.check_clock(newest, now) {
+        if let Err(ClockError::TooFarAhead {
+            ahead_ms,
+            max_offset_ms,
+        }) = store.check_clock(newest, now)
+        {
             tracing::error!(node = %self.node, peer = %from, ahead_ms, max_offset_ms, kind = msg.kind(),
                 "peer clock too far ahead: message refused; check NTP on that node");
             let p = self.peers.entry(from.clone()).or_default();
             p.stats.clock_refusals += 1;
             p.stats.last_clock_ahead_ms = Some(ahead_ms);
-            out.push(Effect::ClockRefused { peer: from.clone(), ahead_ms });
+            out.push(Effect::ClockRefused {
+                peer: from.clone(),
+                ahead_ms,
+            });
             return out;
         }
         store.observe_clock(msg.clock());
         match msg {
             Msg::Push { deltas, .. } => self.on_push(from, deltas, now, &mut out),
-            Msg::PullRequest { req, vv, .. } => self.on_pull_request(from, req, vv, now, store, &mut out),
-            Msg::PullResponse { req, deltas, unavailable, more, .. } => {
-                self.on_pull_response(from, req, deltas, unavailable, more, now, store, &mut out)
+            Msg::PullRequest { req, vv, .. } => {
+                self.on_pull_request(from, req, vv, now, store, &mut out)
             }
-            m @ (Msg::AeBegin { .. } | Msg::AeNodes { .. } | Msg::AeLeaves { .. } | Msg::AeEntries { .. }) => {
-                self.serve_ae(from, m, now, store, &mut out)
-            }
+            Msg::PullResponse {
+                req,
+                deltas,
+                unavailable,
+                more,
+                ..
+            } => self.on_pull_response(from, req, deltas, unavailable, more, now, store, &mut out),
+            m @ (Msg::AeBegin { .. }
+            | Msg::AeNodes { .. }
+            | Msg::AeLeaves { .. }
+            | Msg::AeEntries { .. }) => self.serve_ae(from, m, now, store, &mut out),
             m @ (Msg::AeRoot { .. } | Msg::AeDigests { .. } | Msg::AeLeafDiff { .. }) => {
                 self.on_ae_answer(from, m, now, store, &mut out)
             }
@@ -312,16 +391,27 @@ impl Replicator {
     }
 
     /// The outcomes of an [`Effect::Commit`], once durable.
-    pub fn on_commit_outcomes(&mut self, tag: u64, outcomes: &[Outcome], now: u64, store: &Store) -> Vec<Effect> {
+    pub fn on_commit_outcomes(
+        &mut self,
+        tag: u64,
+        outcomes: &[Outcome],
+        now: u64,
+        store: &Store,
+    ) -> Vec<Effect> {
         let mut out = Vec::new();
         let Some(pending) = self.pending.remove(&tag) else {
             return out;
         };
         let peer = pending.peer;
         match pending.kind {
-            PendingKind::Deltas { pull, more } => self.deltas_committed(&peer, pull, more, outcomes, now, store, &mut out),
+            PendingKind::Deltas { pull, more } => {
+                self.deltas_committed(&peer, pull, more, outcomes, now, store, &mut out)
+            }
             PendingKind::SessionEntries { session } => {
-                let applied = outcomes.iter().filter(|o| matches!(o, Outcome::EntryMerged { won: true })).count();
+                let applied = outcomes
+                    .iter()
+                    .filter(|o| matches!(o, Outcome::EntryMerged { won: true }))
+                    .count();
                 if let Some(s) = self.sessions.get_mut(&peer).filter(|s| s.id == session) {
                     s.commits.remove(&tag);
                     s.run.entries_applied += applied as u64;
@@ -366,7 +456,9 @@ impl Replicator {
         let pull_timeout = self.config.pull_timeout_ms;
         let mut retry = Vec::new();
         for (id, p) in self.peers.iter_mut() {
-            if p.pull.is_some_and(|(_, sent)| now.saturating_sub(sent) > pull_timeout) {
+            if p.pull
+                .is_some_and(|(_, sent)| now.saturating_sub(sent) > pull_timeout)
+            {
                 p.pull = None;
                 if p.pull_again && p.stats.up {
                     retry.push(id.clone());
@@ -385,8 +477,10 @@ impl Replicator {
         for id in stuck {
             self.fail_session(&id, now, "timeout");
         }
+        self.retry_sessions(now, &mut out);
         let commit_timeout = self.config.commit_timeout_ms;
-        self.pending.retain(|_, p| now.saturating_sub(p.created_ms) <= commit_timeout);
+        self.pending
+            .retain(|_, p| now.saturating_sub(p.created_ms) <= commit_timeout);
 
         // Periodic pull from one random live peer.
         if now >= self.next_pull_ms {
@@ -414,8 +508,11 @@ impl Replicator {
             let base = self.config.ae_interval_ms;
             let jitter = self.rng.gen_range(0..=base / 2);
             self.next_ae_ms = now + base - base / 4 + jitter;
-            let idle: Vec<NodeId> =
-                self.live_peers().into_iter().filter(|p| !self.sessions.contains_key(p)).collect();
+            let idle: Vec<NodeId> = self
+                .live_peers()
+                .into_iter()
+                .filter(|p| !self.sessions.contains_key(p))
+                .collect();
             if let Some(peer) = idle.choose(&mut self.rng).cloned() {
                 self.start_anti_entropy(&peer, AeTrigger::Timer, now, store, &mut out);
             }
@@ -425,7 +522,12 @@ impl Replicator {
 
     /// Starts anti-entropy with `peer` now (operator request); false if one
     /// is already running with it or too many are.
-    pub fn request_anti_entropy(&mut self, peer: &NodeId, now: u64, store: &Store) -> (bool, Vec<Effect>) {
+    pub fn request_anti_entropy(
+        &mut self,
+        peer: &NodeId,
+        now: u64,
+        store: &Store,
+    ) -> (bool, Vec<Effect>) {
         let mut out = Vec::new();
         let started = self.start_anti_entropy(peer, AeTrigger::Manual, now, store, &mut out);
         (started, out)
@@ -433,13 +535,19 @@ impl Replicator {
 
     /// Whether no session, pull or commit of ours is in progress.
     pub fn is_idle(&self) -> bool {
-        self.sessions.is_empty() && self.pending.is_empty() && self.peers.values().all(|p| p.pull.is_none())
+        self.sessions.is_empty()
+            && self.pending.is_empty()
+            && self.peers.values().all(|p| p.pull.is_none())
     }
 
     pub fn stats(&self) -> ReplicationStats {
         ReplicationStats {
             node: self.node.to_string(),
-            peers: self.peers.iter().map(|(id, p)| (id.to_string(), p.stats.clone())).collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|(id, p)| (id.to_string(), p.stats.clone()))
+                .collect(),
             last_anti_entropy: self.last_ae.clone(),
             anti_entropy_active: self.sessions.len(),
             pending_commits: self.pending.len(),
@@ -451,10 +559,28 @@ impl Replicator {
         self.next_id
     }
 
-    fn commit(&mut self, peer: &NodeId, ops: Vec<Op>, kind: PendingKind, now: u64, out: &mut Vec<Effect>) -> u64 {
+    fn commit(
+        &mut self,
+        peer: &NodeId,
+        ops: Vec<Op>,
+        kind: PendingKind,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) -> u64 {
         let tag = self.next_id();
-        self.pending.insert(tag, PendingCommit { peer: peer.clone(), created_ms: now, kind });
-        out.push(Effect::Commit { from: Some(peer.clone()), tag, ops });
+        self.pending.insert(
+            tag,
+            PendingCommit {
+                peer: peer.clone(),
+                created_ms: now,
+                kind,
+            },
+        );
+        out.push(Effect::Commit {
+            from: Some(peer.clone()),
+            tag,
+            ops,
+        });
         tag
     }
 }

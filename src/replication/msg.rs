@@ -38,24 +38,55 @@ pub enum Msg {
     /// Freshly durable deltas (own or relayed), in seq order per origin.
     Push { clock: Hlc, deltas: Vec<Delta> },
     /// "Send me the deltas you hold beyond this vector."
-    PullRequest { clock: Hlc, req: u64, vv: VersionVector },
+    PullRequest {
+        clock: Hlc,
+        req: u64,
+        vv: VersionVector,
+    },
     /// Contiguous deltas per origin starting right after the asked vector
     /// entry; `unavailable`: origins the responder has newer deltas of but no
     /// longer logs (the asker should run anti-entropy); `more`: the answer was
     /// cut at the message cap, ask again.
-    PullResponse { clock: Hlc, req: u64, deltas: Vec<Delta>, unavailable: Vec<NodeId>, more: bool },
+    PullResponse {
+        clock: Hlc,
+        req: u64,
+        deltas: Vec<Delta>,
+        unavailable: Vec<NodeId>,
+        more: bool,
+    },
     /// Opens an anti-entropy session (initiator → responder).
     AeBegin { clock: Hlc, session: u64 },
     /// The responder's version vector (taken before any of its state is read
     /// for this session), its root and, if the caller may need them, the
     /// root's children.
-    AeRoot { clock: Hlc, session: u64, vv: VersionVector, root: Digest, children: Vec<Digest> },
+    AeRoot {
+        clock: Hlc,
+        session: u64,
+        vv: VersionVector,
+        root: Digest,
+        children: Vec<Digest>,
+    },
     /// Asks for the children digests of inner nodes that differ.
-    AeNodes { clock: Hlc, session: u64, req: u64, nodes: Vec<NodeRef> },
+    AeNodes {
+        clock: Hlc,
+        session: u64,
+        req: u64,
+        nodes: Vec<NodeRef>,
+    },
     /// Children digests (`FANOUT` each) of the asked nodes, in asked order.
-    AeDigests { clock: Hlc, session: u64, req: u64, children: Vec<Vec<Digest>> },
+    AeDigests {
+        clock: Hlc,
+        session: u64,
+        req: u64,
+        children: Vec<Vec<Digest>>,
+    },
     /// The initiator's items in differing leaves.
-    AeLeaves { clock: Hlc, session: u64, req: u64, buckets: Vec<(u16, Vec<ItemVersion>)> },
+    AeLeaves {
+        clock: Hlc,
+        session: u64,
+        req: u64,
+        buckets: Vec<(u16, Vec<ItemVersion>)>,
+    },
     /// One part of the answer to `AeLeaves`: entries where the responder is
     /// newer, and keys where the initiator is newer (`want`).
     AeLeafDiff {
@@ -68,13 +99,21 @@ pub enum Msg {
         want: Vec<String>,
     },
     /// Entries the responder asked for (initiator → responder); no answer.
-    AeEntries { clock: Hlc, session: u64, entries: Vec<(String, Entry)> },
+    AeEntries {
+        clock: Hlc,
+        session: u64,
+        entries: Vec<(String, Entry)>,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum MsgError {
     #[error("{what}: {got} items, the limit is {limit}")]
-    TooMany { what: &'static str, got: usize, limit: usize },
+    TooMany {
+        what: &'static str,
+        got: usize,
+        limit: usize,
+    },
     #[error("invalid key in {what}: {reason}")]
     BadKey { what: &'static str, reason: String },
     #[error("invalid Merkle node {0:?}")]
@@ -93,7 +132,10 @@ fn cap(what: &'static str, got: usize, limit: usize) -> Result<(), MsgError> {
 }
 
 fn key_ok(what: &'static str, key: &str) -> Result<(), MsgError> {
-    validate_key(key).map_err(|e| MsgError::BadKey { what, reason: e.to_string() })
+    validate_key(key).map_err(|e| MsgError::BadKey {
+        what,
+        reason: e.to_string(),
+    })
 }
 
 impl Msg {
@@ -137,9 +179,10 @@ impl Msg {
         let m = match self {
             Msg::Push { deltas: ds, .. } | Msg::PullResponse { deltas: ds, .. } => deltas(ds),
             Msg::AeLeafDiff { entries: es, .. } | Msg::AeEntries { entries: es, .. } => entries(es),
-            Msg::AeLeaves { buckets, .. } => {
-                buckets.iter().flat_map(|(_, items)| items.iter().map(|i| i.version.hlc)).max()
-            }
+            Msg::AeLeaves { buckets, .. } => buckets
+                .iter()
+                .flat_map(|(_, items)| items.iter().map(|i| i.version.hlc))
+                .max(),
             _ => None,
         };
         m.unwrap_or(Hlc::ZERO)
@@ -153,10 +196,16 @@ impl Msg {
                 deltas.iter().try_for_each(|d| key_ok("push", &d.key))
             }
             Msg::PullRequest { vv, .. } => cap("pull vector", vv.0.len(), MAX_ORIGINS),
-            Msg::PullResponse { deltas, unavailable, .. } => {
+            Msg::PullResponse {
+                deltas,
+                unavailable,
+                ..
+            } => {
                 cap("pull response", deltas.len(), MAX_ITEMS)?;
                 cap("unavailable origins", unavailable.len(), MAX_ORIGINS)?;
-                deltas.iter().try_for_each(|d| key_ok("pull response", &d.key))
+                deltas
+                    .iter()
+                    .try_for_each(|d| key_ok("pull response", &d.key))
             }
             Msg::AeBegin { .. } => Ok(()),
             Msg::AeRoot { vv, children, .. } => {
@@ -189,13 +238,24 @@ impl Msg {
                     .flat_map(|(_, items)| items)
                     .try_for_each(|i| key_ok("leaf item", &i.key))
             }
-            Msg::AeLeafDiff { part, parts, entries, want, .. } => {
+            Msg::AeLeafDiff {
+                part,
+                parts,
+                entries,
+                want,
+                ..
+            } => {
                 if *parts == 0 || *parts > MAX_PARTS || part >= parts {
-                    return Err(MsgError::BadPart { part: *part, parts: *parts });
+                    return Err(MsgError::BadPart {
+                        part: *part,
+                        parts: *parts,
+                    });
                 }
                 cap("leaf diff entries", entries.len(), MAX_ITEMS)?;
                 cap("leaf diff wants", want.len(), MAX_ITEMS)?;
-                entries.iter().try_for_each(|(k, _)| key_ok("leaf diff", k))?;
+                entries
+                    .iter()
+                    .try_for_each(|(k, _)| key_ok("leaf diff", k))?;
                 want.iter().try_for_each(|k| key_ok("want", k))
             }
             Msg::AeEntries { entries, .. } => {
@@ -221,12 +281,21 @@ impl Msg {
 pub(crate) fn approx_size(key: &str, entry: &Entry) -> usize {
     64 + key.len()
         + entry.value.as_ref().map_or(0, |v| v.len())
-        + entry.meta.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
+        + entry
+            .meta
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 2)
+            .sum::<usize>()
 }
 
 /// Splits items into chunks of at most `max_items` and about `max_bytes`
 /// (an item larger than `max_bytes` travels alone).
-pub(crate) fn chunks<T>(items: Vec<T>, max_items: usize, max_bytes: usize, size: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+pub(crate) fn chunks<T>(
+    items: Vec<T>,
+    max_items: usize,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
     let mut out = Vec::new();
     let mut cur = Vec::new();
     let mut bytes = 0;
@@ -252,19 +321,63 @@ mod tests {
     #[test]
     fn validate_rejects_bad_nodes_parts_keys_and_oversized_lists() {
         let clock = Hlc::ZERO;
-        let bad_node = Msg::AeNodes { clock, session: 1, req: 1, nodes: vec![NodeRef { level: 2, index: 999 }] };
+        let bad_node = Msg::AeNodes {
+            clock,
+            session: 1,
+            req: 1,
+            nodes: vec![NodeRef {
+                level: 2,
+                index: 999,
+            }],
+        };
         assert!(matches!(bad_node.validate(), Err(MsgError::BadNode(_))));
-        let leaf = Msg::AeNodes { clock, session: 1, req: 1, nodes: vec![NodeRef { level: 4, index: 0 }] };
+        let leaf = Msg::AeNodes {
+            clock,
+            session: 1,
+            req: 1,
+            nodes: vec![NodeRef { level: 4, index: 0 }],
+        };
         assert!(matches!(leaf.validate(), Err(MsgError::BadNode(_))));
-        let part = Msg::AeLeafDiff { clock, session: 1, req: 1, part: 2, parts: 2, entries: vec![], want: vec![] };
+        let part = Msg::AeLeafDiff {
+            clock,
+            session: 1,
+            req: 1,
+            part: 2,
+            parts: 2,
+            entries: vec![],
+            want: vec![],
+        };
         assert!(matches!(part.validate(), Err(MsgError::BadPart { .. })));
-        let key = Msg::AeLeafDiff { clock, session: 1, req: 1, part: 0, parts: 1, entries: vec![], want: vec!["".into()] };
+        let key = Msg::AeLeafDiff {
+            clock,
+            session: 1,
+            req: 1,
+            part: 0,
+            parts: 1,
+            entries: vec![],
+            want: vec!["".into()],
+        };
         assert!(matches!(key.validate(), Err(MsgError::BadKey { .. })));
-        let digests = Msg::AeDigests { clock, session: 1, req: 1, children: vec![vec![[0; 16]; 3]] };
+        let digests = Msg::AeDigests {
+            clock,
+            session: 1,
+            req: 1,
+            children: vec![vec![[0; 16]; 3]],
+        };
         assert!(matches!(digests.validate(), Err(MsgError::BadDigests(3))));
-        let many = Msg::AeNodes { clock, session: 1, req: 1, nodes: vec![NodeRef::ROOT; MAX_NODES + 1] };
+        let many = Msg::AeNodes {
+            clock,
+            session: 1,
+            req: 1,
+            nodes: vec![NodeRef::ROOT; MAX_NODES + 1],
+        };
         assert!(matches!(many.validate(), Err(MsgError::TooMany { .. })));
-        let ok = Msg::AeNodes { clock, session: 1, req: 1, nodes: vec![NodeRef::ROOT] };
+        let ok = Msg::AeNodes {
+            clock,
+            session: 1,
+            req: 1,
+            nodes: vec![NodeRef::ROOT],
+        };
         assert_eq!(ok.validate(), Ok(()));
     }
 
@@ -279,7 +392,8 @@ mod tests {
         };
         let bytes = bincode::serde::encode_to_vec(&m, bincode::config::standard()).unwrap();
         assert_eq!(bytes.len() as u64, m.encoded_len());
-        let (back, _): (Msg, usize) = bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
+        let (back, _): (Msg, usize) =
+            bincode::serde::decode_from_slice(&bytes, bincode::config::standard()).unwrap();
         assert_eq!(back, m);
     }
 

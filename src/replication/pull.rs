@@ -16,7 +16,13 @@ use crate::store::{LogRead, Outcome, Store};
 impl Replicator {
     /// Asks `peer` for what we miss, unless a pull to it is in flight (then
     /// asks again when that one is done).
-    pub(super) fn send_pull(&mut self, peer: &NodeId, now: u64, store: &Store, out: &mut Vec<Effect>) {
+    pub(super) fn send_pull(
+        &mut self,
+        peer: &NodeId,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
         let in_flight = self.peers.get(peer).is_some_and(|p| p.pull.is_some());
         if in_flight {
             self.peers.entry(peer.clone()).or_default().pull_again = true;
@@ -27,8 +33,15 @@ impl Replicator {
         p.pull = Some((req, now));
         p.pull_again = false;
         p.stats.pulls_sent += 1;
-        let msg = Msg::PullRequest { clock: store.now(now), req, vv: store.version_vector() };
-        out.push(Effect::Send { to: peer.clone(), msg });
+        let msg = Msg::PullRequest {
+            clock: store.now(now),
+            req,
+            vv: store.version_vector(),
+        };
+        out.push(Effect::Send {
+            to: peer.clone(),
+            msg,
+        });
     }
 
     pub(super) fn on_pull_request(
@@ -90,8 +103,17 @@ impl Replicator {
         if !unavailable.is_empty() {
             p.stats.pulls_we_answered_unavailable += 1;
         }
-        let msg = Msg::PullResponse { clock: store.now(now), req, deltas, unavailable, more };
-        out.push(Effect::Send { to: from.clone(), msg });
+        let msg = Msg::PullResponse {
+            clock: store.now(now),
+            req,
+            deltas,
+            unavailable,
+            more,
+        };
+        out.push(Effect::Send {
+            to: from.clone(),
+            msg,
+        });
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -161,8 +183,17 @@ impl Replicator {
         }
     }
 
-    fn pull_done(&mut self, from: &NodeId, more: bool, now: u64, store: &Store, out: &mut Vec<Effect>) {
-        let Some(p) = self.peers.get_mut(from) else { return };
+    fn pull_done(
+        &mut self,
+        from: &NodeId,
+        more: bool,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(p) = self.peers.get_mut(from) else {
+            return;
+        };
         p.pull = None;
         if more || p.pull_again {
             self.send_pull(from, now, store, out);

@@ -31,7 +31,9 @@ impl Replicator {
         let own_targets: Vec<NodeId> = if live.len() <= fanout {
             live.clone()
         } else {
-            live.choose_multiple(&mut self.rng, fanout).cloned().collect()
+            live.choose_multiple(&mut self.rng, fanout)
+                .cloned()
+                .collect()
         };
         // Relay targets per origin, chosen once per group so each origin's
         // deltas reach a peer in order.
@@ -44,11 +46,15 @@ impl Replicator {
                 relay_targets
                     .entry(d.origin.clone())
                     .or_insert_with(|| {
-                        let others: Vec<NodeId> = live.iter().filter(|p| **p != d.origin).cloned().collect();
+                        let others: Vec<NodeId> =
+                            live.iter().filter(|p| **p != d.origin).cloned().collect();
                         if others.len() <= fanout {
                             Vec::new()
                         } else {
-                            others.choose_multiple(&mut self.rng, fanout).cloned().collect()
+                            others
+                                .choose_multiple(&mut self.rng, fanout)
+                                .cloned()
+                                .collect()
                         }
                     })
                     .clone()
@@ -63,23 +69,51 @@ impl Replicator {
         let clock = store.now(now);
         for (peer, ds) in per_peer {
             let n = ds.len() as u64;
-            for chunk in chunks(ds, self.config.max_items_per_msg, self.config.max_msg_bytes, |d| {
-                approx_size(&d.key, &d.entry)
-            }) {
-                out.push(Effect::Send { to: peer.clone(), msg: Msg::Push { clock, deltas: chunk } });
+            for chunk in chunks(
+                ds,
+                self.config.max_items_per_msg,
+                self.config.max_msg_bytes,
+                |d| approx_size(&d.key, &d.entry),
+            ) {
+                out.push(Effect::Send {
+                    to: peer.clone(),
+                    msg: Msg::Push {
+                        clock,
+                        deltas: chunk,
+                    },
+                });
             }
             self.peers.entry(peer).or_default().stats.deltas_sent += n;
         }
         out
     }
 
-    pub(super) fn on_push(&mut self, from: &NodeId, deltas: Vec<Delta>, now: u64, out: &mut Vec<Effect>) {
+    pub(super) fn on_push(
+        &mut self,
+        from: &NodeId,
+        deltas: Vec<Delta>,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) {
         if deltas.is_empty() {
             return;
         }
-        self.peers.entry(from.clone()).or_default().stats.deltas_received += deltas.len() as u64;
+        self.peers
+            .entry(from.clone())
+            .or_default()
+            .stats
+            .deltas_received += deltas.len() as u64;
         tracing::trace!(node = %self.node, peer = %from, n = deltas.len(), "push received");
         let ops = deltas.into_iter().map(crate::store::Op::Delta).collect();
-        self.commit(from, ops, PendingKind::Deltas { pull: None, more: false }, now, out);
+        self.commit(
+            from,
+            ops,
+            PendingKind::Deltas {
+                pull: None,
+                more: false,
+            },
+            now,
+            out,
+        );
     }
 }
