@@ -7,11 +7,14 @@
 //! - [`certs`]: cluster CA and node certificates (`hub certs`);
 //! - [`transport`]: mutually authenticated QUIC between nodes, framed messages;
 //! - [`membership`]: join, member table and phi-accrual failure detection (sans-IO);
+//! - [`replication`]: push, version-vector pull and Merkle anti-entropy (sans-IO);
+//! - [`cluster`]: the async shell that drives membership and replication;
 //! - [`sensors`]: simulated sensors writing through the committer;
 //! - [`http`]: the HTTP API; [`metrics`]: per-node Prometheus registry;
 //! - [`config`] and [`node`]: one node's settings and its running shell.
 
 pub mod certs;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod membership;
@@ -19,6 +22,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod replication;
 pub mod sensors;
 pub mod store;
 pub mod transport;

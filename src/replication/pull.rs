@@ -1,0 +1,202 @@
+//! Pull by version vector: "send me what you hold beyond this vector".
+//!
+//! One request covers every origin. The answer carries, per origin the
+//! responder is ahead on, the contiguous deltas right after the asker's
+//! entry (read from the log), cut at the message caps with `more` set; an
+//! origin whose next delta is no longer logged is listed as unavailable and
+//! the asker runs anti-entropy with that peer. At most one pull per peer is in
+//! flight; a gap seen meanwhile sets a flag that pulls again when it is done,
+//! so a burst of out-of-order pushes costs one pull, not one per delta.
+
+use super::msg::approx_size;
+use super::{AeTrigger, Effect, Msg, PendingKind, Replicator};
+use crate::model::{Delta, NodeId, VersionVector};
+use crate::store::{LogRead, Outcome, Store};
+
+impl Replicator {
+    /// Asks `peer` for what we miss, unless a pull to it is in flight (then
+    /// asks again when that one is done).
+    pub(super) fn send_pull(
+        &mut self,
+        peer: &NodeId,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
+        let in_flight = self.peers.get(peer).is_some_and(|p| p.pull.is_some());
+        if in_flight {
+            self.peers.entry(peer.clone()).or_default().pull_again = true;
+            return;
+        }
+        let req = self.next_id();
+        let p = self.peers.entry(peer.clone()).or_default();
+        p.pull = Some((req, now));
+        p.pull_again = false;
+        p.stats.pulls_sent += 1;
+        let msg = Msg::PullRequest {
+            clock: store.now(now),
+            req,
+            vv: store.version_vector(),
+        };
+        out.push(Effect::Send {
+            to: peer.clone(),
+            msg,
+        });
+    }
+
+    pub(super) fn on_pull_request(
+        &mut self,
+        from: &NodeId,
+        req: u64,
+        theirs: VersionVector,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
+        let mine = store.version_vector();
+        let max_items = self.config.max_items_per_msg;
+        let mut budget_bytes = self.config.max_msg_bytes;
+        let mut deltas: Vec<Delta> = Vec::new();
+        let mut unavailable = Vec::new();
+        let mut more = false;
+        for (origin, have) in mine.iter() {
+            let after = theirs.get(origin);
+            if have <= after {
+                continue;
+            }
+            if deltas.len() >= max_items || budget_bytes == 0 {
+                more = true;
+                break;
+            }
+            match store.deltas_after(origin, after, max_items - deltas.len()) {
+                Ok(LogRead::Deltas(ds)) => {
+                    let last = ds.last().map_or(after, |d| d.seq);
+                    for d in ds {
+                        let size = approx_size(&d.key, &d.entry);
+                        if size > budget_bytes && !deltas.is_empty() {
+                            budget_bytes = 0;
+                            more = true;
+                            break;
+                        }
+                        budget_bytes = budget_bytes.saturating_sub(size);
+                        deltas.push(d);
+                    }
+                    if last < have {
+                        // Cut by the cap, or a hole in our log (our vector
+                        // advanced by anti-entropy): the next pull tells.
+                        more = true;
+                    }
+                }
+                Ok(LogRead::Unavailable { first_retained }) => {
+                    tracing::debug!(node = %self.node, peer = %from, origin = %origin, after, first_retained,
+                        "pull answered unavailable");
+                    unavailable.push(origin.clone());
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.node, peer = %from, origin = %origin, error = %e, "cannot read log for pull");
+                }
+            }
+        }
+        let p = self.peers.entry(from.clone()).or_default();
+        p.stats.pulls_served += 1;
+        p.stats.deltas_sent += deltas.len() as u64;
+        if !unavailable.is_empty() {
+            p.stats.pulls_we_answered_unavailable += 1;
+        }
+        let msg = Msg::PullResponse {
+            clock: store.now(now),
+            req,
+            deltas,
+            unavailable,
+            more,
+        };
+        out.push(Effect::Send {
+            to: from.clone(),
+            msg,
+        });
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn on_pull_response(
+        &mut self,
+        from: &NodeId,
+        req: u64,
+        deltas: Vec<Delta>,
+        unavailable: Vec<NodeId>,
+        more: bool,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
+        let p = self.peers.entry(from.clone()).or_default();
+        let ours = p.pull.is_some_and(|(r, _)| r == req);
+        p.stats.deltas_received += deltas.len() as u64;
+        if !unavailable.is_empty() {
+            p.stats.pulls_answered_unavailable += 1;
+            tracing::info!(node = %self.node, peer = %from, origins = ?unavailable,
+                "peer no longer logs deltas we miss; anti-entropy");
+            self.start_anti_entropy(from, AeTrigger::PullUnavailable, now, store, out);
+        }
+        if deltas.is_empty() {
+            if ours {
+                self.pull_done(from, more, now, store, out);
+            }
+            return;
+        }
+        let ops = deltas.into_iter().map(crate::store::Op::Delta).collect();
+        let pull = ours.then_some(req);
+        self.commit(from, ops, PendingKind::Deltas { pull, more }, now, out);
+    }
+
+    /// Outcomes of received deltas: counters, and a pull when one came early.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn deltas_committed(
+        &mut self,
+        from: &NodeId,
+        pull: Option<u64>,
+        more: bool,
+        outcomes: &[Outcome],
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
+        let p = self.peers.entry(from.clone()).or_default();
+        let mut gap = false;
+        for o in outcomes {
+            match o {
+                Outcome::Applied { .. } => p.stats.deltas_applied += 1,
+                Outcome::Duplicate => p.stats.deltas_stale += 1,
+                Outcome::Gap { .. } => {
+                    p.stats.deltas_gap += 1;
+                    gap = true;
+                }
+                _ => {}
+            }
+        }
+        let ours = pull.is_some() && p.pull.map(|(r, _)| r) == pull;
+        if ours {
+            p.pull_again |= gap;
+            self.pull_done(from, more, now, store, out);
+        } else if gap {
+            tracing::debug!(node = %self.node, peer = %from, "delta arrived before its predecessor; pulling");
+            self.send_pull(from, now, store, out);
+        }
+    }
+
+    fn pull_done(
+        &mut self,
+        from: &NodeId,
+        more: bool,
+        now: u64,
+        store: &Store,
+        out: &mut Vec<Effect>,
+    ) {
+        let Some(p) = self.peers.get_mut(from) else {
+            return;
+        };
+        p.pull = None;
+        if more || p.pull_again {
+            self.send_pull(from, now, store, out);
+        }
+    }
+}
