@@ -1,0 +1,281 @@
+//! The event loop of the cluster shell. See the parent module.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::sync::{mpsc, watch};
+
+use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
+use crate::membership::{self, Membership, Status};
+use crate::model::{Delta, NodeId};
+use crate::replication::{self, Replicator};
+use crate::store::commit::{wall_ms, CommitError, Committer};
+use crate::store::{Outcome, Store};
+use crate::transport::{Incoming, Transport};
+
+/// How often protocol timers run; both machines tolerate any finer tick.
+const TICK: Duration = Duration::from_millis(20);
+/// How often the snapshot for the HTTP API is refreshed.
+const VIEW_EVERY: Duration = Duration::from_millis(200);
+
+type CommitDone = (u64, Result<Vec<Outcome>, CommitError>);
+
+pub(super) struct Driver {
+    node: NodeId,
+    started: Instant,
+    store: Arc<Store>,
+    committer: Committer,
+    transport: Transport<Message>,
+    membership: Membership,
+    replicator: Replicator,
+    rng: StdRng,
+    view_tx: watch::Sender<Arc<ClusterView>>,
+    commit_tx: mpsc::UnboundedSender<CommitDone>,
+    commit_rx: Option<mpsc::UnboundedReceiver<CommitDone>>,
+}
+
+impl Driver {
+    pub(super) fn new(
+        config: &ClusterConfig,
+        quic_addr: SocketAddr,
+        store: Arc<Store>,
+        committer: Committer,
+        transport: Transport<Message>,
+    ) -> Result<(Driver, watch::Receiver<Arc<ClusterView>>), ClusterError> {
+        let advertised = config.advertise.unwrap_or(quic_addr);
+        // Wall-clock milliseconds at start: grows across restarts, so peers
+        // prefer what this incarnation says over a previous one.
+        let incarnation = wall_ms();
+        let membership = Membership::new(
+            config.node_id.clone(),
+            advertised,
+            incarnation,
+            config.membership.clone(),
+        )?;
+        let replicator = Replicator::new(
+            config.node_id.clone(),
+            config.replication.clone(),
+            rand::random(),
+        );
+        let (commit_tx, commit_rx) = mpsc::unbounded_channel();
+        let mut driver = Driver {
+            node: config.node_id.clone(),
+            started: Instant::now(),
+            store,
+            committer,
+            transport: transport.clone(),
+            membership,
+            replicator,
+            rng: StdRng::from_entropy(),
+            view_tx: watch::channel(Arc::new(placeholder_view(&config.node_id, &transport))).0,
+            commit_tx,
+            commit_rx: Some(commit_rx),
+        };
+        let view_rx = driver.view_tx.subscribe();
+        driver.publish_view();
+        Ok((driver, view_rx))
+    }
+
+    fn mono_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub(super) async fn run(
+        mut self,
+        mut incoming: mpsc::Receiver<Incoming<Message>>,
+        mut deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
+        mut stop: watch::Receiver<bool>,
+        join: Vec<SocketAddr>,
+    ) {
+        let Some(mut commits) = self.commit_rx.take() else {
+            return;
+        };
+        match self.store.peers() {
+            Ok(records) => {
+                let effects = self.membership.restore(records, self.mono_ms());
+                self.membership_effects(effects);
+            }
+            Err(e) => tracing::warn!(node = %self.node, error = %e, "cannot read remembered peers"),
+        }
+        if !join.is_empty() {
+            let effects = self.membership.join(&join, self.mono_ms());
+            self.membership_effects(effects);
+        }
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_view = Instant::now() + VIEW_EVERY;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                Some(inc) = incoming.recv() => self.on_incoming(inc),
+                Some(batch) = deltas.recv() => {
+                    let effects = self.replicator.on_committed(&batch, wall_ms(), &self.store);
+                    self.replication_effects(effects);
+                }
+                Some((tag, result)) = commits.recv() => self.on_commit_done(tag, result),
+                _ = tick.tick() => {
+                    let effects = self.membership.tick(self.mono_ms(), &mut self.rng);
+                    self.membership_effects(effects);
+                    let effects = self.replicator.on_tick(wall_ms(), &self.store);
+                    self.replication_effects(effects);
+                    if Instant::now() >= next_view {
+                        next_view = Instant::now() + VIEW_EVERY;
+                        self.publish_view();
+                    }
+                }
+            }
+        }
+        let effects = self.membership.leave(self.mono_ms());
+        self.membership_effects(effects);
+        tracing::info!(node = %self.node, "cluster driver stopped");
+    }
+
+    fn on_incoming(&mut self, inc: Incoming<Message>) {
+        match inc {
+            Incoming::Message {
+                from,
+                addr,
+                msg: Message::Membership(m),
+            } => {
+                let effects = self.membership.on_message(&from, addr, m, self.mono_ms());
+                self.membership_effects(effects);
+            }
+            Incoming::Message {
+                from,
+                msg: Message::Replication(m),
+                ..
+            } => {
+                let effects = self.replicator.on_message(&from, m, wall_ms(), &self.store);
+                self.replication_effects(effects);
+            }
+            Incoming::Connected { peer, addr, dir } => {
+                tracing::debug!(node = %self.node, peer = %peer, %addr, ?dir, "peer connected");
+            }
+            Incoming::Disconnected {
+                peer,
+                addr,
+                dir,
+                reason,
+            } => {
+                tracing::debug!(node = %self.node, peer = %peer, %addr, ?dir, %reason, "peer disconnected");
+            }
+        }
+    }
+
+    fn send(&self, to: Option<&NodeId>, addr: SocketAddr, msg: Message) {
+        if let Err(e) = self.transport.send(addr, to.cloned(), &msg) {
+            tracing::debug!(node = %self.node, peer = ?to, %addr, error = %e, "message dropped");
+        }
+    }
+
+    fn membership_effects(&mut self, effects: Vec<membership::Effect>) {
+        for effect in effects {
+            match effect {
+                membership::Effect::Send { to, addr, msg } => {
+                    self.send(Some(&to), addr, Message::Membership(msg))
+                }
+                membership::Effect::SendToAddr { addr, msg } => {
+                    self.send(None, addr, Message::Membership(msg))
+                }
+                membership::Effect::StatusChanged { peer, from, to } => {
+                    tracing::info!(node = %self.node, peer = %peer, from = ?from, to = ?to, "peer status changed");
+                    if to == Status::Alive {
+                        let effects = self.replicator.peer_up(&peer, wall_ms(), &self.store);
+                        self.replication_effects(effects);
+                    } else if from == Some(Status::Alive) {
+                        self.replicator.peer_down(&peer, wall_ms());
+                    }
+                }
+                membership::Effect::Persist { peer, record } => {
+                    if let Err(e) = self.store.save_peer(&peer, &record) {
+                        tracing::warn!(node = %self.node, peer = %peer, error = %e, "cannot remember peer");
+                    }
+                }
+                membership::Effect::Refused { peer, reason } => {
+                    tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
+                }
+            }
+        }
+    }
+
+    fn replication_effects(&mut self, effects: Vec<replication::Effect>) {
+        for effect in effects {
+            match effect {
+                replication::Effect::Send { to, msg } => {
+                    match self.membership.table().get(&to).map(|m| m.addr) {
+                        Some(addr) => self.send(Some(&to), addr, Message::Replication(msg)),
+                        None => {
+                            tracing::debug!(node = %self.node, peer = %to, "no address for peer")
+                        }
+                    }
+                }
+                replication::Effect::Commit { tag, ops, .. } => {
+                    let committer = self.committer.clone();
+                    let done = self.commit_tx.clone();
+                    tokio::spawn(async move {
+                        let result = committer.commit(ops).await;
+                        let _ = done.send((tag, result));
+                    });
+                }
+                replication::Effect::ClockRefused { peer, ahead_ms } => {
+                    tracing::error!(node = %self.node, peer = %peer, ahead_ms, "peer clock too far ahead; its messages are refused");
+                }
+            }
+        }
+    }
+
+    fn on_commit_done(&mut self, tag: u64, result: Result<Vec<Outcome>, CommitError>) {
+        match result {
+            Ok(outcomes) => {
+                let effects =
+                    self.replicator
+                        .on_commit_outcomes(tag, &outcomes, wall_ms(), &self.store);
+                self.replication_effects(effects);
+            }
+            Err(e) => {
+                tracing::error!(node = %self.node, error = %e, "replicated write failed");
+                self.replicator.on_commit_failed(tag, wall_ms());
+            }
+        }
+    }
+
+    fn publish_view(&mut self) {
+        let transport = self.transport.stats();
+        for peer in &transport.peers {
+            if let Some(id) = &peer.node_id {
+                self.replicator.note_queue_len(id, peer.queue_len as u64);
+            }
+        }
+        let view = ClusterView {
+            me: SelfView {
+                node_id: self.node.to_string(),
+                addr: self.membership.addr().to_string(),
+                incarnation: self.membership.incarnation(),
+                joined: self.membership.is_joined(),
+            },
+            members: self.membership.members(self.mono_ms()),
+            membership: self.membership.stats(),
+            replication: self.replicator.stats(),
+            transport,
+        };
+        self.view_tx.send_replace(Arc::new(view));
+    }
+}
+
+fn placeholder_view(node: &NodeId, transport: &Transport<Message>) -> ClusterView {
+    ClusterView {
+        me: SelfView {
+            node_id: node.to_string(),
+            addr: String::new(),
+            incarnation: 0,
+            joined: false,
+        },
+        members: Vec::new(),
+        membership: Default::default(),
+        replication: Default::default(),
+        transport: transport.stats(),
+    }
+}

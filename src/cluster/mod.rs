@@ -1,0 +1,142 @@
+//! The cluster shell: QUIC transport, membership and replication, driven by
+//! one tokio task.
+//!
+//! Membership and replication are sans-IO state machines; this module only
+//! moves their messages over the transport, commits their writes through the
+//! node's group-commit writer, feeds them the clock and newly durable deltas,
+//! and publishes a snapshot of their state for the HTTP API. Owning both
+//! machines in one task means no locks around protocol state.
+//!
+//! Two clocks are fed: membership gets monotonic milliseconds since start
+//! (failure detection must not jump with NTP); replication gets wall-clock
+//! milliseconds (it compares peers' HLCs with our physical time).
+
+mod driver;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::certs::{CertError, Identity};
+use crate::membership::{self, MemberView};
+use crate::model::{Delta, NodeId};
+use crate::replication::{ReplicationConfig, ReplicationStats};
+use crate::store::commit::Committer;
+use crate::store::Store;
+use crate::transport::{Transport, TransportConfig, TransportError, TransportStats};
+
+pub use wire::Message;
+
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    pub node_id: NodeId,
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Address peers should use to reach us, when it differs from `listen`
+    /// (NAT, relays, 0.0.0.0 binds). Default: the bound address.
+    pub advertise: Option<SocketAddr>,
+    /// Any members to join through; empty for the first node (or a restart,
+    /// which rejoins the peers remembered in the store).
+    pub join: Vec<SocketAddr>,
+    pub certs_dir: PathBuf,
+    pub membership: membership::Config,
+    pub replication: ReplicationConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("certificates: {0}")]
+    Certs(#[from] CertError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("membership settings: {0}")]
+    Membership(#[from] membership::ConfigError),
+    #[error("replication settings: {0}")]
+    Replication(#[from] crate::replication::ConfigError),
+    #[error("QUIC endpoint: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading remembered peers: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// This node as the cluster sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct SelfView {
+    pub node_id: String,
+    pub addr: String,
+    pub incarnation: u64,
+    pub joined: bool,
+}
+
+/// A snapshot of the cluster state, refreshed a few times a second.
+#[derive(Clone, Debug, Serialize)]
+pub struct ClusterView {
+    pub me: SelfView,
+    pub members: Vec<MemberView>,
+    pub membership: membership::Stats,
+    pub replication: ReplicationStats,
+    pub transport: TransportStats,
+}
+
+pub struct Cluster {
+    view: watch::Receiver<Arc<ClusterView>>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+    transport: Transport<Message>,
+    quic_addr: SocketAddr,
+}
+
+impl Cluster {
+    /// Binds the QUIC endpoint, restores remembered peers, joins, and starts
+    /// the driver. `deltas` receives every newly durable delta of the node's
+    /// committer (`Committer::start` with a sink).
+    pub async fn start(
+        config: ClusterConfig,
+        store: Arc<Store>,
+        committer: Committer,
+        deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
+    ) -> Result<Cluster, ClusterError> {
+        config.replication.validate()?;
+        let identity = Identity::load(&config.certs_dir, &config.node_id)?;
+        let (transport, incoming) =
+            Transport::<Message>::bind(TransportConfig::new(identity, config.listen)).await?;
+        let quic_addr = transport.local_addr()?;
+        let (stop, stop_rx) = watch::channel(false);
+        let (driver, view) =
+            driver::Driver::new(&config, quic_addr, store, committer, transport.clone())?;
+        let task = tokio::spawn(driver.run(incoming, deltas, stop_rx, config.join.clone()));
+        tracing::info!(node = %config.node_id, quic = %quic_addr, join = ?config.join, "cluster started");
+        Ok(Cluster {
+            view,
+            stop,
+            task,
+            transport,
+            quic_addr,
+        })
+    }
+
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The latest snapshot (at most a few hundred milliseconds old).
+    pub fn view(&self) -> Arc<ClusterView> {
+        self.view.borrow().clone()
+    }
+
+    pub fn view_watch(&self) -> watch::Receiver<Arc<ClusterView>> {
+        self.view.clone()
+    }
+
+    /// Tells peers we leave, stops the driver and closes the endpoint.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.transport.close().await;
+    }
+}
