@@ -57,6 +57,8 @@ pub struct ConfigLayer {
     pub cache_bytes: Option<u64>,
     /// QUIC (UDP) address for peers; `None` runs a single node.
     pub listen: Option<String>,
+    /// Address peers use to reach this node, if not `listen` (NAT, relay).
+    pub advertise: Option<String>,
     /// Peers to contact at start, as `host:port`.
     pub join: Option<Vec<String>>,
     /// Directory with the CA and this node's certificate and key.
@@ -101,6 +103,7 @@ impl ConfigLayer {
             max_batch_bytes,
             cache_bytes,
             listen,
+            advertise,
             join,
             certs,
             max_clock_offset_ms,
@@ -124,7 +127,9 @@ pub struct Config {
     pub max_batch_bytes: usize,
     pub cache_bytes: u64,
     pub listen: Option<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
     pub join: Vec<String>,
+    /// Certificates directory; defaults to `certs` when `listen` is set.
     pub certs: Option<PathBuf>,
     pub max_clock_offset_ms: u64,
     pub anti_entropy_interval_ms: u64,
@@ -177,6 +182,17 @@ impl Config {
                 format!("{cache_bytes} is below the 1 MiB minimum"),
             ));
         }
+        let advertise = l
+            .advertise
+            .as_deref()
+            .map(|a| parse_addr("advertise", a))
+            .transpose()?;
+        if advertise.is_some() && listen.is_none() {
+            return Err(invalid(
+                "advertise",
+                "needs `listen` (the QUIC address) too",
+            ));
+        }
         let join = l.join.unwrap_or_default();
         for (i, peer) in join.iter().enumerate() {
             if peer.trim().is_empty() || !peer.contains(':') {
@@ -198,7 +214,7 @@ impl Config {
             "anti_entropy_interval_ms",
             l.anti_entropy_interval_ms.unwrap_or(10_000),
         )?;
-        let fanout = positive("fanout", l.fanout.unwrap_or(3) as u64)? as usize;
+        let fanout = positive("fanout", l.fanout.unwrap_or(8) as u64)? as usize;
         let sensors = match l.sensors {
             Some(tables) => parse_sensors(&tables)?,
             None => demo_sensors(),
@@ -212,8 +228,13 @@ impl Config {
             max_batch_bytes,
             cache_bytes,
             listen,
+            advertise,
             join,
-            certs: l.certs,
+            certs: match (l.certs, listen) {
+                (Some(dir), _) => Some(dir),
+                (None, Some(_)) => Some(PathBuf::from("certs")),
+                (None, None) => None,
+            },
             max_clock_offset_ms,
             anti_entropy_interval_ms,
             fanout,

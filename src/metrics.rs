@@ -13,6 +13,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::ClusterView;
+use crate::membership::Status;
 use crate::store::commit::CommitStats;
 use crate::store::Summary;
 
@@ -20,6 +22,54 @@ use crate::store::Summary;
 pub struct StatusLabel {
     pub class: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PeerLabel {
+    pub peer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+/// Per-peer replication figures exported from the cluster snapshot.
+const PEER_STATS: [(&str, &str); 10] = [
+    (
+        "replication_deltas_sent",
+        "Deltas sent to the peer (push and pull answers)",
+    ),
+    (
+        "replication_deltas_received",
+        "Deltas received from the peer",
+    ),
+    ("replication_deltas_applied", "Received deltas logged here"),
+    ("replication_deltas_stale", "Received deltas already held"),
+    (
+        "replication_pulls_unavailable",
+        "Our pulls the peer answered unavailable",
+    ),
+    (
+        "replication_anti_entropy_runs",
+        "Anti-entropy sessions run against the peer",
+    ),
+    (
+        "replication_anti_entropy_failures",
+        "Anti-entropy sessions that failed",
+    ),
+    (
+        "replication_queue_len",
+        "Messages waiting in the send queue to the peer",
+    ),
+    (
+        "replication_clock_refusals",
+        "Messages refused: peer clock too far ahead",
+    ),
+    (
+        "replication_bad_messages",
+        "Messages from the peer that failed validation",
+    ),
+];
 
 pub struct Metrics {
     registry: Registry,
@@ -37,6 +87,11 @@ pub struct Metrics {
     commit_groups: Gauge,
     commit_flushes: Gauge,
     commit_ops: Gauge,
+    peer_stats: Vec<Family<PeerLabel, Gauge>>,
+    /// 1 alive, 2 suspect, 3 dead, 4 left.
+    member_status: Family<PeerLabel, Gauge>,
+    handshake_rejections: Family<ReasonLabel, Gauge>,
+    bad_frames: Gauge,
 }
 
 impl Default for Metrics {
@@ -61,8 +116,30 @@ impl Metrics {
             commit_groups: Gauge::default(),
             commit_flushes: Gauge::default(),
             commit_ops: Gauge::default(),
+            peer_stats: PEER_STATS.iter().map(|_| Family::default()).collect(),
+            member_status: Family::default(),
+            handshake_rejections: Family::default(),
+            bad_frames: Gauge::default(),
             registry: Registry::default(),
         };
+        for ((name, help), fam) in PEER_STATS.iter().zip(&m.peer_stats) {
+            registry.register(*name, *help, fam.clone());
+        }
+        registry.register(
+            "member_status",
+            "Membership status per peer: 1 alive, 2 suspect, 3 dead, 4 left",
+            m.member_status.clone(),
+        );
+        registry.register(
+            "transport_handshake_rejections",
+            "QUIC handshakes refused, by reason",
+            m.handshake_rejections.clone(),
+        );
+        registry.register(
+            "transport_bad_frames",
+            "Connections closed for a malformed or oversized frame",
+            m.bad_frames.clone(),
+        );
         registry.register(
             "http_writes",
             "Keys written through the HTTP API",
@@ -127,8 +204,16 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition, with store gauges refreshed first.
-    pub fn render(&self, summary: Option<&Summary>, commit: &CommitStats) -> String {
+    /// Prometheus text exposition, with store and cluster gauges refreshed first.
+    pub fn render(
+        &self,
+        summary: Option<&Summary>,
+        commit: &CommitStats,
+        cluster: Option<&ClusterView>,
+    ) -> String {
+        if let Some(view) = cluster {
+            self.refresh_cluster(view);
+        }
         if let Some(s) = summary {
             self.entries.set(s.entries as i64);
             self.tombstones.set(s.tombstones as i64);
@@ -143,5 +228,47 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+
+    fn refresh_cluster(&self, view: &ClusterView) {
+        for (peer, st) in &view.replication.peers {
+            let values = [
+                st.deltas_sent,
+                st.deltas_received,
+                st.deltas_applied,
+                st.deltas_stale,
+                st.pulls_answered_unavailable,
+                st.anti_entropy_runs,
+                st.anti_entropy_failures,
+                st.queue_len,
+                st.clock_refusals,
+                st.bad_messages,
+            ];
+            let label = PeerLabel { peer: peer.clone() };
+            for (fam, v) in self.peer_stats.iter().zip(values) {
+                fam.get_or_create(&label).set(v as i64);
+            }
+        }
+        for m in &view.members {
+            let code = match m.status {
+                Status::Alive => 1,
+                Status::Suspect => 2,
+                Status::Dead => 3,
+                Status::Left => 4,
+            };
+            self.member_status
+                .get_or_create(&PeerLabel {
+                    peer: m.node_id.to_string(),
+                })
+                .set(code);
+        }
+        for (reason, n) in &view.transport.handshake_rejections {
+            self.handshake_rejections
+                .get_or_create(&ReasonLabel {
+                    reason: reason.clone(),
+                })
+                .set(*n as i64);
+        }
+        self.bad_frames.set(view.transport.bad_frames as i64);
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterView};
 use crate::config::Config;
 use crate::http::{self, Shared};
 use crate::metrics::Metrics;
@@ -31,6 +32,10 @@ pub enum NodeError {
     },
     #[error("cannot create data directory {dir}: {source}")]
     DataDir { dir: String, source: std::io::Error },
+    #[error("cannot resolve join address {addr:?}: {reason}")]
+    Join { addr: String, reason: String },
+    #[error("cannot start the cluster: {0}")]
+    Cluster(#[from] ClusterError),
 }
 
 pub struct Node {
@@ -42,19 +47,13 @@ pub struct Node {
     stop: watch::Sender<bool>,
     http_task: JoinHandle<()>,
     sensor_tasks: Vec<JoinHandle<()>>,
+    cluster: Option<Cluster>,
 }
 
 impl Node {
-    /// Opens the store and starts serving. `sink`, if given, receives every
-    /// newly durable delta (the replication layer plugs in here).
+    /// Opens the store, joins the cluster when `listen` is set, and starts
+    /// serving.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
-        Node::start_with_sink(config, None).await
-    }
-
-    pub async fn start_with_sink(
-        config: Config,
-        sink: Option<DeltaSink>,
-    ) -> Result<Node, NodeError> {
         let dir = config.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| NodeError::DataDir {
             dir: dir.display().to_string(),
@@ -80,7 +79,21 @@ impl Node {
                 })?
         };
         let store = Arc::new(store);
+        let (sink, deltas): (Option<DeltaSink>, _) = match config.listen {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
         let committer = Committer::start(store.clone(), sink);
+        let cluster = match (config.listen, deltas) {
+            (Some(listen), Some(deltas)) => {
+                let cc = cluster_config(&config, listen).await?;
+                Some(Cluster::start(cc, store.clone(), committer.clone(), deltas).await?)
+            }
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
@@ -100,6 +113,7 @@ impl Node {
             metrics: metrics.clone(),
             max_value_bytes: config.max_value_bytes,
             max_batch_bytes: config.max_batch_bytes,
+            cluster: cluster.as_ref().map(Cluster::view_watch),
         });
         let app = http::router(shared);
         let mut http_stop = stop_rx.clone();
@@ -137,7 +151,18 @@ impl Node {
             stop,
             http_task,
             sensor_tasks,
+            cluster,
         })
+    }
+
+    /// The QUIC address peers reach this node on, when it is clustered.
+    pub fn quic_addr(&self) -> Option<SocketAddr> {
+        self.cluster.as_ref().map(Cluster::quic_addr)
+    }
+
+    /// The latest cluster snapshot, when clustered.
+    pub fn cluster_view(&self) -> Option<Arc<ClusterView>> {
+        self.cluster.as_ref().map(Cluster::view)
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -171,11 +196,15 @@ impl Node {
             http_task,
             sensor_tasks,
             metrics,
+            cluster,
             ..
         } = self;
         let _ = stop.send(true);
         for t in sensor_tasks {
             let _ = t.await;
+        }
+        if let Some(cluster) = cluster {
+            cluster.shutdown().await;
         }
         // Idle keep-alive connections would hold graceful shutdown open; give
         // in-flight requests a moment, then stop serving.
@@ -215,4 +244,32 @@ impl Node {
         }
         tracing::info!(node = %config.node_id, "node stopped");
     }
+}
+
+async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterConfig, NodeError> {
+    let mut join = Vec::new();
+    for addr in &config.join {
+        let resolved =
+            tokio::net::lookup_host(addr.as_str())
+                .await
+                .map_err(|e| NodeError::Join {
+                    addr: addr.clone(),
+                    reason: e.to_string(),
+                })?;
+        join.extend(resolved.take(1));
+    }
+    let replication = crate::replication::ReplicationConfig {
+        push_fanout: config.fanout,
+        ae_interval_ms: config.anti_entropy_interval_ms,
+        ..Default::default()
+    };
+    Ok(ClusterConfig {
+        node_id: config.node_id.clone(),
+        listen,
+        advertise: config.advertise,
+        join,
+        certs_dir: config.certs.clone().unwrap_or_else(|| "certs".into()),
+        membership: crate::membership::Config::default(),
+        replication,
+    })
 }

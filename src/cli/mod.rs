@@ -1,7 +1,7 @@
-//! Command line: `hub serve | inspect | bench` (the cluster adds `certs`
-//! and `demo`).
+//! Command line: `hub serve | demo | inspect | certs | bench`.
 
 pub mod bench;
+pub mod demo;
 pub mod inspect;
 pub mod serve;
 
@@ -33,6 +33,13 @@ pub enum LogFormat {
 pub enum Command {
     /// Run a node (with no flags: a working node on defaults with demo sensors).
     Serve(serve::ServeArgs),
+    /// Run a local cluster of N nodes with sensors, certificates included.
+    Demo(demo::DemoArgs),
+    /// Make the cluster CA and node certificates.
+    Certs {
+        #[command(subcommand)]
+        cmd: hub::certs::CertsCmd,
+    },
     /// Show a node's state: offline from its data directory, or live over HTTP.
     Inspect(inspect::InspectArgs),
     /// Load-test a running node over HTTP.
@@ -54,7 +61,7 @@ fn init_logging(format: LogFormat, default: &str) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Demo(_) => "info",
         _ => "warn",
     };
     init_logging(cli.log_format, default_level);
@@ -71,6 +78,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
+            Command::Demo(args) => demo::run(args).await,
+            Command::Certs { cmd } => hub::certs::run(cmd),
             Command::Inspect(args) => inspect::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

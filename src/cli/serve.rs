@@ -31,6 +31,9 @@ pub struct ServeArgs {
     /// QUIC (UDP) address for peers.
     #[arg(long, env = "HUB_LISTEN")]
     pub listen: Option<String>,
+    /// Address peers should dial, if not --listen (NAT, relay).
+    #[arg(long, env = "HUB_ADVERTISE")]
+    pub advertise: Option<String>,
     /// Peer to join (repeatable, or comma-separated in HUB_JOIN).
     #[arg(long, env = "HUB_JOIN", value_delimiter = ',')]
     pub join: Vec<String>,
@@ -54,6 +57,7 @@ impl ServeArgs {
             log_retention: self.log_retention,
             max_value_bytes: self.max_value_bytes,
             listen: self.listen.clone(),
+            advertise: self.advertise.clone(),
             join: (!self.join.is_empty()).then(|| self.join.clone()),
             certs: self.certs.clone(),
             max_clock_offset_ms: self.max_clock_offset_ms,
@@ -86,7 +90,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};

@@ -213,12 +213,22 @@ impl Driver {
                     }
                 }
                 replication::Effect::Commit { tag, ops, .. } => {
-                    let committer = self.committer.clone();
+                    // Queue in emission order when there is room (deltas of
+                    // one origin must arrive in seq order to apply).
                     let done = self.commit_tx.clone();
-                    tokio::spawn(async move {
-                        let result = committer.commit(ops).await;
-                        let _ = done.send((tag, result));
-                    });
+                    match self.committer.try_submit(ops) {
+                        Ok(pending) => {
+                            tokio::spawn(async move {
+                                let _ = done.send((tag, pending.wait().await));
+                            });
+                        }
+                        Err(ops) => {
+                            let committer = self.committer.clone();
+                            tokio::spawn(async move {
+                                let _ = done.send((tag, committer.commit(ops).await));
+                            });
+                        }
+                    }
                 }
                 replication::Effect::ClockRefused { peer, ahead_ms } => {
                     tracing::error!(node = %self.node, peer = %peer, ahead_ms, "peer clock too far ahead; its messages are refused");

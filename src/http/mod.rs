@@ -3,6 +3,7 @@
 //! Errors are JSON (see [`error`]).
 
 pub mod api;
+mod cluster;
 pub mod error;
 pub mod kv;
 
@@ -30,6 +31,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub max_value_bytes: usize,
     pub max_batch_bytes: usize,
+    /// Cluster snapshots, when the node is clustered.
+    pub cluster: Option<tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster::ClusterView>>>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -63,6 +66,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/sensors/{origin}/{sensor}/history", get(api::history))
         .route("/api/introspection", get(api::introspection))
+        .route("/api/membership", get(cluster::membership))
+        .route("/api/sync", get(cluster::sync))
         .route("/api/merkle", get(api::merkle))
         .route("/api/entry/{*key}", get(api::entry));
     Router::new()

@@ -93,8 +93,30 @@ impl Committer {
         Ok(rx.await.map_err(|_| CommitError::Stopped)??)
     }
 
+    /// Queues `ops` at once (keeping the order of calls) when the queue has
+    /// room; the receiver resolves after the flush. When it is full, the ops
+    /// come back for the caller to send with [`Committer::commit`].
+    pub fn try_submit(&self, ops: Vec<Op>) -> Result<Pending, Vec<Op>> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Job { ops, reply }) {
+            Ok(()) => Ok(Pending(rx)),
+            Err(mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job)) => {
+                Err(job.ops)
+            }
+        }
+    }
+
     pub fn stats(&self) -> &CommitStats {
         &self.stats
+    }
+}
+
+/// A queued commit; await [`Pending::wait`] for its outcomes.
+pub struct Pending(oneshot::Receiver<Result<Vec<Outcome>, Arc<StoreError>>>);
+
+impl Pending {
+    pub async fn wait(self) -> Result<Vec<Outcome>, CommitError> {
+        Ok(self.0.await.map_err(|_| CommitError::Stopped)??)
     }
 }
 
