@@ -812,6 +812,7 @@ fn anti_entropy_cost(keys: usize, diffs: usize) -> (u64, u64, std::time::Duratio
     let mut queue: std::collections::VecDeque<(bool, Effect)> =
         first.into_iter().map(|e| (true, e)).collect();
     let (mut bytes, mut msgs) = (0, 0);
+    let mut commit_time = std::time::Duration::ZERO;
     while let Some((on_a, effect)) = queue.pop_front() {
         let (store, repl, other) = if on_a {
             (&sa, &mut ra, &a_id)
@@ -827,8 +828,10 @@ fn anti_entropy_cost(keys: usize, diffs: usize) -> (u64, u64, std::time::Duratio
                 queue.extend(out.into_iter().map(|e| (!on_a, e)));
             }
             Effect::Commit { tag, ops, .. } => {
+                let t = Instant::now();
                 let outcomes = store.apply(ops, T0).unwrap();
                 store.flush().unwrap();
+                commit_time += t.elapsed();
                 let out = repl.on_commit_outcomes(tag, &outcomes, T0, store);
                 queue.extend(out.into_iter().map(|e| (on_a, e)));
             }
@@ -836,6 +839,9 @@ fn anti_entropy_cost(keys: usize, diffs: usize) -> (u64, u64, std::time::Duratio
         }
     }
     let elapsed = started.elapsed();
+    if std::env::var("AE_VERBOSE").is_ok() {
+        eprintln!("of which commits (apply + flush): {commit_time:?}");
+    }
     assert_eq!(
         sa.merkle_root(),
         sb.merkle_root(),
