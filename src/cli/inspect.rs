@@ -58,6 +58,12 @@ pub enum View {
         #[arg(long, default_value_t = 0)]
         index: u32,
     },
+    /// Peers: live, with status, RTT and failure detector; offline, the
+    /// peers remembered in the data directory.
+    Peers,
+    /// Replication per peer: deltas sent/received/applied, queues, pulls
+    /// answered unavailable, last anti-entropy runs (live only).
+    Sync,
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
@@ -132,6 +138,15 @@ fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
             }
             merkle_json(&store, node)
         }
+        View::Peers => {
+            let members: Vec<Value> = store
+                .peers()?
+                .into_iter()
+                .map(|(id, r)| json!({ "node_id": id.as_str(), "addr": r.addr, "incarnation": r.incarnation, "status": "remembered" }))
+                .collect();
+            json!({ "node_id": store.node_id().as_str(), "members": members })
+        }
+        View::Sync => bail!("replication state lives in a running node: use --node URL sync"),
     })
 }
 
@@ -146,6 +161,8 @@ async fn live(url: &str, view: &View) -> anyhow::Result<Value> {
             None => format!("/api/updates?limit={limit}"),
         },
         View::Merkle { level, index } => format!("/api/merkle?level={level}&index={index}"),
+        View::Peers => "/api/membership".to_string(),
+        View::Sync => "/api/sync".to_string(),
     };
     let v = get_json(&format!("{base}{path}")).await?;
     Ok(match view {
@@ -293,6 +310,59 @@ fn text(view: &View, v: &Value) -> String {
             );
             for (i, c) in v["children"].as_array().into_iter().flatten().enumerate() {
                 let _ = writeln!(out, "  child {i:>2} {}", s(c));
+            }
+        }
+        View::Peers => {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<22} {:<10} {:>10} {:>8} {:>8}",
+                "peer", "addr", "status", "last seen", "rtt ms", "phi"
+            );
+            for m in v["members"].as_array().into_iter().flatten() {
+                let num = |x: &Value, digits: usize| {
+                    x.as_f64()
+                        .map_or("-".to_string(), |f| format!("{f:.digits$}"))
+                };
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<22} {:<10} {:>10} {:>8} {:>8}",
+                    s(&m["node_id"]),
+                    s(&m["addr"]),
+                    s(&m["status"]),
+                    m["last_seen_ms_ago"]
+                        .as_u64()
+                        .map_or("-".to_string(), |ms| format!("{ms} ms")),
+                    num(&m["rtt_ms"], 2),
+                    num(&m["phi"], 2),
+                );
+            }
+        }
+        View::Sync => {
+            let _ = writeln!(
+                out,
+                "{:<16} {:>5} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6} {:>5}",
+                "peer", "up", "sent", "received", "applied", "stale", "unavl", "ae", "queue"
+            );
+            if let Some(peers) = v["replication"]["peers"].as_object() {
+                for (id, p) in peers {
+                    let _ = writeln!(
+                        out,
+                        "{:<16} {:>5} {:>9} {:>9} {:>9} {:>7} {:>6} {:>6} {:>5}",
+                        id,
+                        s(&p["up"]),
+                        s(&p["deltas_sent"]),
+                        s(&p["deltas_received"]),
+                        s(&p["deltas_applied"]),
+                        s(&p["deltas_stale"]),
+                        s(&p["pulls_answered_unavailable"]),
+                        s(&p["anti_entropy_runs"]),
+                        s(&p["queue_len"]),
+                    );
+                }
+            }
+            let last = &v["replication"]["last_anti_entropy"];
+            if !last.is_null() {
+                let _ = writeln!(out, "last anti-entropy: {last}");
             }
         }
     }
