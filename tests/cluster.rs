@@ -646,6 +646,36 @@ async fn node_presenting_another_nodes_id_is_refused() {
 
     // b is a real process; a knows it at its address.
     let a = TestNode::start(Spec::new("a", certs.path())).await;
+
+    // Mallory, with its own genuine certificate, says hello as "b": the
+    // claim must match the certificate, so a refuses and welcomes nobody.
+    let identity = hub::certs::Identity::load(certs.path(), &id("mallory")).unwrap();
+    let (raw, mut raw_rx) = hub::transport::Transport::<hub::cluster::Message>::bind(
+        hub::transport::TransportConfig::new(identity, "127.0.0.1:0".parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let hello = hub::cluster::Message::Membership(hub::membership::Msg::Hello {
+        member: hub::membership::MemberInfo {
+            id: id("b"),
+            addr: raw.local_addr().unwrap(),
+            incarnation: u64::MAX / 2,
+            status: Status::Alive,
+        },
+    });
+    raw.send(a.quic(), Some(id("a")), &hello).unwrap();
+    eventually("a refuses the false claim", MESH, || {
+        a.node.cluster_view().unwrap().membership.refused >= 1
+    })
+    .await;
+    assert!(a.node.cluster_view().unwrap().members.is_empty());
+    while let Ok(ev) = raw_rx.try_recv() {
+        assert!(
+            !matches!(ev, hub::transport::Incoming::Message { .. }),
+            "mallory got {ev:?}"
+        );
+    }
+    raw.close().await;
     let b_port = free_udp_port();
     let data = tempfile::tempdir().unwrap();
     let mut b = Proc::start(&serve_args(
@@ -663,12 +693,14 @@ async fn node_presenting_another_nodes_id_is_refused() {
     let mut spec = Spec::new("mallory", certs.path());
     spec.listen = format!("127.0.0.1:{b_port}").parse().unwrap();
     let mallory = TestNode::start(spec).await;
-    eventually(
+    // (a's connection to the dead b first has to reach QUIC's idle timeout.)
+    let took = eventually(
         "a refuses mallory posing as b",
-        Duration::from_secs(20),
+        Duration::from_secs(25),
         || a.rejections("wrong_node_id") >= 1,
     )
     .await;
+    println!("impostor on b's address refused {took:?} after it started");
     a.put("after", "b died").await;
     // a has not taken mallory for b, nor learnt of mallory at all.
     let view = a.node.cluster_view().unwrap();
