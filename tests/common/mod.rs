@@ -1,0 +1,469 @@
+//! Shared harness for multi-node tests: certificates, in-process clustered
+//! nodes, `hub serve` processes, an HTTP client, polling with deadlines and a
+//! userspace UDP relay that can cut traffic (partitions without root).
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+
+use hub::certs;
+use hub::config::{Config, ConfigLayer};
+use hub::membership::Status;
+use hub::model::{Meta, NodeId};
+use hub::node::Node;
+use hub::store::{Condition, Op};
+
+pub fn id(s: &str) -> NodeId {
+    NodeId::new(s).unwrap()
+}
+
+/// A directory holding a cluster CA and node certificates.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn new(ids: &[&str]) -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        certs::init_ca(dir.path()).unwrap();
+        for n in ids {
+            certs::issue(dir.path(), &id(n), &[], &[]).unwrap();
+        }
+        Certs { dir }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A free UDP port on loopback, for a node that must come back on the same
+/// address (bind :0, read the port, release it).
+pub fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every few milliseconds until true; panics at the deadline.
+/// Returns how long it took.
+pub async fn eventually(what: &str, within: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !f() {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    start.elapsed()
+}
+
+/// Like [`eventually`] for conditions that need `.await` (HTTP).
+pub async fn eventually_async<F, Fut>(what: &str, within: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        assert!(
+            start.elapsed() < within,
+            "timed out after {within:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    start.elapsed()
+}
+
+// ---------------------------------------------------------------- HTTP
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn http_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub async fn call(
+    c: &HttpClient,
+    method: Method,
+    url: &str,
+    body: impl Into<Bytes>,
+) -> Result<(StatusCode, Bytes), String> {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(body.into()))
+        .unwrap();
+    let resp = c.request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+pub async fn get_json(c: &HttpClient, url: &str) -> Option<Value> {
+    match call(c, Method::GET, url, Bytes::new()).await {
+        Ok((StatusCode::OK, body)) => serde_json::from_slice(&body).ok(),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------- in-process nodes
+
+/// Settings for one in-process clustered node.
+pub struct Spec<'a> {
+    pub id: &'a str,
+    pub certs: &'a Path,
+    pub join: Vec<SocketAddr>,
+    pub advertise: Option<SocketAddr>,
+    pub listen: SocketAddr,
+    pub anti_entropy_interval_ms: u64,
+    pub log_retention: Option<u64>,
+}
+
+impl<'a> Spec<'a> {
+    pub fn new(id: &'a str, certs: &'a Path) -> Spec<'a> {
+        Spec {
+            id,
+            certs,
+            join: Vec::new(),
+            advertise: None,
+            listen: "127.0.0.1:0".parse().unwrap(),
+            anti_entropy_interval_ms: 2_000,
+            log_retention: None,
+        }
+    }
+
+    pub fn join(mut self, seeds: &[SocketAddr]) -> Self {
+        self.join = seeds.to_vec();
+        self
+    }
+
+    pub fn config(&self, data_dir: &Path) -> Result<Config, hub::config::ConfigError> {
+        Config::resolve([ConfigLayer {
+            node_id: Some(self.id.into()),
+            data_dir: Some(data_dir.into()),
+            http: Some("127.0.0.1:0".into()),
+            sensors: Some(Vec::new()),
+            listen: Some(self.listen.to_string()),
+            advertise: self.advertise.map(|a| a.to_string()),
+            join: Some(self.join.iter().map(ToString::to_string).collect()),
+            certs: Some(self.certs.into()),
+            anti_entropy_interval_ms: Some(self.anti_entropy_interval_ms),
+            log_retention: self.log_retention,
+            ..ConfigLayer::default()
+        }])
+    }
+}
+
+/// An in-process node on its own sled directory.
+pub struct TestNode {
+    pub node: Node,
+    pub id: NodeId,
+    pub data: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestNode {
+    pub async fn start(spec: Spec<'_>) -> TestNode {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let node = Node::start(spec.config(&data).unwrap()).await.unwrap();
+        TestNode {
+            node,
+            id: id(spec.id),
+            data,
+            _dir: dir,
+        }
+    }
+
+    pub fn quic(&self) -> SocketAddr {
+        self.node.quic_addr().unwrap()
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.node.http_addr())
+    }
+
+    /// Writes `key = value` here and waits until it is durable.
+    pub async fn put(&self, key: &str, value: &str) {
+        self.put_many([(key.to_string(), value.to_string())]).await;
+    }
+
+    /// Writes all pairs in one group commit.
+    pub async fn put_many(&self, kvs: impl IntoIterator<Item = (String, String)>) {
+        let ops = kvs
+            .into_iter()
+            .map(|(key, value)| Op::Local {
+                key,
+                value: Some(value.into_bytes()),
+                meta: Meta::new(),
+                cond: Condition::Always,
+            })
+            .collect();
+        self.node.committer().commit(ops).await.unwrap();
+    }
+
+    /// The live value of `key` (None if absent or deleted).
+    pub fn value(&self, key: &str) -> Option<String> {
+        self.node
+            .store()
+            .get(key)
+            .unwrap()
+            .and_then(|e| e.value)
+            .map(|v| String::from_utf8(v).unwrap())
+    }
+
+    pub fn root(&self) -> [u8; 16] {
+        self.node.store().merkle_root()
+    }
+
+    /// Peers this node sees with the given status.
+    pub fn peers_with(&self, status: Status) -> Vec<String> {
+        self.node
+            .cluster_view()
+            .unwrap()
+            .members
+            .iter()
+            .filter(|m| m.status == status)
+            .map(|m| m.node_id.to_string())
+            .collect()
+    }
+
+    pub fn sees_alive(&self, ids: &[&str]) -> bool {
+        let alive = self.peers_with(Status::Alive);
+        ids.iter().all(|i| alive.iter().any(|a| a == i))
+    }
+
+    pub fn handshake_rejections(&self) -> u64 {
+        self.node
+            .cluster_view()
+            .unwrap()
+            .transport
+            .handshake_rejections
+            .values()
+            .sum()
+    }
+
+    pub fn rejections(&self, reason: &str) -> u64 {
+        self.node
+            .cluster_view()
+            .unwrap()
+            .transport
+            .handshake_rejections
+            .get(reason)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// True when every node has the same Merkle root.
+pub fn roots_equal(nodes: &[&TestNode]) -> bool {
+    let r = nodes[0].root();
+    nodes.iter().all(|n| n.root() == r)
+}
+
+/// Waits until every node sees every other alive.
+pub async fn wait_full_mesh(nodes: &[&TestNode], within: Duration) {
+    let ids: Vec<String> = nodes.iter().map(|n| n.id.to_string()).collect();
+    eventually("every node sees every other alive", within, || {
+        nodes.iter().all(|n| {
+            let alive = n.peers_with(Status::Alive);
+            ids.iter()
+                .filter(|i| **i != n.id.as_str())
+                .all(|i| alive.contains(i))
+        })
+    })
+    .await;
+}
+
+// ---------------------------------------------------------------- processes
+
+/// A `hub serve` process, killed on drop so a failing test leaves none behind.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Proc {
+    /// Starts the binary with `args` (after `serve`) and waits for its
+    /// "serving http://ADDR" line.
+    pub fn start(args: &[String]) -> Proc {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .arg("serve")
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let base = line
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        assert!(
+            base.starts_with("http://"),
+            "unexpected first line {line:?}"
+        );
+        Proc { child, base }
+    }
+
+    /// SIGKILL: no goodbye to peers, no final flush.
+    pub fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- relay
+
+/// Which side of a partition each node's real QUIC port is on. Traffic
+/// between ports on different sides is dropped by every relay; an empty
+/// map means no partition.
+#[derive(Clone, Default)]
+pub struct Cut {
+    /// node QUIC port → side
+    sides: Arc<Mutex<HashMap<u16, u8>>>,
+    /// ports that are cut from everyone (a blackholed, "dead" node)
+    isolated: Arc<Mutex<HashSet<u16>>>,
+}
+
+impl Cut {
+    pub fn partition(&self, sides: &[(&[u16], u8)]) {
+        let mut m = self.sides.lock().unwrap();
+        m.clear();
+        for (ports, side) in sides {
+            for p in *ports {
+                m.insert(*p, *side);
+            }
+        }
+    }
+
+    pub fn isolate(&self, port: u16) {
+        self.isolated.lock().unwrap().insert(port);
+    }
+
+    pub fn heal(&self) {
+        self.sides.lock().unwrap().clear();
+        self.isolated.lock().unwrap().clear();
+    }
+
+    /// Whether a datagram between node ports `a` and `b` gets through.
+    fn passes(&self, a: u16, b: u16) -> bool {
+        let iso = self.isolated.lock().unwrap();
+        if iso.contains(&a) || iso.contains(&b) {
+            return false;
+        }
+        let m = self.sides.lock().unwrap();
+        match (m.get(&a), m.get(&b)) {
+            (Some(x), Some(y)) => x == y,
+            _ => true,
+        }
+    }
+}
+
+/// A UDP relay in front of one node: peers dial the relay (the node
+/// advertises it), the relay forwards to the node through one upstream
+/// socket per client address (NAT-style) so replies find their way back.
+pub struct Relay {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// `target` is the node's real QUIC address (filled in once known, since
+    /// the node must know the relay address before it starts).
+    pub async fn start(
+        target: Arc<Mutex<Option<SocketAddr>>>,
+        cut: Cut,
+        dropped: Arc<std::sync::atomic::AtomicU64>,
+    ) -> Relay {
+        let front = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let addr = front.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let mut upstreams: HashMap<SocketAddr, Arc<tokio::net::UdpSocket>> = HashMap::new();
+            let mut pumps = Vec::new();
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let Ok((n, client)) = front.recv_from(&mut buf).await else {
+                    return;
+                };
+                let Some(to) = *target.lock().unwrap() else {
+                    continue;
+                };
+                if !cut.passes(client.port(), to.port()) {
+                    dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                let up = match upstreams.get(&client) {
+                    Some(up) => up.clone(),
+                    None => {
+                        let up =
+                            Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+                        up.connect(to).await.unwrap();
+                        upstreams.insert(client, up.clone());
+                        // Replies from the node go back to the client from the
+                        // relay's front address.
+                        let (up2, front2, cut2, dropped2) =
+                            (up.clone(), front.clone(), cut.clone(), dropped.clone());
+                        pumps.push(tokio::spawn(async move {
+                            let mut buf = vec![0u8; 65_536];
+                            while let Ok(n) = up2.recv(&mut buf).await {
+                                if cut2.passes(to.port(), client.port()) {
+                                    let _ = front2.send_to(&buf[..n], client).await;
+                                } else {
+                                    dropped2.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                }
+                            }
+                        }));
+                        up
+                    }
+                };
+                let _ = up.send(&buf[..n]).await;
+            }
+        });
+        Relay { addr, task }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The pumps hold only weak interest: they end when their sockets
+        // error, or with the runtime at the end of the test.
+        self.task.abort();
+    }
+}
