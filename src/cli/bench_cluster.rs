@@ -338,6 +338,24 @@ impl LocalCluster {
             .with_context(|| format!("starting {}", self.ids[i]))
     }
 
+    /// Starts node `i` again on its data directory and QUIC port, without
+    /// `--join`. The stopped endpoint's socket may take a moment to go.
+    async fn restart(&mut self, i: usize) -> anyhow::Result<Arc<Store>> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let node = loop {
+            match self.start_node(i, self.quic[i], None).await {
+                Ok(n) => break n,
+                Err(e) if format!("{e:#}").contains("in use") && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let store = node.store().clone();
+        self.nodes[i] = Some(node);
+        Ok(store)
+    }
+
     fn node(&self, i: usize) -> anyhow::Result<&Node> {
         self.nodes[i].as_ref().context("node is stopped")
     }
@@ -688,9 +706,7 @@ async fn catchup(c: &mut LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec
     if c.nodes[2].is_none() {
         // Stopped by the `dead` part: bring C up to date first, so it misses
         // exactly `--missed` writes.
-        let node = c.start_node(2, c.quic[2], None).await?;
-        let sc = node.store().clone();
-        c.nodes[2] = Some(node);
+        let sc = c.restart(2).await?;
         let head = c.store(0)?.version_vector().get(&a);
         wait_seq(&[sc], &a, head, Duration::from_secs(60)).await?;
         c.wait_formed(&[0, 1, 2], Duration::from_secs(30)).await?;
@@ -708,10 +724,8 @@ async fn catchup(c: &mut LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec
     // Let B hold them too, so the figure is C's catch-up alone.
     wait_seq(&[c.store(1)?], &a, top, Duration::from_secs(60)).await?;
     let t0 = Instant::now();
-    let node = c.start_node(2, c.quic[2], None).await?;
+    let sc = c.restart(2).await?;
     let started = t0.elapsed();
-    let sc = node.store().clone();
-    c.nodes[2] = Some(node);
     let had = sc.version_vector().get(&a);
     let done = wait_seq(&[sc], &a, top, Duration::from_secs(60)).await?;
     let took = done - t0;
