@@ -1,6 +1,7 @@
 //! Command line: `hub serve | demo | inspect | certs | bench`.
 
 pub mod bench;
+pub mod bench_cluster;
 pub mod demo;
 pub mod inspect;
 pub mod serve;
@@ -42,7 +43,7 @@ pub enum Command {
     },
     /// Show a node's state: offline from its data directory, or live over HTTP.
     Inspect(inspect::InspectArgs),
-    /// Load-test a running node over HTTP.
+    /// Load-test a running node over HTTP, or a local 3-node cluster.
     Bench(bench::BenchArgs),
 }
 
