@@ -599,6 +599,18 @@ async fn throughput(c: &LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec<
     let final_lag = caught - ended;
     let rate = n as f64 / elapsed.as_secs_f64();
     let groups = committer.stats().groups.load(Ordering::Relaxed) - groups0;
+    let cs = committer.stats();
+    eprintln!(
+        "A: {} flushes, mean {:.2} ms; {} groups, mean apply {:.2} ms",
+        cs.flushes.load(Ordering::Relaxed),
+        cs.flush_micros.load(Ordering::Relaxed) as f64
+            / 1000.0
+            / cs.flushes.load(Ordering::Relaxed).max(1) as f64,
+        cs.groups.load(Ordering::Relaxed),
+        cs.apply_micros.load(Ordering::Relaxed) as f64
+            / 1000.0
+            / cs.groups.load(Ordering::Relaxed).max(1) as f64,
+    );
     Ok(vec![
         row(
             format!("durable single-key writes on A ({} writers)", args.writers),

@@ -41,6 +41,9 @@ pub struct CommitStats {
     pub groups: std::sync::atomic::AtomicU64,
     pub ops: std::sync::atomic::AtomicU64,
     pub flushes: std::sync::atomic::AtomicU64,
+    /// Time spent in flushes and in applying groups, for mean costs.
+    pub flush_micros: std::sync::atomic::AtomicU64,
+    pub apply_micros: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,7 +172,12 @@ fn apply_loop(
         }
         stats.groups.fetch_add(1, Relaxed);
         stats.ops.fetch_add(n_ops as u64, Relaxed);
-        match store.apply(all, wall_ms()) {
+        let started = std::time::Instant::now();
+        let applied = store.apply(all, wall_ms());
+        stats
+            .apply_micros
+            .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
+        match applied {
             Ok(outcomes) => {
                 let applied = Applied {
                     outcomes,
@@ -203,9 +211,13 @@ fn flush_loop(
     while let Ok(first) = rx.recv() {
         let mut groups = vec![first];
         groups.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let flushed = store.flush();
         if flushed.is_ok() {
             stats.flushes.fetch_add(1, Relaxed);
+            stats
+                .flush_micros
+                .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         }
         let error = flushed.err().map(Arc::new);
         for mut g in groups {
