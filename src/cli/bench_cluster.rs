@@ -99,6 +99,11 @@ pub struct ClusterArgs {
 pub enum Part {
     Latency,
     Throughput,
+    /// Throughput with A in this process and B, C as child processes: sled
+    /// serialises batches and reads of every database in one process
+    /// through a process-wide lock, so three in-process nodes contend where
+    /// real nodes would not.
+    Split,
     Dead,
     Catchup,
     Cpu,
@@ -241,6 +246,15 @@ async fn run_parts(
         .await;
         cluster.shutdown().await;
         r?;
+    }
+    if parts.contains(&Part::Split) {
+        println!(
+            "\n[split] {} writers on in-process A, B and C as child processes, for {:?} (load {})",
+            args.writers,
+            args.duration,
+            loadavg()
+        );
+        rows.extend(split_throughput(&root.join("split"), certs_dir, args).await?);
     }
     if parts.contains(&Part::Cpu) || parts.contains(&Part::Crash) {
         let mut procs = ProcCluster::start(root.join("procs"), certs_dir).await?;
@@ -810,45 +824,14 @@ fn free_udp_port() -> anyhow::Result<u16> {
 
 impl ProcCluster {
     async fn start(dir: PathBuf, certs: &Path) -> anyhow::Result<ProcCluster> {
-        use std::io::BufRead;
         let exe = std::env::current_exe().context("finding the hub binary")?;
         let ports = [free_udp_port()?, free_udp_port()?, free_udp_port()?];
         let mut c = ProcCluster { procs: Vec::new() };
         for (i, id) in IDS.iter().enumerate() {
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.arg("serve")
-                .args(["--node-id", id])
-                .arg("--data-dir")
-                .arg(dir.join(id))
-                .args(["--http", "127.0.0.1:0"])
-                .args(["--listen", &format!("127.0.0.1:{}", ports[i])])
-                .arg("--certs")
-                .arg(certs)
-                .arg("--no-sensors")
-                .env("RUST_LOG", "warn")
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::null());
-            if i > 0 {
-                cmd.args(["--join", &format!("127.0.0.1:{}", ports[0])]);
-            }
-            let mut child = cmd.spawn().context("spawning hub serve")?;
-            let stdout = child.stdout.take().context("child stdout")?;
-            // "hub node ID serving http://ADDR"
-            let line = tokio::task::spawn_blocking(move || {
-                let mut line = String::new();
-                std::io::BufReader::new(stdout)
-                    .read_line(&mut line)
-                    .map(|_| line)
-            })
-            .await??;
-            let http = line
-                .trim()
-                .rsplit("http://")
-                .next()
-                .filter(|s| !s.is_empty() && line.contains("http://"))
-                .with_context(|| format!("unexpected output of hub serve: {line:?}"))?
-                .to_string();
-            c.procs.push(Some(Proc { child, http }));
+            let join = (i > 0).then(|| format!("127.0.0.1:{}", ports[0]));
+            c.procs.push(Some(
+                spawn_serve(&exe, &dir, certs, id, ports[i], join).await?,
+            ));
         }
         // Formed: every node lists two alive peers.
         let t0 = Instant::now();
@@ -903,6 +886,194 @@ impl ProcCluster {
         }
         self.procs.clear();
     }
+}
+
+/// Starts `hub serve` for node `id` and waits for its "serving" line.
+async fn spawn_serve(
+    exe: &Path,
+    dir: &Path,
+    certs: &Path,
+    id: &str,
+    port: u16,
+    join: Option<String>,
+) -> anyhow::Result<Proc> {
+    use std::io::BufRead;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg("serve")
+        .args(["--node-id", id])
+        .arg("--data-dir")
+        .arg(dir.join(id))
+        .args(["--http", "127.0.0.1:0"])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--certs")
+        .arg(certs)
+        .arg("--no-sensors")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    if let Some(join) = join {
+        cmd.args(["--join", &join]);
+    }
+    let mut child = cmd.spawn().context("spawning hub serve")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    // "hub node ID serving http://ADDR"
+    let line = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    })
+    .await??;
+    let http = line
+        .trim()
+        .rsplit("http://")
+        .next()
+        .filter(|s| !s.is_empty() && line.contains("http://"))
+        .with_context(|| format!("unexpected output of hub serve: {line:?}"))?
+        .to_string();
+    Ok(Proc { child, http })
+}
+
+/// A's seq as counted by a child node's version vector.
+async fn remote_seq(http: &str, origin: &NodeId) -> anyhow::Result<u64> {
+    let body = http_get(http, "/api/introspection").await?;
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    Ok(v["version_vector"][origin.as_str()].as_u64().unwrap_or(0))
+}
+
+async fn split_throughput(
+    dir: &Path,
+    certs: &Path,
+    args: &ClusterArgs,
+) -> anyhow::Result<Vec<Row>> {
+    let a_id = NodeId::new(IDS[0])?;
+    let layer = ConfigLayer {
+        node_id: Some(a_id.to_string()),
+        data_dir: Some(dir.join(IDS[0])),
+        http: Some("127.0.0.1:0".into()),
+        listen: Some("127.0.0.1:0".into()),
+        certs: Some(certs.to_path_buf()),
+        sensors: Some(Vec::new()),
+        ..ConfigLayer::default()
+    };
+    let a = Node::start(Config::resolve([layer])?).await?;
+    let quic = a.quic_addr().context("A has no QUIC address")?;
+    let exe = std::env::current_exe().context("finding the hub binary")?;
+    let mut children = Vec::new();
+    for id in &IDS[1..] {
+        let port = free_udp_port()?;
+        children.push(spawn_serve(&exe, dir, certs, id, port, Some(quic.to_string())).await?);
+    }
+    let result = async {
+        let t0 = Instant::now();
+        loop {
+            let view = a.cluster_view().context("not clustered")?;
+            let up = view.replication.peers.values().filter(|p| p.up).count();
+            if up >= 2 {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                bail!("split cluster did not form within 20 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let committer = a.committer().clone();
+        let value = vec![b'v'; args.value_bytes];
+        let pids: Vec<u32> = children.iter().map(|c| c.child.id()).collect();
+        let cpu0 = cpu_seconds(std::process::id())?;
+        let child_cpu0: Vec<f64> = pids
+            .iter()
+            .map(|p| cpu_seconds(*p))
+            .collect::<Result<_, _>>()?;
+        let started = Instant::now();
+        let deadline = started + args.duration;
+        let done = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for w in 0..args.writers.max(1) {
+            let (committer, value, done) = (committer.clone(), value.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    committer
+                        .commit(vec![local_op(format!("split/{w}/{i}"), &value)])
+                        .await?;
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let ended = Instant::now();
+        let elapsed = ended - started;
+        let n = done.load(Ordering::Relaxed);
+        let head = a.store().version_vector().get(&a_id);
+        loop {
+            let mut min = u64::MAX;
+            for c in &children {
+                min = min.min(remote_seq(&c.http, &a_id).await?);
+            }
+            if min >= head {
+                break;
+            }
+            if ended.elapsed() > Duration::from_secs(60) {
+                bail!("replicas did not catch up within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let final_lag = ended.elapsed();
+        let cpu_a = cpu_seconds(std::process::id())? - cpu0;
+        let mut cpu_children = Vec::new();
+        for (p, c0) in pids.iter().zip(&child_cpu0) {
+            cpu_children.push(cpu_seconds(*p)? - c0);
+        }
+        let rate = n as f64 / elapsed.as_secs_f64();
+        let per = |cpu: f64| cpu / n.max(1) as f64 * 1e6;
+        anyhow::Ok(vec![
+            row(
+                format!(
+                    "durable writes, A in-proc + 2 child replicas ({} writers)",
+                    args.writers
+                ),
+                format!("{rate:.0}/s ({n} in {:.1} s)", elapsed.as_secs_f64()),
+                "≥ 20,000/s",
+                Some(rate >= 20_000.0),
+            ),
+            row(
+                "  CPU per write: A (+writers) / B / C",
+                format!(
+                    "{:.0} / {:.0} / {:.0} µs",
+                    per(cpu_a),
+                    per(cpu_children[0]),
+                    per(cpu_children[1])
+                ),
+                "",
+                None,
+            ),
+            row(
+                "  final lag: last ack → B and C hold all",
+                format!("{:.1} ms", final_lag.as_secs_f64() * 1e3),
+                "keeps up",
+                Some(final_lag < Duration::from_millis(500)),
+            ),
+        ])
+    }
+    .await;
+    for mut c in children {
+        let _ = std::process::Command::new("kill")
+            .arg(c.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !matches!(c.child.try_wait(), Ok(Some(_))) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = c.child.kill();
+        let _ = c.child.wait();
+    }
+    a.shutdown().await;
+    result
 }
 
 /// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
