@@ -566,6 +566,42 @@ async fn latency(c: &LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec<Row
     ])
 }
 
+type Writers = (
+    Vec<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    Arc<AtomicU64>,
+);
+
+/// `args.writers` tasks writing distinct keys through `committer` until
+/// `args.duration` has passed; the counter holds acknowledged writes.
+fn spawn_writers(
+    committer: &hub::store::commit::Committer,
+    args: &ClusterArgs,
+    value: &[u8],
+    tag: &str,
+) -> Writers {
+    let deadline = Instant::now() + args.duration;
+    let done = Arc::new(AtomicU64::new(0));
+    let run = std::process::id();
+    let tasks = (0..args.writers.max(1))
+        .map(|w| {
+            let (committer, value, done) = (committer.clone(), value.to_vec(), done.clone());
+            let prefix = format!("{tag}-{run}/{w}");
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    committer
+                        .commit(vec![local_op(format!("{prefix}/{i}"), &value)])
+                        .await?;
+                    i += 1;
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    (tasks, done)
+}
+
 async fn throughput(c: &LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec<Row>> {
     let a = c.ids[0].clone();
     let (sa, sb, sc) = (c.store(0)?, c.store(1)?, c.store(2)?);
@@ -574,24 +610,7 @@ async fn throughput(c: &LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec<
     let value = vec![b'v'; args.value_bytes];
     let cpu0 = cpu_seconds(std::process::id())?;
     let started = Instant::now();
-    let deadline = started + args.duration;
-    let done = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    let run = std::process::id();
-    for w in 0..args.writers.max(1) {
-        let (committer, value, done) = (committer.clone(), value.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                committer
-                    .commit(vec![local_op(format!("tp-{run}/{w}/{i}"), &value)])
-                    .await?;
-                i += 1;
-                done.fetch_add(1, Ordering::Relaxed);
-            }
-            anyhow::Ok(())
-        }));
-    }
+    let (tasks, done) = spawn_writers(&committer, args, &value, "tp");
     // Lag sampler: how far the replicas trail A, in writes.
     let mut max_lag = 0u64;
     while tasks.iter().any(|t| !t.is_finished()) {
@@ -986,23 +1005,7 @@ async fn split_throughput(
             .map(|p| cpu_seconds(*p))
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
-        let deadline = started + args.duration;
-        let done = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for w in 0..args.writers.max(1) {
-            let (committer, value, done) = (committer.clone(), value.clone(), done.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while Instant::now() < deadline {
-                    committer
-                        .commit(vec![local_op(format!("split/{w}/{i}"), &value)])
-                        .await?;
-                    i += 1;
-                    done.fetch_add(1, Ordering::Relaxed);
-                }
-                anyhow::Ok(())
-            }));
-        }
+        let (tasks, done) = spawn_writers(&committer, args, &value, "split");
         for t in tasks {
             t.await??;
         }
