@@ -64,6 +64,7 @@ impl Node {
             log_retention: config.log_retention,
             cache_bytes: config.cache_bytes,
             max_clock_offset_ms: config.max_clock_offset_ms,
+            ..StoreConfig::default()
         };
         let store = {
             let open_dir = dir.clone();

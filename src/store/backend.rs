@@ -24,9 +24,6 @@ impl From<sled::Error> for BackendError {
     }
 }
 
-/// How long opening waits for a lock held by a just-closed handle.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
-
 pub type Result<T> = std::result::Result<T, BackendError>;
 
 pub struct Kv {
@@ -59,11 +56,12 @@ impl WriteBatch {
 impl Kv {
     /// Opens (creating if needed) the keyspace in `dir`, with sled's page
     /// cache bounded to `cache_bytes`.
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Kv> {
+    /// `lock_wait`: how long to wait for a lock held by a just-closed handle.
+    pub fn open(dir: &Path, cache_bytes: u64, lock_wait: std::time::Duration) -> Result<Kv> {
         // sled releases its file lock only when its last background thread
         // lets go of the database, a moment after the handle is dropped; a
         // restart in the same process must wait for that, briefly.
-        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let deadline = std::time::Instant::now() + lock_wait;
         loop {
             match Self::try_open(dir, cache_bytes) {
                 Err(BackendError::Locked { .. }) if std::time::Instant::now() < deadline => {

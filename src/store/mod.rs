@@ -45,6 +45,11 @@ pub struct StoreConfig {
     /// Bound on the storage engine's page cache.
     pub cache_bytes: u64,
     pub max_clock_offset_ms: u64,
+    /// How long opening waits for the directory lock. sled releases it a
+    /// moment after a handle is dropped, so a node restarting in the same
+    /// process needs a short wait; inspection of a running node's directory
+    /// should fail at once instead. Default 2 s.
+    pub lock_wait: std::time::Duration,
 }
 
 impl Default for StoreConfig {
@@ -54,6 +59,7 @@ impl Default for StoreConfig {
             log_retention: 1_000_000,
             cache_bytes: 64 << 20,
             max_clock_offset_ms: 500,
+            lock_wait: std::time::Duration::from_secs(2),
         }
     }
 }
@@ -162,7 +168,7 @@ pub struct Summary {
 
 impl Store {
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
-        let kv = Kv::open(dir, config.cache_bytes)?;
+        let kv = Kv::open(dir, config.cache_bytes, config.lock_wait)?;
         schema::migrate(&kv)?;
         let node_id = match (kv.get(&keys::meta("node_id"))?, &config.node_id) {
             (Some(stored), Some(configured)) => {
@@ -209,6 +215,7 @@ impl Store {
             dir,
             StoreConfig {
                 cache_bytes,
+                lock_wait: std::time::Duration::ZERO,
                 ..StoreConfig::default()
             },
         )
