@@ -42,6 +42,12 @@ const CA_ORG: &str = "hub";
 pub enum CertError {
     #[error("no cluster CA in {dir}: run `hub certs init --dir {dir}` first ({path} missing)")]
     MissingCa { dir: String, path: String },
+    #[error("no certificate for node {node} in {dir}: run `hub certs issue --dir {dir} --node-id {node}` ({path} missing)")]
+    MissingNodeCert {
+        dir: String,
+        node: String,
+        path: String,
+    },
     #[error("{path} already exists; refusing to overwrite it (move it away first)")]
     Exists { path: String },
     #[error(transparent)]
@@ -358,6 +364,13 @@ impl Identity {
             });
         }
         let n = node_paths(dir, node_id);
+        if !n.cert.exists() {
+            return Err(CertError::MissingNodeCert {
+                dir: dir.display().to_string(),
+                node: node_id.to_string(),
+                path: n.cert.display().to_string(),
+            });
+        }
         let id = Identity::from_paths(&ca.cert, &n.cert, &n.key)?;
         if &id.node_id != node_id {
             return Err(CertError::Invalid {
