@@ -117,7 +117,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 batch: *batch,
                 sensors: (*sensors).max(1),
             },
-            BenchKind::Cluster(_) => unreachable!("handled above"),
+            BenchKind::Cluster(_) => bail!("the cluster bench runs on its own (handled above)"),
         };
         tasks.push(tokio::spawn(async move {
             client_loop(client, run_id, &authority, kind, deadline).await
