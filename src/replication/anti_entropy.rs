@@ -27,10 +27,11 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use super::msg::{approx_size, chunks, ItemVersion, MAX_BUCKETS, MAX_NODES, MAX_PARTS};
+use super::ReplicaReader;
 use super::{AeResult, AeRun, AeTrigger, Effect, Msg, PendingKind, Replicator};
 use crate::merkle::{NodeRef, FANOUT};
 use crate::model::{Entry, NodeId, Version, VersionVector};
-use crate::store::{Op, Store};
+use crate::store::Op;
 
 /// What the initiator waits for.
 #[derive(Debug)]
@@ -75,7 +76,7 @@ impl Replicator {
         peer: &NodeId,
         trigger: AeTrigger,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) -> bool {
         if self.sessions.contains_key(peer)
@@ -175,7 +176,7 @@ impl Replicator {
         from: &NodeId,
         msg: Msg,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let session = match &msg {
@@ -284,7 +285,7 @@ impl Replicator {
         session: u64,
         want: Vec<String>,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let mut entries: Vec<(String, Entry)> = Vec::with_capacity(want.len());
@@ -324,7 +325,13 @@ impl Replicator {
     }
 
     /// Sends the next request of the session, or finishes it.
-    fn session_step(&mut self, peer: &NodeId, now: u64, store: &Store, out: &mut Vec<Effect>) {
+    fn session_step(
+        &mut self,
+        peer: &NodeId,
+        now: u64,
+        store: &dyn ReplicaReader,
+        out: &mut Vec<Effect>,
+    ) {
         let req = self.next_id();
         let Some(s) = self.sessions.get_mut(peer) else {
             return;
@@ -487,7 +494,7 @@ impl Replicator {
         from: &NodeId,
         msg: Msg,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let reply = match msg {
@@ -611,7 +618,7 @@ impl Replicator {
         &self,
         from: &NodeId,
         buckets: Vec<(u16, Vec<ItemVersion>)>,
-        store: &Store,
+        store: &dyn ReplicaReader,
     ) -> crate::store::Result<(Vec<(String, Entry)>, Vec<String>)> {
         let mut send = Vec::new();
         let mut want = Vec::new();

@@ -4,7 +4,7 @@
 //! The replicator never touches a socket, the wall clock, a timer or the
 //! disk's write path. Events come in (a durable commit, a message, a commit's
 //! outcome, a tick, a peer going up or down) with the current time; it reads
-//! the durable state through `&Store` and answers with [`Effect`]s: messages to
+//! the node's state through a [`ReplicaReader`] (a `&Store` in the node) and answers with [`Effect`]s: messages to
 //! send and operations to commit. The node shell commits those durably (group
 //! commit) and reports the outcomes back. Randomness comes from a seeded
 //! generator, so a simulated cluster replays exactly from its seed.
@@ -53,7 +53,8 @@
 //!
 //! One task owns the `Replicator` (it is `Send`; no lock needed), created with
 //! `Replicator::new(node_id, config, rand::random())`. Every call takes
-//! `now = store::commit::wall_ms()` and `&Store` (sync reads, microseconds).
+//! `now = store::commit::wall_ms()` and a [`ReplicaReader`] (sync reads; the
+//! node runs each step off the async executor, see `cluster::driver`).
 //! Events to feed:
 //! - each `Arc<Vec<Delta>>` from the `Committer`'s delta sink →
 //!   [`Replicator::on_committed`];
@@ -81,6 +82,7 @@ mod anti_entropy;
 pub mod msg;
 mod pull;
 mod push;
+mod reader;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -90,9 +92,10 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use crate::model::{ClockError, NodeId};
-use crate::store::{Op, Outcome, Store};
+use crate::store::{Op, Outcome};
 
 pub use msg::{ItemVersion, Msg, MsgError};
+pub use reader::ReplicaReader;
 pub use stats::{AeResult, AeRun, AeTrigger, PeerStats, ReplicationStats};
 
 use anti_entropy::Session;
@@ -325,7 +328,7 @@ impl Replicator {
 
     /// Membership reports `peer` alive (new, or back after a failure):
     /// pull from it at once, and run anti-entropy with it shortly.
-    pub fn peer_up(&mut self, peer: &NodeId, now: u64, store: &Store) -> Vec<Effect> {
+    pub fn peer_up(&mut self, peer: &NodeId, now: u64, store: &dyn ReplicaReader) -> Vec<Effect> {
         let mut out = Vec::new();
         if *peer == self.node {
             return out;
@@ -351,6 +354,17 @@ impl Replicator {
         self.fail_session(peer, now, "peer down");
     }
 
+    /// Asks `peer` now for everything beyond our version vector (the node
+    /// uses it to recover its own origin's deltas from a peer that holds
+    /// more of them than it does).
+    pub fn pull_from(&mut self, peer: &NodeId, now: u64, store: &dyn ReplicaReader) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if *peer != self.node {
+            self.send_pull(peer, now, store, &mut out);
+        }
+        out
+    }
+
     /// Peers membership reports alive, in id order.
     pub fn live_peers(&self) -> Vec<NodeId> {
         self.peers
@@ -366,7 +380,13 @@ impl Replicator {
     }
 
     /// A message from an authenticated peer.
-    pub fn on_message(&mut self, from: &NodeId, msg: Msg, now: u64, store: &Store) -> Vec<Effect> {
+    pub fn on_message(
+        &mut self,
+        from: &NodeId,
+        msg: Msg,
+        now: u64,
+        store: &dyn ReplicaReader,
+    ) -> Vec<Effect> {
         let mut out = Vec::new();
         if *from == self.node {
             return out;
@@ -427,7 +447,7 @@ impl Replicator {
         tag: u64,
         outcomes: &[Outcome],
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
     ) -> Vec<Effect> {
         let mut out = Vec::new();
         let Some(pending) = self.pending.remove(&tag) else {
@@ -481,7 +501,7 @@ impl Replicator {
 
     /// Periodic work; call every ~100 ms (any period works, only latency of
     /// timers depends on it).
-    pub fn on_tick(&mut self, now: u64, store: &Store) -> Vec<Effect> {
+    pub fn on_tick(&mut self, now: u64, store: &dyn ReplicaReader) -> Vec<Effect> {
         let mut out = Vec::new();
         // Timeouts.
         let pull_timeout = self.config.pull_timeout_ms;
@@ -557,7 +577,7 @@ impl Replicator {
         &mut self,
         peer: &NodeId,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
     ) -> (bool, Vec<Effect>) {
         let mut out = Vec::new();
         let started = self.start_anti_entropy(peer, AeTrigger::Manual, now, store, &mut out);

@@ -9,9 +9,10 @@
 //! so a burst of out-of-order pushes costs one pull, not one per delta.
 
 use super::msg::approx_size;
+use super::ReplicaReader;
 use super::{AeTrigger, Effect, Msg, PendingKind, Replicator};
 use crate::model::{Delta, NodeId, VersionVector};
-use crate::store::{LogRead, Outcome, Store};
+use crate::store::{LogRead, Outcome};
 
 impl Replicator {
     /// Asks `peer` for what we miss, unless a pull to it is in flight (then
@@ -20,7 +21,7 @@ impl Replicator {
         &mut self,
         peer: &NodeId,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let in_flight = self.peers.get(peer).is_some_and(|p| p.pull.is_some());
@@ -50,7 +51,7 @@ impl Replicator {
         req: u64,
         theirs: VersionVector,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let mine = store.version_vector();
@@ -125,7 +126,7 @@ impl Replicator {
         unavailable: Vec<NodeId>,
         more: bool,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let p = self.peers.entry(from.clone()).or_default();
@@ -157,7 +158,7 @@ impl Replicator {
         more: bool,
         outcomes: &[Outcome],
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let p = self.peers.entry(from.clone()).or_default();
@@ -188,7 +189,7 @@ impl Replicator {
         from: &NodeId,
         more: bool,
         now: u64,
-        store: &Store,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         let Some(p) = self.peers.get_mut(from) else {

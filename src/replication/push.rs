@@ -13,14 +13,19 @@ use std::collections::BTreeMap;
 use rand::seq::SliceRandom;
 
 use super::msg::{approx_size, chunks};
+use super::ReplicaReader;
 use super::{Effect, Msg, PendingKind, Replicator};
 use crate::model::{Delta, NodeId};
-use crate::store::Store;
 
 impl Replicator {
     /// Deltas just made durable here, own or received, in commit order (what
     /// the `Committer`'s delta sink hands over). Returns the pushes.
-    pub fn on_committed(&mut self, deltas: &[Delta], now: u64, store: &Store) -> Vec<Effect> {
+    pub fn on_committed(
+        &mut self,
+        deltas: &[Delta],
+        now: u64,
+        store: &dyn ReplicaReader,
+    ) -> Vec<Effect> {
         let _ = now;
         let mut out = Vec::new();
         let live = self.live_peers();
