@@ -1,27 +1,32 @@
-//! The event loop of the cluster shell. See the parent module.
+//! The event loop of the cluster shell: moves bytes, time and commits for
+//! the node's [`NodeMachine`]. See the parent module.
+//!
+//! Inputs that are ready together go to the machine as one step on tokio's
+//! blocking pool (the machine's store reads may wait for the commit thread's
+//! lock, and peer records are written to sled there too), so this task never
+//! blocks the executor. Steps run one at a time, in arrival order.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use tokio::sync::{mpsc, watch};
 
+use super::node_machine::{Input, NodeMachine, Now, Output, CONTACT_GRACE_MS};
 use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
-use crate::membership::{self, Membership, Status};
 use crate::model::{Delta, NodeId};
-use crate::replication::{self, Replicator};
-use crate::store::commit::{wall_ms, CommitError, Committer};
+use crate::store::commit::{wall_ms, Committer};
 use crate::store::{Outcome, Store};
 use crate::transport::{Incoming, Transport};
 
-/// How often protocol timers run; both machines tolerate any finer tick.
+/// How often protocol timers run; the machine tolerates any finer tick.
 const TICK: Duration = Duration::from_millis(20);
 /// How often the snapshot for the HTTP API is refreshed.
 const VIEW_EVERY: Duration = Duration::from_millis(200);
+/// Most inputs handed to the machine in one blocking step.
+const MAX_STEP_INPUTS: usize = 64;
 
-type CommitDone = (u64, Result<Vec<Outcome>, CommitError>);
+type CommitDone = (u64, Result<Vec<Outcome>, String>);
 
 pub(super) struct Driver {
     node: NodeId,
@@ -29,9 +34,9 @@ pub(super) struct Driver {
     store: Arc<Store>,
     committer: Committer,
     transport: Transport<Message>,
-    membership: Membership,
-    replicator: Replicator,
-    rng: StdRng,
+    /// `None` only while a step runs on the blocking pool (or after one
+    /// panicked, which stops the driver).
+    machine: Option<Box<NodeMachine>>,
     view_tx: watch::Sender<Arc<ClusterView>>,
     commit_tx: mpsc::UnboundedSender<CommitDone>,
     commit_rx: Option<mpsc::UnboundedReceiver<CommitDone>>,
@@ -48,18 +53,15 @@ impl Driver {
         let advertised = config.advertise.unwrap_or(quic_addr);
         // Wall-clock milliseconds at start: grows across restarts, so peers
         // prefer what this incarnation says over a previous one.
-        let incarnation = wall_ms();
-        let membership = Membership::new(
+        let machine = NodeMachine::new(
             config.node_id.clone(),
             advertised,
-            incarnation,
+            wall_ms(),
             config.membership.clone(),
-        )?;
-        let replicator = Replicator::new(
-            config.node_id.clone(),
             config.replication.clone(),
+            CONTACT_GRACE_MS,
             rand::random(),
-        );
+        )?;
         let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             node: config.node_id.clone(),
@@ -67,9 +69,7 @@ impl Driver {
             store,
             committer,
             transport: transport.clone(),
-            membership,
-            replicator,
-            rng: StdRng::from_entropy(),
+            machine: Some(Box::new(machine)),
             view_tx: watch::channel(Arc::new(placeholder_view(&config.node_id, &transport))).0,
             commit_tx,
             commit_rx: Some(commit_rx),
@@ -79,8 +79,11 @@ impl Driver {
         Ok((driver, view_rx))
     }
 
-    fn mono_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
+    fn now(&self) -> Now {
+        Now {
+            mono_ms: self.started.elapsed().as_millis() as u64,
+            wall_ms: wall_ms(),
+        }
     }
 
     pub(super) async fn run(
@@ -93,66 +96,78 @@ impl Driver {
         let Some(mut commits) = self.commit_rx.take() else {
             return;
         };
-        match self.store.peers() {
-            Ok(records) => {
-                let effects = self.membership.restore(records, self.mono_ms());
-                self.membership_effects(effects);
-            }
-            Err(e) => tracing::warn!(node = %self.node, error = %e, "cannot read remembered peers"),
-        }
-        if !join.is_empty() {
-            let effects = self.membership.join(&join, self.mono_ms());
-            self.membership_effects(effects);
+        let node = self.node.clone();
+        let started = self
+            .step(move |machine, now, store| {
+                let remembered = store.peers().unwrap_or_else(|e| {
+                    tracing::warn!(node = %node, error = %e, "cannot read remembered peers");
+                    Vec::new()
+                });
+                machine.start(remembered, &join, now, store)
+            })
+            .await;
+        if !started {
+            return;
         }
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_view = Instant::now() + VIEW_EVERY;
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 _ = stop.changed() => break,
-                Some(inc) = incoming.recv() => self.on_incoming(inc),
-                Some(batch) = deltas.recv() => {
-                    let effects = self.replicator.on_committed(&batch, wall_ms(), &self.store);
-                    self.replication_effects(effects);
-                }
-                Some((tag, result)) = commits.recv() => self.on_commit_done(tag, result),
+                Some(inc) = incoming.recv() => self.input_of(inc),
+                Some(batch) = deltas.recv() => Some(Input::Committed(batch)),
+                Some((tag, result)) = commits.recv() => Some(Input::CommitDone { tag, result }),
                 _ = tick.tick() => {
-                    let effects = self.membership.tick(self.mono_ms(), &mut self.rng);
-                    self.membership_effects(effects);
-                    let effects = self.replicator.on_tick(wall_ms(), &self.store);
-                    self.replication_effects(effects);
                     if Instant::now() >= next_view {
                         next_view = Instant::now() + VIEW_EVERY;
                         self.publish_view();
                     }
+                    Some(Input::Tick)
                 }
+            };
+            let mut inputs: Vec<Input> = first.into_iter().collect();
+            while inputs.len() < MAX_STEP_INPUTS {
+                let next = if let Ok(inc) = incoming.try_recv() {
+                    self.input_of(inc)
+                } else if let Ok(batch) = deltas.try_recv() {
+                    Some(Input::Committed(batch))
+                } else if let Ok((tag, result)) = commits.try_recv() {
+                    Some(Input::CommitDone { tag, result })
+                } else {
+                    break;
+                };
+                inputs.extend(next);
+            }
+            if inputs.is_empty() {
+                continue;
+            }
+            let ok = self
+                .step(move |machine, now, store| {
+                    let mut out = Vec::new();
+                    for input in inputs {
+                        out.extend(machine.handle(input, now, store));
+                    }
+                    out
+                })
+                .await;
+            if !ok {
+                return;
             }
         }
-        let effects = self.membership.leave(self.mono_ms());
-        self.membership_effects(effects);
+        self.step(|machine, now, store| machine.leave(now, store))
+            .await;
         tracing::info!(node = %self.node, "cluster driver stopped");
     }
 
-    fn on_incoming(&mut self, inc: Incoming<Message>) {
+    /// The machine's input for a transport event (connection changes are
+    /// only logged: membership decides who is alive).
+    fn input_of(&self, inc: Incoming<Message>) -> Option<Input> {
         match inc {
-            Incoming::Message {
-                from,
-                addr,
-                msg: Message::Membership(m),
-            } => {
-                let effects = self.membership.on_message(&from, addr, m, self.mono_ms());
-                self.membership_effects(effects);
-            }
-            Incoming::Message {
-                from,
-                msg: Message::Replication(m),
-                ..
-            } => {
-                let effects = self.replicator.on_message(&from, m, wall_ms(), &self.store);
-                self.replication_effects(effects);
-            }
+            Incoming::Message { from, addr, msg } => Some(Input::Message { from, addr, msg }),
             Incoming::Connected { peer, addr, dir } => {
                 tracing::debug!(node = %self.node, peer = %peer, %addr, ?dir, "peer connected");
+                None
             }
             Incoming::Disconnected {
                 peer,
@@ -161,117 +176,100 @@ impl Driver {
                 reason,
             } => {
                 tracing::debug!(node = %self.node, peer = %peer, %addr, ?dir, %reason, "peer disconnected");
+                None
             }
         }
     }
 
-    fn send(&self, to: Option<&NodeId>, addr: SocketAddr, msg: Message) {
-        if let Err(e) = self.transport.send(addr, to.cloned(), &msg) {
-            tracing::debug!(node = %self.node, peer = ?to, %addr, error = %e, "message dropped");
-        }
-    }
-
-    fn membership_effects(&mut self, effects: Vec<membership::Effect>) {
-        for effect in effects {
-            match effect {
-                membership::Effect::Send { to, addr, msg } => {
-                    self.send(Some(&to), addr, Message::Membership(msg))
-                }
-                membership::Effect::SendToAddr { addr, msg } => {
-                    self.send(None, addr, Message::Membership(msg))
-                }
-                membership::Effect::StatusChanged { peer, from, to } => {
-                    tracing::info!(node = %self.node, peer = %peer, from = ?from, to = ?to, "peer status changed");
-                    if to == Status::Alive {
-                        let effects = self.replicator.peer_up(&peer, wall_ms(), &self.store);
-                        self.replication_effects(effects);
-                    } else if from == Some(Status::Alive) {
-                        self.replicator.peer_down(&peer, wall_ms());
+    /// Runs `f` on the machine on the blocking pool, writes the peer records
+    /// it asks for there too, and carries out the rest of its outputs here.
+    /// False if the step panicked (the machine is gone; the driver stops).
+    async fn step<F>(&mut self, f: F) -> bool
+    where
+        F: FnOnce(&mut NodeMachine, Now, &Store) -> Vec<Output> + Send + 'static,
+    {
+        let Some(mut machine) = self.machine.take() else {
+            return false;
+        };
+        let store = self.store.clone();
+        let now = self.now();
+        let node = self.node.clone();
+        let ran = tokio::task::spawn_blocking(move || {
+            let mut out = f(&mut machine, now, &store);
+            out.retain(|o| match o {
+                Output::Persist { peer, record } => {
+                    if let Err(e) = store.save_peer(peer, record) {
+                        tracing::warn!(node = %node, peer = %peer, error = %e, "cannot remember peer");
                     }
+                    false
                 }
-                membership::Effect::Persist { peer, record } => {
-                    if let Err(e) = self.store.save_peer(&peer, &record) {
-                        tracing::warn!(node = %self.node, peer = %peer, error = %e, "cannot remember peer");
-                    }
+                _ => true,
+            });
+            (machine, out)
+        })
+        .await;
+        match ran {
+            Ok((machine, out)) => {
+                self.machine = Some(machine);
+                for o in out {
+                    self.carry_out(o);
                 }
-                membership::Effect::Refused { peer, reason } => {
-                    tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
-                }
-            }
-        }
-    }
-
-    fn replication_effects(&mut self, effects: Vec<replication::Effect>) {
-        for effect in effects {
-            match effect {
-                replication::Effect::Send { to, msg } => {
-                    match self.membership.table().get(&to).map(|m| m.addr) {
-                        Some(addr) => self.send(Some(&to), addr, Message::Replication(msg)),
-                        None => {
-                            tracing::debug!(node = %self.node, peer = %to, "no address for peer")
-                        }
-                    }
-                }
-                replication::Effect::Commit { tag, ops, .. } => {
-                    // Queue in emission order when there is room (deltas of
-                    // one origin must arrive in seq order to apply).
-                    let done = self.commit_tx.clone();
-                    match self.committer.try_submit(ops) {
-                        Ok(pending) => {
-                            tokio::spawn(async move {
-                                let _ = done.send((tag, pending.wait().await));
-                            });
-                        }
-                        Err(ops) => {
-                            let committer = self.committer.clone();
-                            tokio::spawn(async move {
-                                let _ = done.send((tag, committer.commit(ops).await));
-                            });
-                        }
-                    }
-                }
-                replication::Effect::ClockRefused { peer, ahead_ms } => {
-                    tracing::error!(node = %self.node, peer = %peer, ahead_ms, "peer clock too far ahead; its messages are refused");
-                }
-            }
-        }
-    }
-
-    fn on_commit_done(&mut self, tag: u64, result: Result<Vec<Outcome>, CommitError>) {
-        match result {
-            Ok(outcomes) => {
-                let effects =
-                    self.replicator
-                        .on_commit_outcomes(tag, &outcomes, wall_ms(), &self.store);
-                self.replication_effects(effects);
+                true
             }
             Err(e) => {
-                tracing::error!(node = %self.node, error = %e, "replicated write failed");
-                self.replicator.on_commit_failed(tag, wall_ms());
+                tracing::error!(node = %self.node, error = %e, "cluster step failed; the cluster driver stops");
+                false
             }
+        }
+    }
+
+    fn carry_out(&mut self, output: Output) {
+        match output {
+            Output::Send { to, addr, msg } => {
+                if let Err(e) = self.transport.send(addr, to.clone(), &msg) {
+                    tracing::debug!(node = %self.node, peer = ?to, %addr, error = %e, "message dropped");
+                }
+            }
+            Output::Commit { tag, ops } => {
+                // Queue in emission order when there is room (deltas of one
+                // origin must arrive in seq order to apply).
+                let done = self.commit_tx.clone();
+                match self.committer.try_submit(ops) {
+                    Ok(pending) => {
+                        tokio::spawn(async move {
+                            let r = pending.wait().await.map_err(|e| e.to_string());
+                            let _ = done.send((tag, r));
+                        });
+                    }
+                    Err(ops) => {
+                        let committer = self.committer.clone();
+                        tokio::spawn(async move {
+                            let r = committer.commit(ops).await.map_err(|e| e.to_string());
+                            let _ = done.send((tag, r));
+                        });
+                    }
+                }
+            }
+            Output::WriteFence(reason) => {
+                match &reason {
+                    Some(r) => {
+                        tracing::warn!(node = %self.node, reason = %r, "local writes paused")
+                    }
+                    None => tracing::info!(node = %self.node, "local writes accepted"),
+                }
+                self.committer.fence().set(reason);
+            }
+            Output::Persist { .. } => {} // written in the blocking step
         }
     }
 
     fn publish_view(&mut self) {
+        let now = self.now();
         let transport = self.transport.stats();
-        for peer in &transport.peers {
-            if let Some(id) = &peer.node_id {
-                self.replicator.note_queue_len(id, peer.queue_len as u64);
-            }
+        if let Some(machine) = self.machine.as_mut() {
+            self.view_tx
+                .send_replace(Arc::new(machine.view(now, transport)));
         }
-        let view = ClusterView {
-            me: SelfView {
-                node_id: self.node.to_string(),
-                addr: self.membership.addr().to_string(),
-                incarnation: self.membership.incarnation(),
-                joined: self.membership.is_joined(),
-            },
-            members: self.membership.members(self.mono_ms()),
-            membership: self.membership.stats(),
-            replication: self.replicator.stats(),
-            transport,
-        };
-        self.view_tx.send_replace(Arc::new(view));
     }
 }
 
@@ -282,6 +280,7 @@ fn placeholder_view(node: &NodeId, transport: &Transport<Message>) -> ClusterVie
             addr: String::new(),
             incarnation: 0,
             joined: false,
+            writes_fenced: None,
         },
         members: Vec::new(),
         membership: Default::default(),

@@ -1,17 +1,20 @@
-//! The cluster shell: QUIC transport, membership and replication, driven by
-//! one tokio task.
+//! The cluster shell: QUIC transport and the node's protocol machine, driven
+//! by one tokio task.
 //!
-//! Membership and replication are sans-IO state machines; this module only
-//! moves their messages over the transport, commits their writes through the
-//! node's group-commit writer, feeds them the clock and newly durable deltas,
-//! and publishes a snapshot of their state for the HTTP API. Owning both
-//! machines in one task means no locks around protocol state.
+//! Membership, replication and the routing between them are one sans-IO
+//! state machine ([`node_machine::NodeMachine`]); the driver only moves its
+//! messages over the transport, commits its writes through the node's
+//! group-commit writer, feeds it the clocks and newly durable deltas, and
+//! publishes a snapshot of its state for the HTTP API. Each step of the
+//! machine runs on tokio's blocking pool, because its store reads share a
+//! lock with the commit thread; the async task itself never touches sled.
 //!
-//! Two clocks are fed: membership gets monotonic milliseconds since start
-//! (failure detection must not jump with NTP); replication gets wall-clock
-//! milliseconds (it compares peers' HLCs with our physical time).
+//! Two clocks are fed: monotonic milliseconds since start for timers
+//! (failure detection must not jump with NTP), wall-clock milliseconds for
+//! HLC stamps and peers' clock checks.
 
 mod driver;
+pub mod node_machine;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -71,6 +74,8 @@ pub struct SelfView {
     pub addr: String,
     pub incarnation: u64,
     pub joined: bool,
+    /// Why local writes are refused right now (own-origin recovery), if so.
+    pub writes_fenced: Option<String>,
 }
 
 /// A snapshot of the cluster state, refreshed a few times a second.

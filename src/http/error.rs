@@ -99,6 +99,9 @@ impl From<CommitError> for ApiError {
                 "shutting_down",
                 e.to_string(),
             ),
+            CommitError::Fenced(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "recovering", e.to_string())
+            }
             CommitError::Store(_) => {
                 tracing::error!(error = %e, "commit failed");
                 ApiError::new(

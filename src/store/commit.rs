@@ -34,6 +34,45 @@ struct Job {
 pub struct Committer {
     tx: mpsc::Sender<Job>,
     stats: Arc<CommitStats>,
+    fence: WriteFence,
+}
+
+/// How long a local write waits for a closed [`WriteFence`] to open before
+/// it is refused: longer than a node's start-up check (3 s at most, see
+/// `cluster::node_machine`), so writes at start wait instead of failing.
+const FENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(4);
+
+/// Closed (with a reason) while this node must not accept local writes:
+/// it is recovering writes of its own origin that peers hold and it lost.
+/// Replicated deltas and anti-entropy still go through. Cheap to clone.
+#[derive(Clone)]
+pub struct WriteFence(Arc<tokio::sync::watch::Sender<Option<String>>>);
+
+impl Default for WriteFence {
+    fn default() -> Self {
+        WriteFence(Arc::new(tokio::sync::watch::Sender::new(None)))
+    }
+}
+
+impl WriteFence {
+    /// `Some(reason)` refuses local writes; `None` accepts them again.
+    pub fn set(&self, reason: Option<String>) {
+        self.0.send_replace(reason);
+    }
+
+    pub fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Waits up to `wait` for the fence to open; the reason if it did not.
+    async fn wait_open(&self, wait: std::time::Duration) -> Result<(), String> {
+        let mut rx = self.0.subscribe();
+        let open = tokio::time::timeout(wait, rx.wait_for(|r| r.is_none())).await;
+        match open {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(self.reason().unwrap_or_default()),
+        }
+    }
 }
 
 #[derive(Default, Debug)]
@@ -52,6 +91,8 @@ pub enum CommitError {
     Store(#[from] Arc<StoreError>),
     #[error("the store writer has stopped (node shutting down)")]
     Stopped,
+    #[error("local writes are paused: {0}")]
+    Fenced(String),
 }
 
 pub fn wall_ms() -> u64 {
@@ -83,11 +124,28 @@ impl Committer {
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start commit threads");
         }
-        Committer { tx, stats }
+        Committer {
+            tx,
+            stats,
+            fence: WriteFence::default(),
+        }
+    }
+
+    /// The fence on local writes (see [`WriteFence`]), shared by every clone.
+    pub fn fence(&self) -> &WriteFence {
+        &self.fence
     }
 
     /// Applies `ops` atomically and durably; resolves after the flush.
+    /// Local writes wait briefly for a closed [`WriteFence`], then are
+    /// refused with [`CommitError::Fenced`] and change nothing.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, CommitError> {
+        if ops.iter().any(|op| matches!(op, Op::Local { .. })) && self.fence.reason().is_some() {
+            self.fence
+                .wait_open(FENCE_WAIT)
+                .await
+                .map_err(CommitError::Fenced)?;
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { ops, reply })

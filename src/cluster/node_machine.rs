@@ -1,0 +1,407 @@
+//! One node's protocol logic as a plain state machine: membership and
+//! replication, the routing between them, and the own-origin write fence.
+//!
+//! Sans-IO like the two machines it composes: inputs (a message from a peer,
+//! a tick, a commit's outcome, a newly durable batch) come in with the time,
+//! outputs (messages to send, operations to commit, peer records to persist,
+//! fence changes) go out. Two clocks come in, kept apart on purpose:
+//! monotonic milliseconds drive every timer (membership's failure detector,
+//! the start-up grace period), wall-clock milliseconds only stamp and check
+//! hybrid logical clocks (replication). State is read through a
+//! [`ReplicaReader`]; the machine never writes to disk itself. The tokio
+//! driver and the whole-node simulation (`tests/node_sim.rs`) both drive it.
+//!
+//! Routing: a peer membership reports alive is handed to replication as up
+//! (pull at once, anti-entropy shortly), one that stops being alive as down;
+//! replication's messages go to the address membership knows for the peer
+//! (none known: dropped, pull and anti-entropy repair it).
+//!
+//! **Own-origin fence.** A node must never reuse one of its own sequence
+//! numbers: if it was restored from an old copy or lost its tail, peers may
+//! hold deltas `seq > ours` of our own origin, and a fresh local write would
+//! reuse such a seq with different content, which no peer would ever take
+//! (it is a duplicate to them) — silent divergence. So the machine watches
+//! every version vector a peer sends (pull requests, anti-entropy roots) and
+//! every delta of our origin a peer pushes; when a peer holds more of our
+//! origin than we do, local writes are fenced ([`Output::WriteFence`]) and
+//! we pull from that peer until our own entry has caught up (anti-entropy
+//! finishes the job when the peer's log was trimmed). At start, a node that
+//! has peers (remembered or to join) fences local writes until the first
+//! peer's vector has been checked, or `contact_grace_ms` passed without one
+//! (then it writes, as an AP node must, and says so in the log).
+//! Cost: one version-vector read per input; nothing when not fenced.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::{ClusterView, Message, SelfView};
+use crate::membership::{self, Membership, Status};
+use crate::model::{Delta, NodeId};
+use crate::replication::{self, Msg, ReplicaReader, ReplicationConfig, Replicator};
+use crate::store::{Op, Outcome, PeerRecord};
+use crate::transport::TransportStats;
+
+/// Default start-up wait for a peer's version vector before local writes
+/// are accepted without it.
+pub const CONTACT_GRACE_MS: u64 = 3_000;
+
+/// The two clocks of one step.
+#[derive(Clone, Copy, Debug)]
+pub struct Now {
+    /// Monotonic milliseconds (any origin): timers and deadlines.
+    pub mono_ms: u64,
+    /// Wall-clock milliseconds since the Unix epoch: HLC stamps only.
+    pub wall_ms: u64,
+}
+
+#[derive(Debug)]
+pub enum Input {
+    /// A message from an authenticated peer at `addr`.
+    Message {
+        from: NodeId,
+        addr: SocketAddr,
+        msg: Message,
+    },
+    /// Deltas the committer just made durable (own writes and received ones).
+    Committed(Arc<Vec<Delta>>),
+    /// The outcome of an [`Output::Commit`]; `Err` carries the reason.
+    CommitDone {
+        tag: u64,
+        result: Result<Vec<Outcome>, String>,
+    },
+    /// Run timers; call at least every [`NodeMachine::tick_interval_ms`].
+    Tick,
+}
+
+#[derive(Debug)]
+pub enum Output {
+    /// Send to `addr`; `to` is the node its certificate must name, when known.
+    Send {
+        to: Option<NodeId>,
+        addr: SocketAddr,
+        msg: Message,
+    },
+    /// Commit `ops` durably, then feed back [`Input::CommitDone`] with `tag`.
+    Commit { tag: u64, ops: Vec<Op> },
+    /// Remember this peer across restarts.
+    Persist { peer: NodeId, record: PeerRecord },
+    /// Local writes are refused from now on with this reason (`Some`), or
+    /// accepted again (`None`).
+    WriteFence(Option<String>),
+}
+
+/// Why local writes wait, if they do.
+#[derive(Debug, Default)]
+struct OwnOrigin {
+    /// Highest seq of our own origin a peer has shown to hold, and which peer.
+    behind: Option<(u64, NodeId)>,
+    /// Monotonic deadline of the start-up check; `None` once done.
+    awaiting_contact: Option<u64>,
+    /// The fence as last announced.
+    fence: Option<String>,
+}
+
+pub struct NodeMachine {
+    node: NodeId,
+    membership: Membership,
+    replicator: Replicator,
+    rng: StdRng,
+    own: OwnOrigin,
+    contact_grace_ms: u64,
+}
+
+impl NodeMachine {
+    /// `incarnation` must grow across restarts (the node uses wall-clock
+    /// milliseconds at start); `seed` seeds every random choice.
+    pub fn new(
+        node: NodeId,
+        addr: SocketAddr,
+        incarnation: u64,
+        membership: membership::Config,
+        replication: ReplicationConfig,
+        contact_grace_ms: u64,
+        seed: u64,
+    ) -> Result<NodeMachine, membership::ConfigError> {
+        let membership = Membership::new(node.clone(), addr, incarnation, membership)?;
+        let replicator = Replicator::new(node.clone(), replication, seed);
+        Ok(NodeMachine {
+            node,
+            membership,
+            replicator,
+            rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+            own: OwnOrigin::default(),
+            contact_grace_ms,
+        })
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// How often [`Input::Tick`] should come (finer is harmless).
+    pub fn tick_interval_ms(&self) -> u64 {
+        self.membership.config().tick_interval_ms().min(100)
+    }
+
+    /// Why local writes are refused right now, if they are.
+    pub fn write_fence(&self) -> Option<&str> {
+        self.own.fence.as_deref()
+    }
+
+    pub fn replicator(&self) -> &Replicator {
+        &self.replicator
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
+    }
+
+    /// Restores remembered peers and joins through `join`. A node with any
+    /// peer to talk to starts with local writes fenced until the first
+    /// peer's vector shows it is not behind on its own origin.
+    pub fn start(
+        &mut self,
+        remembered: Vec<(NodeId, PeerRecord)>,
+        join: &[SocketAddr],
+        now: Now,
+        reader: &dyn ReplicaReader,
+    ) -> Vec<Output> {
+        let mut out = Vec::new();
+        let me = self.membership.addr();
+        let has_peers =
+            remembered.iter().any(|(id, _)| *id != self.node) || join.iter().any(|a| *a != me);
+        let fx = self.membership.restore(remembered, now.mono_ms);
+        self.membership_effects(fx, now, reader, &mut out);
+        if !join.is_empty() {
+            let fx = self.membership.join(join, now.mono_ms);
+            self.membership_effects(fx, now, reader, &mut out);
+        }
+        if has_peers {
+            self.own.awaiting_contact = Some(now.mono_ms + self.contact_grace_ms);
+        }
+        self.update_fence(now, reader, &mut out);
+        out
+    }
+
+    /// One input; everything it causes comes back as outputs.
+    pub fn handle(&mut self, input: Input, now: Now, reader: &dyn ReplicaReader) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Message {
+                from,
+                addr,
+                msg: Message::Membership(m),
+            } => {
+                let fx = self.membership.on_message(&from, addr, m, now.mono_ms);
+                self.membership_effects(fx, now, reader, &mut out);
+            }
+            Input::Message {
+                from,
+                msg: Message::Replication(m),
+                ..
+            } => {
+                self.check_own_origin(&from, &m, now, reader, &mut out);
+                let fx = self.replicator.on_message(&from, m, now.wall_ms, reader);
+                self.replication_effects(fx, &mut out);
+            }
+            Input::Committed(batch) => {
+                let fx = self.replicator.on_committed(&batch, now.wall_ms, reader);
+                self.replication_effects(fx, &mut out);
+            }
+            Input::CommitDone {
+                tag,
+                result: Ok(outcomes),
+            } => {
+                let fx = self
+                    .replicator
+                    .on_commit_outcomes(tag, &outcomes, now.wall_ms, reader);
+                self.replication_effects(fx, &mut out);
+            }
+            Input::CommitDone {
+                tag,
+                result: Err(e),
+            } => {
+                tracing::error!(node = %self.node, tag, error = %e, "replicated write failed");
+                self.replicator.on_commit_failed(tag, now.wall_ms);
+            }
+            Input::Tick => {
+                let fx = self.membership.tick(now.mono_ms, &mut self.rng);
+                self.membership_effects(fx, now, reader, &mut out);
+                let fx = self.replicator.on_tick(now.wall_ms, reader);
+                self.replication_effects(fx, &mut out);
+            }
+        }
+        self.update_fence(now, reader, &mut out);
+        out
+    }
+
+    /// Tells peers we leave (clean shutdown).
+    pub fn leave(&mut self, now: Now, reader: &dyn ReplicaReader) -> Vec<Output> {
+        let mut out = Vec::new();
+        let fx = self.membership.leave(now.mono_ms);
+        self.membership_effects(fx, now, reader, &mut out);
+        out
+    }
+
+    /// A snapshot for the HTTP API; `transport` gives per-peer queue lengths.
+    pub fn view(&mut self, now: Now, transport: TransportStats) -> ClusterView {
+        for peer in &transport.peers {
+            if let Some(id) = &peer.node_id {
+                self.replicator.note_queue_len(id, peer.queue_len as u64);
+            }
+        }
+        ClusterView {
+            me: SelfView {
+                node_id: self.node.to_string(),
+                addr: self.membership.addr().to_string(),
+                incarnation: self.membership.incarnation(),
+                joined: self.membership.is_joined(),
+                writes_fenced: self.own.fence.clone(),
+            },
+            members: self.membership.members(now.mono_ms),
+            membership: self.membership.stats(),
+            replication: self.replicator.stats(),
+            transport,
+        }
+    }
+
+    /// Notes what `from` holds of our own origin; pulls from it when that
+    /// is more than we hold.
+    fn check_own_origin(
+        &mut self,
+        from: &NodeId,
+        msg: &Msg,
+        now: Now,
+        reader: &dyn ReplicaReader,
+        out: &mut Vec<Output>,
+    ) {
+        let theirs = match msg {
+            Msg::PullRequest { vv, .. } | Msg::AeRoot { vv, .. } => {
+                if self.own.awaiting_contact.take().is_some() {
+                    tracing::info!(node = %self.node, peer = %from, "own sequence numbers checked against a peer");
+                }
+                vv.get(&self.node)
+            }
+            Msg::Push { deltas, .. } | Msg::PullResponse { deltas, .. } => deltas
+                .iter()
+                .filter(|d| d.origin == self.node)
+                .map(|d| d.seq)
+                .max()
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if theirs <= self.own.behind.as_ref().map_or(0, |(s, _)| *s) {
+            return;
+        }
+        let mine = reader.version_vector().get(&self.node);
+        if theirs <= mine {
+            return;
+        }
+        tracing::warn!(node = %self.node, peer = %from, theirs, mine,
+            "a peer holds newer writes of this node than its own store (restored from an old copy?); local writes wait until they are recovered");
+        self.own.behind = Some((theirs, from.clone()));
+        let fx = self.replicator.pull_from(from, now.wall_ms, reader);
+        self.replication_effects(fx, out);
+    }
+
+    /// Announces a change of the fence.
+    fn update_fence(&mut self, now: Now, reader: &dyn ReplicaReader, out: &mut Vec<Output>) {
+        if let Some((target, peer)) = &self.own.behind {
+            let mine = reader.version_vector().get(&self.node);
+            if mine >= *target {
+                tracing::info!(node = %self.node, peer = %peer, seq = mine, "own writes recovered from peers; local writes accepted again");
+                self.own.behind = None;
+            }
+        }
+        if self
+            .own
+            .awaiting_contact
+            .is_some_and(|deadline| now.mono_ms >= deadline)
+        {
+            self.own.awaiting_contact = None;
+            tracing::warn!(node = %self.node, grace_ms = self.contact_grace_ms,
+                "no peer reachable to check this node's own sequence numbers; accepting local writes");
+        }
+        let fence = match (&self.own.behind, self.own.awaiting_contact) {
+            (Some((target, peer)), _) => Some(format!(
+                "recovering this node's own writes: peer {peer} holds up to seq {target} of {}, this node has fewer; local writes resume once they are copied back",
+                self.node
+            )),
+            (None, Some(_)) => Some(
+                "starting: checking with a peer that this node's own writes are current"
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        if fence != self.own.fence {
+            self.own.fence = fence.clone();
+            out.push(Output::WriteFence(fence));
+        }
+    }
+
+    fn membership_effects(
+        &mut self,
+        effects: Vec<membership::Effect>,
+        now: Now,
+        reader: &dyn ReplicaReader,
+        out: &mut Vec<Output>,
+    ) {
+        for effect in effects {
+            match effect {
+                membership::Effect::Send { to, addr, msg } => out.push(Output::Send {
+                    to: Some(to),
+                    addr,
+                    msg: Message::Membership(msg),
+                }),
+                membership::Effect::SendToAddr { addr, msg } => out.push(Output::Send {
+                    to: None,
+                    addr,
+                    msg: Message::Membership(msg),
+                }),
+                membership::Effect::StatusChanged { peer, from, to } => {
+                    tracing::info!(node = %self.node, peer = %peer, from = ?from, to = ?to, "peer status changed");
+                    if to == Status::Alive {
+                        let fx = self.replicator.peer_up(&peer, now.wall_ms, reader);
+                        self.replication_effects(fx, out);
+                    } else if from == Some(Status::Alive) {
+                        self.replicator.peer_down(&peer, now.wall_ms);
+                    }
+                }
+                membership::Effect::Persist { peer, record } => {
+                    out.push(Output::Persist { peer, record })
+                }
+                membership::Effect::Refused { peer, reason } => {
+                    tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
+                }
+            }
+        }
+    }
+
+    fn replication_effects(&mut self, effects: Vec<replication::Effect>, out: &mut Vec<Output>) {
+        for effect in effects {
+            match effect {
+                replication::Effect::Send { to, msg } => {
+                    match self.membership.table().get(&to).map(|m| m.addr) {
+                        Some(addr) => out.push(Output::Send {
+                            to: Some(to),
+                            addr,
+                            msg: Message::Replication(msg),
+                        }),
+                        None => {
+                            tracing::debug!(node = %self.node, peer = %to, "no address for peer")
+                        }
+                    }
+                }
+                replication::Effect::Commit { tag, ops, .. } => {
+                    out.push(Output::Commit { tag, ops })
+                }
+                replication::Effect::ClockRefused { peer, ahead_ms } => {
+                    tracing::error!(node = %self.node, peer = %peer, ahead_ms, "peer clock too far ahead; its messages are refused");
+                }
+            }
+        }
+    }
+}
