@@ -4,9 +4,6 @@
 //! exactly from its seed (printed on failure; `SIM_SEED=n` runs one seed,
 //! `SIM_SEEDS=n` sets how many).
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
-use std::path::Path;
 use std::time::Instant;
 
 use hub::model::{Entry, NodeId, VersionVector};
@@ -15,35 +12,15 @@ use hub::store::{Condition, Op, Outcome, Store, StoreConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+#[path = "support/sim_net.rs"]
+mod sim_net;
+use sim_net::{for_each_seed, Link, Net};
+#[path = "support/sim_store.rs"]
+mod sim_store;
+use sim_store::{fresh_deltas, reopen, sim_config, temp_dir};
+
 const T0: u64 = 1_700_000_000_000;
 const STEP_MS: u64 = 5;
-
-fn temp_dir() -> tempfile::TempDir {
-    // tmpfs makes the per-commit flush cheap; the semantics are the same.
-    if Path::new("/dev/shm").is_dir() {
-        if let Ok(d) = tempfile::Builder::new()
-            .prefix("hub-sim")
-            .tempdir_in("/dev/shm")
-        {
-            return d;
-        }
-    }
-    tempfile::tempdir().unwrap()
-}
-
-fn sim_config() -> ReplicationConfig {
-    ReplicationConfig {
-        pull_interval_ms: 200,
-        pull_timeout_ms: 1_000,
-        ae_interval_ms: 1_000,
-        ae_after_connect_ms: 200,
-        ae_retry_ms: 150,
-        ae_timeout_ms: 2_000,
-        // Small caps exercise chunking, `more` and multi-part answers.
-        max_items_per_msg: 8,
-        ..ReplicationConfig::default()
-    }
-}
 
 struct Node {
     id: NodeId,
@@ -55,30 +32,14 @@ struct Node {
     skew: u64,
 }
 
-struct InFlight {
-    from: usize,
-    to: usize,
-    msg: Msg,
-}
-
-#[derive(Clone, Copy)]
-struct Faults {
-    drop: f64,
-    dup: f64,
-    max_delay_ms: u64,
-}
+type Faults = Link;
 
 struct Sim {
     seed: u64,
     rng: StdRng,
     now: u64,
     nodes: Vec<Node>,
-    faults: Faults,
-    queue: BinaryHeap<Reverse<(u64, u64)>>,
-    in_flight: HashMap<u64, InFlight>,
-    next_msg: u64,
-    /// Side of the partition each node is on (all 0: no partition).
-    side: Vec<u8>,
+    net: Net<Msg>,
     /// `up[i][j]`: node i's membership considers j alive.
     up: Vec<Vec<bool>>,
     config: ReplicationConfig,
@@ -118,11 +79,7 @@ impl Sim {
             rng,
             now: T0,
             nodes,
-            faults,
-            queue: BinaryHeap::new(),
-            in_flight: HashMap::new(),
-            next_msg: 0,
-            side: vec![0; n],
+            net: Net::new(n, faults),
             up: vec![vec![false; n]; n],
             config,
             messages: 0,
@@ -154,7 +111,7 @@ impl Sim {
         let repl = Replicator::new(node.id.clone(), self.config.clone(), self.rng.gen());
         node.live = Some((store, repl));
         for j in 0..self.nodes.len() {
-            if j != i && self.alive(j) && self.side[i] == self.side[j] {
+            if j != i && self.alive(j) && self.net.connected(i, j) {
                 self.set_up(i, j, true);
                 self.set_up(j, i, true);
             }
@@ -195,27 +152,7 @@ impl Sim {
     fn send(&mut self, from: usize, to: usize, msg: Msg) {
         self.messages += 1;
         self.bytes += msg.encoded_len();
-        if self.side[from] != self.side[to] || self.rng.gen_bool(self.faults.drop) {
-            return;
-        }
-        let copies = if self.rng.gen_bool(self.faults.dup) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let at = self.now + self.rng.gen_range(1..=self.faults.max_delay_ms);
-            self.next_msg += 1;
-            self.queue.push(Reverse((at, self.next_msg)));
-            self.in_flight.insert(
-                self.next_msg,
-                InFlight {
-                    from,
-                    to,
-                    msg: msg.clone(),
-                },
-            );
-        }
+        self.net.send(&mut self.rng, self.now, from, to, msg);
     }
 
     /// Carries out effects the way the node shell does: commits apply and
@@ -277,24 +214,17 @@ impl Sim {
     /// Advances time by one step: delivers due messages, ticks every node.
     fn step(&mut self) {
         self.now += STEP_MS;
-        while let Some(Reverse((at, id))) = self.queue.peek().copied() {
-            if at > self.now {
-                break;
-            }
-            self.queue.pop();
-            let Some(m) = self.in_flight.remove(&id) else {
-                continue;
-            };
-            if !self.alive(m.to) || self.side[m.from] != self.side[m.to] {
+        while let Some((from, to, msg)) = self.net.pop_due(self.now) {
+            if !self.alive(to) {
                 continue;
             }
-            let now = self.wall(m.to);
-            let from = self.nodes[m.from].id.clone();
+            let now = self.wall(to);
+            let from = self.nodes[from].id.clone();
             let effects = {
-                let (store, repl) = self.nodes[m.to].live.as_mut().unwrap();
-                repl.on_message(&from, m.msg, now, store)
+                let (store, repl) = self.nodes[to].live.as_mut().unwrap();
+                repl.on_message(&from, msg, now, store)
             };
-            self.run_effects(m.to, effects);
+            self.run_effects(to, effects);
         }
         if (self.now / STEP_MS) % 20 == 0 {
             for i in 0..self.nodes.len() {
@@ -314,12 +244,12 @@ impl Sim {
     fn partition(&mut self) {
         let n = self.nodes.len();
         for i in 0..n {
-            self.side[i] = self.rng.gen_range(0..2);
+            self.net.side[i] = self.rng.gen_range(0..2);
         }
         // The failure detector notices some of the cuts, not necessarily all.
         for i in 0..n {
             for j in 0..n {
-                if i != j && self.side[i] != self.side[j] && self.rng.gen_bool(0.7) {
+                if i != j && !self.net.connected(i, j) && self.rng.gen_bool(0.7) {
                     self.set_up(i, j, false);
                 }
             }
@@ -328,7 +258,7 @@ impl Sim {
 
     fn heal(&mut self) {
         let n = self.nodes.len();
-        self.side = vec![0; n];
+        self.net.side = vec![0; n];
         for i in 0..n {
             for j in 0..n {
                 if i != j && self.alive(i) && self.alive(j) {
@@ -415,34 +345,6 @@ impl Sim {
     }
 }
 
-/// Opens a store, polling while sled still releases the lock of the store
-/// just dropped (its background threads let go asynchronously).
-fn reopen(dir: &Path, config: &StoreConfig) -> Store {
-    let deadline = Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match Store::open(dir, config.clone()) {
-            Ok(s) => return s,
-            Err(hub::store::StoreError::Backend(hub::store::BackendError::Locked { .. }))
-                if Instant::now() < deadline =>
-            {
-                std::thread::yield_now();
-            }
-            Err(e) => panic!("cannot reopen {}: {e}", dir.display()),
-        }
-    }
-}
-
-fn fresh_deltas(ops: &[Op], outcomes: &[Outcome]) -> Vec<hub::model::Delta> {
-    ops.iter()
-        .zip(outcomes)
-        .filter_map(|(op, o)| match (op, o) {
-            (_, Outcome::Written(d)) => Some(d.clone()),
-            (Op::Delta(d), Outcome::Applied { .. }) => Some(d.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 /// One seeded run: chaos with writes, deletes, partitions and crashes, then
 /// heal everything and require convergence.
 #[derive(Debug, Default, PartialEq)]
@@ -525,32 +427,9 @@ fn chaos_run(seed: u64, steps: usize) -> Events {
     events
 }
 
-fn seeds() -> Vec<u64> {
-    if let Ok(s) = std::env::var("SIM_SEED") {
-        return vec![s.parse().expect("SIM_SEED must be a number")];
-    }
-    let n: u64 = std::env::var("SIM_SEEDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(32);
-    (1..=n).collect()
-}
-
 #[test]
 fn all_nodes_converge_after_drops_duplicates_reordering_partitions_and_crashes() {
-    let started = Instant::now();
-    for seed in seeds() {
-        let result = std::panic::catch_unwind(|| chaos_run(seed, 1000));
-        if let Err(e) = result {
-            eprintln!("simulation failed; reproduce with SIM_SEED={seed}");
-            std::panic::resume_unwind(e);
-        }
-    }
-    eprintln!(
-        "simulation: {} seeds in {:?}",
-        seeds().len(),
-        started.elapsed()
-    );
+    for_each_seed("simulation", 32, |seed| chaos_run(seed, 1000));
 }
 
 #[test]
