@@ -237,6 +237,9 @@ impl Sim {
                 Output::Persist { peer, record } => {
                     self.store(i).save_peer(&peer, &record).unwrap();
                 }
+                Output::Forget { peer, .. } => {
+                    self.store(i).remove_peer(&peer).unwrap();
+                }
                 Output::WriteFence(_) => {} // read back through `write_fence`
             }
         }

@@ -181,8 +181,9 @@ impl Driver {
         }
     }
 
-    /// Runs `f` on the machine on the blocking pool, writes the peer records
-    /// it asks for there too, and carries out the rest of its outputs here.
+    /// Runs `f` on the machine on the blocking pool, writes (and deletes) the
+    /// peer records it asks for there too, and carries out the rest of its
+    /// outputs here.
     /// False if the step panicked (the machine is gone; the driver stops).
     async fn step<F>(&mut self, f: F) -> bool
     where
@@ -202,6 +203,12 @@ impl Driver {
                         tracing::warn!(node = %node, peer = %peer, error = %e, "cannot remember peer");
                     }
                     false
+                }
+                Output::Forget { peer, .. } => {
+                    if let Err(e) = store.remove_peer(peer) {
+                        tracing::warn!(node = %node, peer = %peer, error = %e, "cannot delete forgotten peer");
+                    }
+                    true
                 }
                 _ => true,
             });
@@ -259,6 +266,8 @@ impl Driver {
                 }
                 self.committer.fence().set(reason);
             }
+            // The record is deleted in the blocking step.
+            Output::Forget { addr, .. } => self.transport.remove_peer(addr),
             Output::Persist { .. } => {} // written in the blocking step
         }
     }

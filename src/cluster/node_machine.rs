@@ -88,6 +88,8 @@ pub enum Output {
     Commit { tag: u64, ops: Vec<Op> },
     /// Remember this peer across restarts.
     Persist { peer: NodeId, record: PeerRecord },
+    /// Forget this departed peer: its record, and its transport state at `addr`.
+    Forget { peer: NodeId, addr: SocketAddr },
     /// Local writes are refused from now on with this reason (`Some`), or
     /// accepted again (`None`).
     WriteFence(Option<String>),
@@ -372,6 +374,9 @@ impl NodeMachine {
                 }
                 membership::Effect::Persist { peer, record } => {
                     out.push(Output::Persist { peer, record })
+                }
+                membership::Effect::Forget { peer, addr } => {
+                    out.push(Output::Forget { peer, addr })
                 }
                 membership::Effect::Refused { peer, reason } => {
                     tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
