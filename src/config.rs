@@ -70,6 +70,20 @@ pub struct ConfigLayer {
     pub fanout: Option<usize>,
     /// Replace the default demo sensors; an empty list runs none.
     pub sensors: Option<Vec<toml::Table>>,
+    /// Serve HTTPS with the node's certificate from `certs`.
+    pub http_tls: Option<bool>,
+    /// Require an API key (bearer token) on every request but `GET /health`.
+    pub auth: Option<bool>,
+    /// Serve a non-loopback HTTP address without TLS or auth anyway.
+    pub insecure: Option<bool>,
+    /// Concurrent HTTP connections at most (also capped by the fd limit).
+    pub http_max_connections: Option<usize>,
+    /// Largest request head (request line and headers), in bytes.
+    pub http_max_header_bytes: Option<usize>,
+    /// A request head (and TLS handshake) must arrive within this.
+    pub http_header_read_timeout_ms: Option<u64>,
+    /// A connection with no request in flight is closed after this.
+    pub http_idle_timeout_ms: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -109,7 +123,14 @@ impl ConfigLayer {
             max_clock_offset_ms,
             anti_entropy_interval_ms,
             fanout,
-            sensors
+            sensors,
+            http_tls,
+            auth,
+            insecure,
+            http_max_connections,
+            http_max_header_bytes,
+            http_header_read_timeout_ms,
+            http_idle_timeout_ms
         );
         self
     }
@@ -135,6 +156,30 @@ pub struct Config {
     pub anti_entropy_interval_ms: u64,
     pub fanout: usize,
     pub sensors: Vec<SensorSpec>,
+    pub http_tls: bool,
+    pub auth: bool,
+    pub insecure: bool,
+    pub http_limits: HttpLimits,
+}
+
+/// Abuse limits of the HTTP server (see `http::server`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub header_read_timeout_ms: u64,
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1024,
+            max_header_bytes: 16 << 10,
+            header_read_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+        }
+    }
 }
 
 impl Config {
@@ -215,6 +260,32 @@ impl Config {
             l.anti_entropy_interval_ms.unwrap_or(10_000),
         )?;
         let fanout = positive("fanout", l.fanout.unwrap_or(8) as u64)? as usize;
+        let d = HttpLimits::default();
+        let http_limits = HttpLimits {
+            max_connections: positive(
+                "http_max_connections",
+                l.http_max_connections.unwrap_or(d.max_connections) as u64,
+            )? as usize,
+            max_header_bytes: l.http_max_header_bytes.unwrap_or(d.max_header_bytes),
+            header_read_timeout_ms: positive(
+                "http_header_read_timeout_ms",
+                l.http_header_read_timeout_ms
+                    .unwrap_or(d.header_read_timeout_ms),
+            )?,
+            idle_timeout_ms: positive(
+                "http_idle_timeout_ms",
+                l.http_idle_timeout_ms.unwrap_or(d.idle_timeout_ms),
+            )?,
+        };
+        if !(1024..=1 << 20).contains(&http_limits.max_header_bytes) {
+            return Err(invalid(
+                "http_max_header_bytes",
+                format!(
+                    "{} is not between 1024 and 1048576",
+                    http_limits.max_header_bytes
+                ),
+            ));
+        }
         let sensors = match l.sensors {
             Some(tables) => parse_sensors(&tables)?,
             None => demo_sensors(),
@@ -230,15 +301,19 @@ impl Config {
             listen,
             advertise,
             join,
-            certs: match (l.certs, listen) {
+            certs: match (l.certs, listen.is_some() || l.http_tls == Some(true)) {
                 (Some(dir), _) => Some(dir),
-                (None, Some(_)) => Some(PathBuf::from("certs")),
-                (None, None) => None,
+                (None, true) => Some(PathBuf::from("certs")),
+                (None, false) => None,
             },
             max_clock_offset_ms,
             anti_entropy_interval_ms,
             fanout,
             sensors,
+            http_tls: l.http_tls.unwrap_or(false),
+            auth: l.auth.unwrap_or(false),
+            insecure: l.insecure.unwrap_or(false),
+            http_limits,
         })
     }
 }

@@ -45,6 +45,15 @@ pub struct ServeArgs {
     /// Run without simulated sensors.
     #[arg(long, env = "HUB_NO_SENSORS")]
     pub no_sensors: bool,
+    /// Serve HTTPS with this node's certificate from --certs.
+    #[arg(long, env = "HUB_HTTP_TLS")]
+    pub http_tls: bool,
+    /// Require an API key on every request but GET /health (see `hub keys`).
+    #[arg(long, env = "HUB_AUTH")]
+    pub auth: bool,
+    /// Serve a non-loopback HTTP address without TLS or auth anyway.
+    #[arg(long, env = "HUB_INSECURE")]
+    pub insecure: bool,
 }
 
 impl ServeArgs {
@@ -62,6 +71,9 @@ impl ServeArgs {
             certs: self.certs.clone(),
             max_clock_offset_ms: self.max_clock_offset_ms,
             sensors: self.no_sensors.then(Vec::new),
+            http_tls: self.http_tls.then_some(true),
+            auth: self.auth.then_some(true),
+            insecure: self.insecure.then_some(true),
             ..ConfigLayer::default()
         }
     }
@@ -76,13 +88,49 @@ impl ServeArgs {
     }
 }
 
+/// Secure by default: a non-loopback HTTP address needs TLS and auth, or
+/// an explicit `--insecure` (then the caller warns with the returned text).
+pub fn exposure_check(config: &Config) -> Result<Option<String>, String> {
+    if config.http.ip().is_loopback() || (config.http_tls && config.auth) {
+        return Ok(None);
+    }
+    let missing: Vec<&str> = [
+        (!config.http_tls).then_some("TLS (--http-tls)"),
+        (!config.auth).then_some("API keys (--auth)"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let what = format!(
+        "HTTP address {} is not loopback and runs without {}",
+        config.http,
+        missing.join(" and ")
+    );
+    if config.insecure {
+        return Ok(Some(format!(
+            "{what}: anyone who can reach it can read and change every key (--insecure)"
+        )));
+    }
+    Err(format!(
+        "refusing to start: {what}, so anyone who can reach it could read and change every key. \
+         Turn on --http-tls (certificate from `hub certs issue --ip ...`) and --auth (first key from \
+         `hub keys create --data-dir DIR --role admin`), or pass --insecure to serve it anyway"
+    ))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    match exposure_check(&config) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!(node = %config.node_id, "{warning}"),
+        Err(refusal) => anyhow::bail!(refusal),
+    }
+    hub::files::private_umask();
     let node = Node::start(config).await?;
     println!(
-        "hub node {} serving http://{}",
+        "hub node {} serving {}",
         node.config().node_id,
-        node.http_addr()
+        node.base_url()
     );
     wait_for_signal().await;
     tracing::info!(node = %node.config().node_id, "shutting down");

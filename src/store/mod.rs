@@ -147,6 +147,9 @@ pub struct Store {
     state: Mutex<State>,
     /// Set by [`Store::close_as_if_crashed`]: skip the closing checkpoint.
     skip_checkpoint: std::sync::atomic::AtomicBool,
+    /// Bumped after every applied group that touched the internal keyspace,
+    /// so caches of it (the API key table) know when to reload.
+    internal_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A point-in-time description of the store for `hub inspect` and introspection.
@@ -202,6 +205,7 @@ impl Store {
             config,
             state: Mutex::new(state),
             skip_checkpoint: std::sync::atomic::AtomicBool::new(false),
+            internal_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -223,6 +227,14 @@ impl Store {
 
     pub fn node_id(&self) -> &NodeId {
         &self.node_id
+    }
+
+    /// Changes whenever an applied group touched the internal keyspace
+    /// ([`crate::model::INTERNAL_PREFIX`]); read it before reading that
+    /// keyspace, and reload when it differs from the value last seen.
+    pub fn internal_generation(&self) -> u64 {
+        self.internal_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -547,6 +559,7 @@ impl Store {
         if let Some(reason) = &st.poisoned {
             return Err(StoreError::Poisoned(reason.clone()));
         }
+        let internal = ops.iter().any(Op::touches_internal);
         let (batch, outcomes) =
             write::build(&self.kv, &self.node_id, &self.config, &mut st, ops, wall_ms)?;
         if let Err(e) = self.kv.apply(batch) {
@@ -554,6 +567,10 @@ impl Store {
             // writes until a restart reloads the truth from disk.
             st.poisoned = Some(e.to_string());
             return Err(e.into());
+        }
+        if internal {
+            self.internal_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         Ok(outcomes)
     }
