@@ -86,8 +86,8 @@ async fn idle_connections_above_the_cap_do_not_stop_the_node_answering() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     let (node, _dir) = node_with(|c| {
-        c.http_limits.idle_timeout_ms = 300;
-        c.http_limits.header_read_timeout_ms = 300;
+        c.http_limits.idle_timeout = Duration::from_millis(300);
+        c.http_limits.header_timeout = Duration::from_millis(300);
     })
     .await;
     let mut s = TcpStream::connect(node.http_addr()).await.unwrap();

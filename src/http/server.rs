@@ -229,7 +229,7 @@ async fn connection(
     slot: &Arc<Slot>,
     stop: watch::Receiver<bool>,
 ) {
-    let head_timeout = Duration::from_millis(ctx.limits.header_read_timeout_ms);
+    let head_timeout = ctx.limits.header_timeout;
     match &ctx.tls {
         None => http(ctx, stream, slot, stop).await,
         Some(acceptor) => {
@@ -303,11 +303,11 @@ where
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(ctx.limits.header_read_timeout_ms))
+        .header_read_timeout(ctx.limits.header_timeout)
         .max_buf_size(ctx.limits.max_header_bytes.max(8192))
         .serve_connection(io, svc);
     tokio::pin!(conn);
-    let idle = Duration::from_millis(ctx.limits.idle_timeout_ms);
+    let idle = ctx.limits.idle_timeout;
     let mut draining = false;
     loop {
         let idle_since = slot.last_active_ms.load(Ordering::Relaxed);
@@ -335,7 +335,7 @@ where
             }
             _ = tokio::time::sleep_until(idle_deadline.into()), if !draining => {
                 let quiet = ctx.now_ms().saturating_sub(slot.last_active_ms.load(Ordering::Relaxed));
-                if is_idle() && quiet >= ctx.limits.idle_timeout_ms {
+                if is_idle() && quiet >= idle.as_millis() as u64 {
                     ctx.metrics.http_refused("idle_timeout");
                     return;
                 }
