@@ -42,6 +42,10 @@ pub enum BenchKind {
         /// Value size in bytes.
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
+        /// Measure the node fresh, then fill its log to its retention through
+        /// /api/readings and measure again: fresh and steady state in one run.
+        #[arg(long)]
+        steady_state: bool,
     },
     /// Batches of readings to POST /api/readings.
     Ingest {
@@ -86,8 +90,21 @@ struct ClientResult {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.kind {
+        BenchKind::Cluster(c) => super::bench_cluster::run(c).await,
+        BenchKind::Put {
+            steady_state: true,
+            ref common,
+            ..
+        } => steady_state(&args, common).await,
+        _ => measure(&args).await.map(|_| ()),
+    }
+}
+
+/// Runs the load once, prints the figures and returns items per second.
+async fn measure(args: &BenchArgs) -> anyhow::Result<f64> {
     let (common, items_per_req, label) = match args.kind {
-        BenchKind::Cluster(c) => return super::bench_cluster::run(c).await,
+        BenchKind::Cluster(_) => bail!("the cluster bench runs on its own"),
         BenchKind::Put { ref common, .. } => (common.clone(), 1usize, "writes"),
         BenchKind::Ingest {
             ref common, batch, ..
@@ -161,7 +178,89 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if requests == 0 {
         bail!("no request succeeded");
     }
+    Ok(items as f64 / elapsed)
+}
+
+/// `bench put --steady-state`: the same load on the fresh node and on the
+/// node whose own log is at its retention (every write also trims).
+async fn steady_state(args: &BenchArgs, common: &Common) -> anyhow::Result<()> {
+    println!("fresh node:");
+    let fresh = measure(args).await?;
+    let retention = fill_to_retention(common).await?;
+    println!("steady state (own log at its retention of {retention} deltas):");
+    let steady = measure(args).await?;
+    println!(
+        "steady state / fresh: {:.0} % (target >= 90 %)",
+        100.0 * steady / fresh
+    );
     Ok(())
+}
+
+/// Posts batches of readings until the node's own log has reached its
+/// retention, i.e. until the node trims. Returns the retention.
+async fn fill_to_retention(common: &Common) -> anyhow::Result<u64> {
+    let authority = authority_of(&common.url)?;
+    let run_id = std::process::id();
+    loop {
+        let info = get_json(&authority, "/api/introspection").await?;
+        let retention = info["log_retention"]
+            .as_u64()
+            .context("the node does not report log_retention")?;
+        let node = info["node_id"].as_str().unwrap_or_default();
+        let own = &info["log"][node];
+        let (first, len) = (
+            own["first"].as_u64().unwrap_or(0),
+            own["len"].as_u64().unwrap_or(0),
+        );
+        println!("filling: own log holds {len} of {retention} deltas");
+        if first > 1 {
+            return Ok(retention);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut tasks = Vec::new();
+        for client in 0..4 {
+            let authority = authority.clone();
+            let work = Work::Ingest {
+                batch: 1000,
+                sensors: 100,
+            };
+            tasks.push(tokio::spawn(async move {
+                client_loop(client, run_id, &authority, work, deadline).await
+            }));
+        }
+        for t in tasks {
+            let r = t.await.context("fill task failed")??;
+            if let Some(e) = r.first_error {
+                bail!("filling the log failed: {e}");
+            }
+        }
+    }
+}
+
+fn authority_of(url: &str) -> anyhow::Result<String> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("bad --url {url:?}"))?;
+    let host = uri.host().context("--url needs a host")?;
+    Ok(format!("{host}:{}", uri.port_u16().unwrap_or(80)))
+}
+
+async fn get_json(authority: &str, path: &str) -> anyhow::Result<serde_json::Value> {
+    let stream = tokio::net::TcpStream::connect(authority)
+        .await
+        .with_context(|| format!("cannot connect to {authority}"))?;
+    let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = hyper::Request::get(path)
+        .header("host", authority)
+        .body(Full::new(Bytes::new()))?;
+    let body = sender
+        .send_request(req)
+        .await?
+        .into_body()
+        .collect()
+        .await?;
+    Ok(serde_json::from_slice(&body.to_bytes())?)
 }
 
 enum Work {
