@@ -102,7 +102,11 @@ impl Node {
             }
             None => (None, None),
         };
-        let committer = Committer::start(store.clone(), sink);
+        let committer =
+            Committer::start(store.clone(), sink).map_err(|source| NodeError::Store {
+                dir: dir.display().to_string(),
+                source,
+            })?;
         let cluster = match (config.listen, deltas) {
             (Some(listen), Some(deltas)) => {
                 let cc = cluster_config(&config, listen).await?;

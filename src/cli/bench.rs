@@ -48,6 +48,10 @@ pub enum BenchKind {
         /// Value size in bytes.
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
+        /// Measure the node fresh, then fill its log to its retention through
+        /// /api/readings and measure again: fresh and steady state in one run.
+        #[arg(long)]
+        steady_state: bool,
     },
     /// Batches of readings to POST /api/readings.
     Ingest {
@@ -94,6 +98,11 @@ struct ClientResult {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (common, items_per_req, label) = match args.kind {
         BenchKind::Cluster(c) => return super::bench_cluster::run(c).await,
+        BenchKind::Put {
+            steady_state: true,
+            ref common,
+            ..
+        } => return steady_state(&args.kind, common).await,
         BenchKind::Put { ref common, .. } => (common.clone(), 1usize, "writes"),
         BenchKind::Ingest {
             ref common, batch, ..
@@ -190,6 +199,72 @@ async fn measure(
         bail!("no request succeeded");
     }
     Ok(items as f64 / elapsed)
+}
+
+/// `bench put --steady-state`: the same load on the fresh node and on the
+/// node whose own log is at its retention (every write also trims).
+async fn steady_state(kind: &BenchKind, common: &Common) -> anyhow::Result<()> {
+    let [url] = common.url.as_slice() else {
+        bail!("--steady-state measures one node: give one --url");
+    };
+    if common.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    println!("fresh node:");
+    let fresh = measure(kind, common, url, 0, 1, "writes").await?;
+    let retention = fill_to_retention(common, url).await?;
+    println!("steady state (own log at its retention of {retention} deltas):");
+    let steady = measure(kind, common, url, 1, 1, "writes").await?;
+    println!(
+        "steady state / fresh: {:.0} % (target >= 90 %)",
+        100.0 * steady / fresh
+    );
+    Ok(())
+}
+
+/// Posts batches of readings until the node's own log has reached its
+/// retention, i.e. until the node trims. Returns the retention.
+async fn fill_to_retention(common: &Common, url: &str) -> anyhow::Result<u64> {
+    let (base, http) = common.remote.connect(url)?;
+    let run_id = std::process::id();
+    loop {
+        let info = http
+            .get_json(&base.join("/api/introspection"))
+            .await
+            .context("reading /api/introspection")?;
+        let retention = info["log_retention"]
+            .as_u64()
+            .context("the node does not report log_retention")?;
+        let node = info["node_id"].as_str().unwrap_or_default();
+        let own = &info["log"][node];
+        let (first, len) = (
+            own["first"].as_u64().unwrap_or(0),
+            own["len"].as_u64().unwrap_or(0),
+        );
+        println!("filling: own log holds {len} of {retention} deltas");
+        if first > 1 {
+            return Ok(retention);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut tasks = Vec::new();
+        for client in 0..4 {
+            let base = base.clone();
+            let http = common.remote.client()?;
+            let work = Work::Ingest {
+                batch: 1000,
+                sensors: 100,
+            };
+            tasks.push(tokio::spawn(async move {
+                client_loop(client, run_id, &base, &http, work, deadline).await
+            }));
+        }
+        for t in tasks {
+            let r = t.await.context("fill task failed")??;
+            if let Some(e) = r.first_error {
+                bail!("filling the log failed: {e}");
+            }
+        }
+    }
 }
 
 enum Work {

@@ -22,8 +22,17 @@ use crate::model::{is_internal, validate_key, validate_user_key, Entry, Meta, No
 use crate::sensors;
 use crate::store::{Change, Condition, Op};
 
-pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "status": "ok", "node_id": state.node_id.as_str() }))
+/// 200 while the store takes writes; 503 with the reason while its writes
+/// fail or its database is closed after an error.
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.store.health() {
+        Ok(()) => Json(json!({ "status": "ok", "node_id": state.node_id.as_str() })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "node_id": state.node_id.as_str(), "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
