@@ -26,9 +26,12 @@
 //! origin than we do, local writes are fenced ([`Output::WriteFence`]) and
 //! we pull from that peer until our own entry has caught up (anti-entropy
 //! finishes the job when the peer's log was trimmed). At start, a node that
-//! has peers (remembered or to join) fences local writes until the first
-//! peer's vector has been checked, or `contact_grace_ms` passed without one
-//! (then it writes, as an AP node must, and says so in the log).
+//! remembers peers (a restart, possibly on an old copy) fences local writes
+//! until the first peer's vector has been checked, or `contact_grace_ms`
+//! passed without one (then it writes, as an AP node must, and says so in
+//! the log). A fresh directory is not fenced at start: only a wiped
+//! directory reusing a node id could be behind, and it is fenced as soon as
+//! a peer's vector shows it.
 //! Cost: one version-vector read per input; nothing when not fenced.
 
 use std::net::SocketAddr;
@@ -161,9 +164,9 @@ impl NodeMachine {
         &self.membership
     }
 
-    /// Restores remembered peers and joins through `join`. A node with any
-    /// peer to talk to starts with local writes fenced until the first
-    /// peer's vector shows it is not behind on its own origin.
+    /// Restores remembered peers and joins through `join`. A node that
+    /// remembers peers (a restart) starts with local writes fenced until the
+    /// first peer's vector shows it is not behind on its own origin.
     pub fn start(
         &mut self,
         remembered: Vec<(NodeId, PeerRecord)>,
@@ -172,9 +175,9 @@ impl NodeMachine {
         reader: &dyn ReplicaReader,
     ) -> Vec<Output> {
         let mut out = Vec::new();
-        let me = self.membership.addr();
-        let has_peers =
-            remembered.iter().any(|(id, _)| *id != self.node) || join.iter().any(|a| *a != me);
+        // A fresh directory (no peer remembered) holds no writes of ours, so
+        // only a restarted node waits; a fresh one is checked on first contact.
+        let has_peers = remembered.iter().any(|(id, _)| *id != self.node);
         let fx = self.membership.restore(remembered, now.mono_ms);
         self.membership_effects(fx, now, reader, &mut out);
         if !join.is_empty() {
