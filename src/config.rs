@@ -68,6 +68,11 @@ pub struct ConfigLayer {
     pub anti_entropy_interval_ms: Option<u64>,
     /// Peers each batch of new deltas is pushed to.
     pub fanout: Option<usize>,
+    /// `"lan"`: find peers by UDP beacons on the local network; `"off"`.
+    pub discovery: Option<String>,
+    /// Where beacons go: a multicast group or broadcast address, `ip:port`.
+    pub discovery_addr: Option<String>,
+    pub discovery_interval_ms: Option<u64>,
     /// Replace the default demo sensors; an empty list runs none.
     pub sensors: Option<Vec<toml::Table>>,
 }
@@ -109,6 +114,9 @@ impl ConfigLayer {
             max_clock_offset_ms,
             anti_entropy_interval_ms,
             fanout,
+            discovery,
+            discovery_addr,
+            discovery_interval_ms,
             sensors
         );
         self
@@ -134,6 +142,8 @@ pub struct Config {
     pub max_clock_offset_ms: u64,
     pub anti_entropy_interval_ms: u64,
     pub fanout: usize,
+    /// LAN discovery, when on.
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
     pub sensors: Vec<SensorSpec>,
 }
 
@@ -193,6 +203,12 @@ impl Config {
                 "needs `listen` (the QUIC address) too",
             ));
         }
+        let discovery = parse_discovery(
+            l.discovery.as_deref(),
+            l.discovery_addr.as_deref(),
+            l.discovery_interval_ms,
+            listen.is_some(),
+        )?;
         let join = l.join.unwrap_or_default();
         for (i, peer) in join.iter().enumerate() {
             if peer.trim().is_empty() || !peer.contains(':') {
@@ -238,9 +254,51 @@ impl Config {
             max_clock_offset_ms,
             anti_entropy_interval_ms,
             fanout,
+            discovery,
             sensors,
         })
     }
+}
+
+fn parse_discovery(
+    mode: Option<&str>,
+    addr: Option<&str>,
+    interval_ms: Option<u64>,
+    clustered: bool,
+) -> Result<Option<crate::discovery::DiscoveryConfig>, ConfigError> {
+    let on = match mode.unwrap_or("off") {
+        "off" => false,
+        "lan" => true,
+        other => {
+            return Err(invalid(
+                "discovery",
+                format!("{other:?} is not one of \"off\", \"lan\""),
+            ))
+        }
+    };
+    if !on {
+        return Ok(None);
+    }
+    if !clustered {
+        return Err(invalid(
+            "discovery",
+            "LAN discovery needs `listen` (the QUIC address) too",
+        ));
+    }
+    let mut d = crate::discovery::DiscoveryConfig::default();
+    if let Some(addr) = addr {
+        d.target = addr.parse().map_err(|_| {
+            invalid(
+                "discovery_addr",
+                format!("{addr:?} is not an IPv4 address like 239.255.73.73:7373"),
+            )
+        })?;
+    }
+    if let Some(ms) = interval_ms {
+        d.interval = std::time::Duration::from_millis(ms);
+    }
+    d.validate().map_err(|e| invalid("discovery", e))?;
+    Ok(Some(d))
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {

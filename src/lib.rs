@@ -9,6 +9,7 @@
 //! - [`membership`]: join, member table and phi-accrual failure detection (sans-IO);
 //! - [`replication`]: push, version-vector pull and Merkle anti-entropy (sans-IO);
 //! - [`cluster`]: the async shell that drives membership and replication;
+//! - [`discovery`]: LAN beacons that find the cluster without a join list;
 //! - [`sensors`]: simulated sensors writing through the committer;
 //! - [`http`]: the HTTP API; [`metrics`]: per-node Prometheus registry;
 //! - [`config`] and [`node`]: one node's settings and its running shell.
@@ -16,6 +17,7 @@
 pub mod certs;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod http;
 pub mod membership;
 pub mod merkle;

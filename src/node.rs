@@ -34,6 +34,11 @@ pub enum NodeError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot resolve join address {addr:?}: {reason}")]
     Join { addr: String, reason: String },
+    #[error("cannot start LAN discovery on {addr}: {source}")]
+    Discovery {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the cluster: {0}")]
     Cluster(#[from] ClusterError),
 }
@@ -48,6 +53,7 @@ pub struct Node {
     http_task: JoinHandle<()>,
     sensor_tasks: Vec<JoinHandle<()>>,
     cluster: Option<Cluster>,
+    discovery: Option<crate::discovery::lan::Lan>,
 }
 
 impl Node {
@@ -95,6 +101,11 @@ impl Node {
             }
             _ => None,
         };
+        let (stop, stop_rx) = watch::channel(false);
+        let discovery = match (&config.discovery, &cluster) {
+            (Some(dc), Some(cluster)) => Some(start_discovery(&config, dc, cluster, &stop_rx)?),
+            _ => None,
+        };
         let metrics = Arc::new(Metrics::new());
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
@@ -106,7 +117,6 @@ impl Node {
             addr: config.http,
             source,
         })?;
-        let (stop, stop_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
             store: store.clone(),
@@ -153,6 +163,7 @@ impl Node {
             http_task,
             sensor_tasks,
             cluster,
+            discovery,
         })
     }
 
@@ -198,9 +209,13 @@ impl Node {
             sensor_tasks,
             metrics,
             cluster,
+            discovery,
             ..
         } = self;
         let _ = stop.send(true);
+        if let Some(d) = discovery {
+            d.join().await;
+        }
         for t in sensor_tasks {
             let _ = t.await;
         }
@@ -245,6 +260,34 @@ impl Node {
         }
         tracing::info!(node = %config.node_id, "node stopped");
     }
+}
+
+fn start_discovery(
+    config: &Config,
+    dc: &crate::discovery::DiscoveryConfig,
+    cluster: &Cluster,
+    stop: &watch::Receiver<bool>,
+) -> Result<crate::discovery::lan::Lan, NodeError> {
+    let view = cluster.view_watch();
+    let is_alive_member = move |id: &crate::model::NodeId| {
+        view.borrow()
+            .members
+            .iter()
+            .any(|m| &m.node_id == id && m.status == crate::membership::Status::Alive)
+    };
+    let port = config.advertise.unwrap_or(cluster.quic_addr()).port();
+    crate::discovery::lan::Lan::start(
+        dc.clone(),
+        config.node_id.clone(),
+        port,
+        is_alive_member,
+        cluster.discovered_sender(),
+        stop.clone(),
+    )
+    .map_err(|source| NodeError::Discovery {
+        addr: dc.target.to_string(),
+        source,
+    })
 }
 
 async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterConfig, NodeError> {

@@ -42,6 +42,12 @@ pub struct ServeArgs {
     pub certs: Option<PathBuf>,
     #[arg(long, env = "HUB_MAX_CLOCK_OFFSET_MS")]
     pub max_clock_offset_ms: Option<u64>,
+    /// Find peers on the local network: `lan` (UDP beacons) or `off`.
+    #[arg(long, env = "HUB_DISCOVERY")]
+    pub discovery: Option<String>,
+    /// Multicast group or broadcast address for LAN beacons (ip:port).
+    #[arg(long, env = "HUB_DISCOVERY_ADDR")]
+    pub discovery_addr: Option<String>,
     /// Run without simulated sensors.
     #[arg(long, env = "HUB_NO_SENSORS")]
     pub no_sensors: bool,
@@ -61,6 +67,8 @@ impl ServeArgs {
             join: (!self.join.is_empty()).then(|| self.join.clone()),
             certs: self.certs.clone(),
             max_clock_offset_ms: self.max_clock_offset_ms,
+            discovery: self.discovery.clone(),
+            discovery_addr: self.discovery_addr.clone(),
             sensors: self.no_sensors.then(Vec::new),
             ..ConfigLayer::default()
         }

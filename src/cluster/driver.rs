@@ -89,6 +89,7 @@ impl Driver {
         mut deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
         mut stop: watch::Receiver<bool>,
         join: Vec<SocketAddr>,
+        mut discovered: mpsc::Receiver<crate::discovery::Discovered>,
     ) {
         let Some(mut commits) = self.commit_rx.take() else {
             return;
@@ -116,6 +117,7 @@ impl Driver {
                     self.replication_effects(effects);
                 }
                 Some((tag, result)) = commits.recv() => self.on_commit_done(tag, result),
+                Some(found) = discovered.recv() => self.on_discovered(found),
                 _ = tick.tick() => {
                     let effects = self.membership.tick(self.mono_ms(), &mut self.rng);
                     self.membership_effects(effects);
@@ -131,6 +133,20 @@ impl Driver {
         let effects = self.membership.leave(self.mono_ms());
         self.membership_effects(effects);
         tracing::info!(node = %self.node, "cluster driver stopped");
+    }
+
+    /// A node heard on the LAN: join through it unless it is already alive
+    /// here. The join is an ordinary mTLS hello, so a node of another CA
+    /// gets nowhere.
+    fn on_discovered(&mut self, found: crate::discovery::Discovered) {
+        let known = NodeId::new(found.node_id.as_str())
+            .ok()
+            .and_then(|id| self.membership.status_of(&id));
+        if known == Some(Status::Alive) {
+            return;
+        }
+        let effects = self.membership.join(&[found.addr], self.mono_ms());
+        self.membership_effects(effects);
     }
 
     fn on_incoming(&mut self, inc: Incoming<Message>) {
