@@ -3,20 +3,34 @@
 //! Precedence, lowest first: built-in defaults, the TOML file, `HUB_*`
 //! environment variables, command-line flags. Each layer is a
 //! [`ConfigLayer`] of optional fields; [`Config::resolve`] merges them and
-//! validates the result, so a bad setting is refused up front with a message
-//! that names the field (`sensors[1].max: ...`, `http: ...`).
+//! validates the result, so a bad setting is refused up front.
 //!
-//! The cluster settings (`listen`, `join`, `certs`, `max_clock_offset_ms`,
-//! `anti_entropy_interval_ms`, `fanout`) are parsed and validated here so a
-//! config file written for a cluster is accepted by every node build.
+//! **One list of settings.** [`ConfigLayer`] is the only place a setting is
+//! declared: its serde derive reads the TOML file, its clap derive makes the
+//! `hub serve --flag`, and the environment layer ([`ConfigLayer::from_env`])
+//! reads `HUB_<FIELD>` for every flag by parsing it with that same clap
+//! argument. To add a setting: add an `Option` field (with a doc comment, it
+//! is the `--help` text) and read it in [`Config::resolve`].
+//!
+//! **Errors name what the operator typed**: `HUB_FANOUT="abc": invalid digit
+//! found in string`, `fanout: must be at least 1 (set by --fanout)`,
+//! `config file hub.toml: unknown field colour`.
+//!
+//! **Durations** are humantime strings (`"10s"`, `"500ms"`, `"1h"`); a bare
+//! integer means milliseconds, so the older `*_ms` keys
+//! (`anti_entropy_interval_ms = 10000`) are still accepted as aliases.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::membership;
 use crate::model::NodeId;
+use crate::replication::ReplicationConfig;
 use crate::sensors::{SensorKind, SensorSpec};
+use crate::transport::TransportTuning;
 
 pub const DEFAULT_HTTP: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./hub-data";
@@ -30,6 +44,12 @@ pub enum ConfigError {
     Read { path: String, reason: String },
     #[error("config file {path}: {reason}")]
     Parse { path: String, reason: String },
+    #[error("{var}={value:?}: {reason}")]
+    Env {
+        var: String,
+        value: String,
+        reason: String,
+    },
     #[error("{field}: {reason}")]
     Invalid { field: String, reason: String },
 }
@@ -41,49 +61,258 @@ fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Where a layer came from, so a validation error can say who set the field.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Source {
+    /// Built in code (tests, `hub demo`).
+    #[default]
+    Code,
+    /// A TOML file at this path.
+    File(String),
+    /// `HUB_*` environment variables.
+    Env,
+    /// Command-line flags.
+    Flags,
+}
+
+impl Source {
+    fn describe(&self, field: &str) -> String {
+        match self {
+            Source::Code => String::new(),
+            Source::File(path) => format!(" (set in {path})"),
+            Source::Env => format!(" (set by {})", env_var(field)),
+            Source::Flags => format!(" (set by --{})", field.replace('_', "-")),
+        }
+    }
+}
+
+/// The environment variable of a setting: `fanout` → `HUB_FANOUT`.
+pub fn env_var(field: &str) -> String {
+    format!("HUB_{}", field.to_ascii_uppercase())
+}
+
 /// One source of settings; `None` means "not set here".
-#[derive(Clone, Debug, Default, Deserialize)]
+///
+/// Memory: the settings marked *memory* bound a queue; its worst case is
+/// the product given, typical use is far below it (queues are empty at rest).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigLayer {
+    /// This node's id (DNS label). Default node-1.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub node_id: Option<String>,
+    /// Data directory. Default ./hub-data.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
+    /// HTTP listen address; port 0 picks a free one. Default 127.0.0.1:8080.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
+    /// Deltas kept per origin in the log. Default 1000000.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retention: Option<u64>,
-    /// Largest accepted value of `PUT /kv/{key}`, in bytes (default 1 MiB).
+    /// Largest value accepted by PUT/POST /kv, in bytes. Default 1 MiB.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_value_bytes: Option<usize>,
-    /// Largest accepted body of `POST /api/readings`, in bytes (default 16 MiB).
+    /// Largest body of POST /api/readings, in bytes. Default 16 MiB.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_bytes: Option<usize>,
-    /// Bound on sled's page cache, in bytes (default 64 MiB).
+    /// Bound on sled's page cache, in bytes. Default 64 MiB.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub cache_bytes: Option<u64>,
-    /// QUIC (UDP) address for peers; `None` runs a single node.
+    /// Most sensors one GET /api/state returns; more is a 400 naming
+    /// `?limit=`/`?after=` paging. Default 10000.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_limit: Option<usize>,
+    /// Log records one history request may scan. Default 100000.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history_scan_limit: Option<usize>,
+
+    /// QUIC (UDP) address for peers; unset runs a single node.
+    #[arg(long, help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
-    /// Address peers use to reach this node, if not `listen` (NAT, relay).
+    /// Address peers should dial, if not --listen (NAT, relay).
+    #[arg(long, help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
-    /// Peers to contact at start, as `host:port`.
+    /// Peers to contact at start, host:port (repeatable, or comma-separated).
+    #[arg(long, value_delimiter = ',', help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub join: Option<Vec<String>>,
-    /// Directory with the CA and this node's certificate and key.
+    /// Directory with the cluster CA and this node's certificate. Default certs.
+    #[arg(long, help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub certs: Option<PathBuf>,
-    /// A peer whose clock runs further ahead than this is refused.
-    pub max_clock_offset_ms: Option<u64>,
-    pub anti_entropy_interval_ms: Option<u64>,
-    /// Peers each batch of new deltas is pushed to.
+    /// A peer whose clock runs further ahead than this is refused. Default 500ms.
+    #[arg(long, value_parser = parse_duration, help_heading = "Cluster")]
+    #[serde(
+        default,
+        alias = "max_clock_offset_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub max_clock_offset: Option<Duration>,
+    /// Peers each batch of new deltas is pushed to. Default 8.
+    #[arg(long, help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub fanout: Option<usize>,
-    /// `"lan"`: find peers by UDP beacons on the local network; `"off"`.
+    /// How often a pull asks one live peer for missed deltas. Default 1s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Cluster")]
+    #[serde(
+        default,
+        alias = "pull_interval_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub pull_interval: Option<Duration>,
+    /// How often anti-entropy runs with one random live peer. Default 10s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Cluster")]
+    #[serde(
+        default,
+        alias = "anti_entropy_interval_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub anti_entropy_interval: Option<Duration>,
+    /// Replicated commits in flight between the cluster and the store
+    /// writer; when full, the cluster stops reading peers' messages (QUIC
+    /// flow control pushes back). Memory: this × one message (≤ 1 MiB).
+    /// Default 64.
+    #[arg(long, help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commit_queue_len: Option<usize>,
+
+    /// Ping period per peer (membership). Default 500ms.
+    #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
+    #[serde(
+        default,
+        alias = "probe_interval_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub probe_interval: Option<Duration>,
+    /// Suspect a peer when its phi-accrual value reaches this. Default 8.
+    #[arg(long, help_heading = "Membership")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phi_threshold: Option<f64>,
+    /// Silence tolerated beyond the mean ping interval before phi rises
+    /// (how soon a silent peer becomes suspect). Default 1s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
+    #[serde(
+        default,
+        alias = "suspect_after_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub suspect_after: Option<Duration>,
+    /// Suspect this long → dead. Default 6s; at least --probe-interval.
+    #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
+    #[serde(
+        default,
+        alias = "dead_after_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dead_after: Option<Duration>,
+    /// Ping period for dead peers, so they can come back. Default 2s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
+    #[serde(
+        default,
+        alias = "dead_probe_interval_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub dead_probe_interval: Option<Duration>,
+    /// Dead or departed peers are forgotten (no more probes, not restored at
+    /// restart) this long after they died. Default 1h.
+    #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
+    #[serde(
+        default,
+        alias = "remove_dead_after_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub remove_dead_after: Option<Duration>,
+
+    /// A peer connection silent this long is closed. Default 10s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Transport")]
+    #[serde(
+        default,
+        alias = "idle_timeout_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Limit for one QUIC handshake. Default 2s; below --idle-timeout.
+    #[arg(long, value_parser = parse_duration, help_heading = "Transport")]
+    #[serde(
+        default,
+        alias = "connect_timeout_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub connect_timeout: Option<Duration>,
+    /// Frames queued per peer before sends to it are dropped. Memory: this
+    /// × peers × one frame (≤ 1 MiB; typically a few KiB). Default 4096.
+    #[arg(long, help_heading = "Transport")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer_queue_len: Option<usize>,
+    /// Received messages queued for the cluster task. Memory: this × one
+    /// frame (≤ 1 MiB). Default 4096.
+    #[arg(long, help_heading = "Transport")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub incoming_queue_len: Option<usize>,
+
+    /// Find peers on the local network without a join list: `lan` (UDP
+    /// beacons; joins still need certificates of this cluster's CA) or
+    /// `off`. Default off.
+    #[arg(long, value_parser = ["off", "lan"], help_heading = "Discovery")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery: Option<String>,
-    /// Where beacons go: a multicast group or broadcast address, `ip:port`.
+    /// Where beacons go: a multicast group or a broadcast address, ip:port.
+    /// Default 239.255.73.73:7373.
+    #[arg(long, help_heading = "Discovery")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery_addr: Option<String>,
-    pub discovery_interval_ms: Option<u64>,
-    /// Replace the default demo sensors; an empty list runs none.
+    /// Time between two beacons of this node (jittered). Default 2s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Discovery")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub discovery_interval: Option<Duration>,
+
+    /// Replace the default demo sensors (`[[sensors]]` tables; file only);
+    /// an empty list runs none.
+    #[arg(skip)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sensors: Option<Vec<toml::Table>>,
+
+    /// Where this layer came from (not a setting).
+    #[arg(skip)]
+    #[serde(skip)]
+    pub source: Source,
 }
 
 impl ConfigLayer {
     /// Parses a TOML config text; `origin` names it in errors.
     pub fn from_toml(text: &str, origin: &str) -> Result<ConfigLayer, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let mut layer: ConfigLayer = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: origin.to_string(),
             reason: e.to_string().trim().to_string(),
-        })
+        })?;
+        layer.source = Source::File(origin.to_string());
+        Ok(layer)
     }
 
     pub fn from_file(path: &std::path::Path) -> Result<ConfigLayer, ConfigError> {
@@ -94,32 +323,118 @@ impl ConfigLayer {
         ConfigLayer::from_toml(&text, &path.display().to_string())
     }
 
-    /// Fields of `other` that are set replace ours.
-    pub fn overlay(mut self, other: ConfigLayer) -> ConfigLayer {
-        macro_rules! take {
-            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+    /// Reads `HUB_<FIELD>` for every setting that has a flag, parsing each
+    /// exactly as its flag would be parsed; an error names the variable.
+    /// Variables that are no setting (`HUB_CONFIG`, a client's `HUB_TOKEN`)
+    /// are left alone.
+    pub fn from_env(
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<ConfigLayer, ConfigError> {
+        use clap::{Args, FromArgMatches};
+        let vars: std::collections::HashMap<String, String> = vars.into_iter().collect();
+        let cmd = ConfigLayer::augment_args(clap::Command::new("hub").no_binary_name(true));
+        let mut layer = ConfigLayer::default();
+        for arg in cmd.get_arguments() {
+            let (Some(long), id) = (arg.get_long(), arg.get_id().as_str()) else {
+                continue;
+            };
+            let var = env_var(id);
+            let Some(value) = vars.get(&var) else {
+                continue;
+            };
+            let env_err = |reason: String| ConfigError::Env {
+                var: var.clone(),
+                value: value.clone(),
+                reason,
+            };
+            let matches = cmd
+                .clone()
+                .try_get_matches_from([format!("--{long}={value}")])
+                .map_err(|e| env_err(clap_reason(&e)))?;
+            let one =
+                ConfigLayer::from_arg_matches(&matches).map_err(|e| env_err(clap_reason(&e)))?;
+            layer = layer.overlay(one)?;
         }
-        take!(
-            node_id,
-            data_dir,
-            http,
-            log_retention,
-            max_value_bytes,
-            max_batch_bytes,
-            cache_bytes,
-            listen,
-            advertise,
-            join,
-            certs,
-            max_clock_offset_ms,
-            anti_entropy_interval_ms,
-            fanout,
-            discovery,
-            discovery_addr,
-            discovery_interval_ms,
-            sensors
-        );
-        self
+        layer.source = Source::Env;
+        Ok(layer)
+    }
+
+    /// Names of the settings this layer sets.
+    fn set_fields(&self) -> Vec<String> {
+        match serde_json::to_value(self) {
+            Ok(serde_json::Value::Object(m)) => m.into_iter().map(|(k, _)| k).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Fields of `other` that are set replace ours (the source stays ours).
+    pub fn overlay(self, other: ConfigLayer) -> Result<ConfigLayer, ConfigError> {
+        let bug = |e: serde_json::Error| invalid("config", format!("cannot merge layers: {e}"));
+        let source = self.source.clone();
+        let mut base = match serde_json::to_value(&self).map_err(bug)? {
+            serde_json::Value::Object(m) => m,
+            _ => serde_json::Map::new(),
+        };
+        if let serde_json::Value::Object(top) = serde_json::to_value(&other).map_err(bug)? {
+            base.extend(top);
+        }
+        let mut merged: ConfigLayer =
+            serde_json::from_value(serde_json::Value::Object(base)).map_err(bug)?;
+        merged.source = source;
+        Ok(merged)
+    }
+}
+
+/// The reason in a clap error, without clap's framing of a flag.
+fn clap_reason(e: &clap::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(s) => s.to_string(),
+        None => e
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or("invalid value")
+            .trim_start_matches("error: ")
+            .to_string(),
+    }
+}
+
+/// `"10s"`, `"1h 30m"`, `"250ms"`; a bare integer is milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(Duration::from_millis(ms));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use e.g. \"10s\", \"500ms\", \"1h\")"))
+}
+
+/// Serde for `Option<Duration>`: a humantime string or integer milliseconds.
+mod opt_duration {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Ms(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d) {
+            Ok(Raw::Ms(ms)) => Ok(Some(Duration::from_millis(ms))),
+            Ok(Raw::Text(t)) => parse_duration(&t)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a duration like \"10s\" or integer milliseconds",
+            )),
+        }
     }
 }
 
@@ -134,14 +449,20 @@ pub struct Config {
     pub max_value_bytes: usize,
     pub max_batch_bytes: usize,
     pub cache_bytes: u64,
+    pub state_limit: usize,
+    pub history_scan_limit: usize,
     pub listen: Option<SocketAddr>,
     pub advertise: Option<SocketAddr>,
     pub join: Vec<String>,
     /// Certificates directory; defaults to `certs` when `listen` is set.
     pub certs: Option<PathBuf>,
-    pub max_clock_offset_ms: u64,
-    pub anti_entropy_interval_ms: u64,
-    pub fanout: usize,
+    pub max_clock_offset: Duration,
+    pub commit_queue_len: usize,
+    /// Validated membership settings (probe interval, detector, removal).
+    pub membership: membership::Config,
+    /// Validated replication settings (fanout, pull and anti-entropy timers).
+    pub replication: ReplicationConfig,
+    pub transport: TransportTuning,
     /// LAN discovery, when on.
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
     pub sensors: Vec<SensorSpec>,
@@ -160,12 +481,32 @@ impl Config {
         }])
     }
 
-    /// Merges layers (later wins) over the defaults and validates.
+    /// Merges layers (later wins) over the defaults and validates. An error
+    /// names the field and, when a file, variable or flag set it, that too.
     pub fn resolve(layers: impl IntoIterator<Item = ConfigLayer>) -> Result<Config, ConfigError> {
-        let l = layers
-            .into_iter()
-            .fold(ConfigLayer::default(), ConfigLayer::overlay);
-        let node_id = NodeId::new(l.node_id.unwrap_or_else(|| DEFAULT_NODE_ID.into()))
+        let mut origin: std::collections::HashMap<String, Source> = Default::default();
+        let mut l = ConfigLayer::default();
+        for layer in layers {
+            for f in layer.set_fields() {
+                origin.insert(f, layer.source.clone());
+            }
+            l = l.overlay(layer)?;
+        }
+        Config::validated(l).map_err(|e| match e {
+            ConfigError::Invalid { field, reason } => {
+                let key = field.split(['[', '.']).next().unwrap_or(&field);
+                let by = origin.get(key).map(|s| s.describe(key)).unwrap_or_default();
+                ConfigError::Invalid {
+                    field,
+                    reason: format!("{reason}{by}"),
+                }
+            }
+            other => other,
+        })
+    }
+
+    fn validated(l: ConfigLayer) -> Result<Config, ConfigError> {
+        let node_id = NodeId::new(l.node_id.clone().unwrap_or_else(|| DEFAULT_NODE_ID.into()))
             .map_err(|e| invalid("node_id", e.to_string()))?;
         let http = parse_addr("http", l.http.as_deref().unwrap_or(DEFAULT_HTTP))?;
         let listen = l
@@ -185,6 +526,12 @@ impl Config {
             "max_batch_bytes",
             l.max_batch_bytes.unwrap_or(16 << 20) as u64,
         )? as usize;
+        if max_batch_bytes < max_value_bytes {
+            return Err(invalid(
+                "max_batch_bytes",
+                format!("{max_batch_bytes} is below max_value_bytes ({max_value_bytes}): a batch could not carry one largest value"),
+            ));
+        }
         let cache_bytes = l.cache_bytes.unwrap_or(64 << 20);
         if cache_bytes < 1 << 20 {
             return Err(invalid(
@@ -192,6 +539,11 @@ impl Config {
                 format!("{cache_bytes} is below the 1 MiB minimum"),
             ));
         }
+        let state_limit = positive("state_limit", l.state_limit.unwrap_or(10_000) as u64)? as usize;
+        let history_scan_limit = positive(
+            "history_scan_limit",
+            l.history_scan_limit.unwrap_or(100_000) as u64,
+        )? as usize;
         let advertise = l
             .advertise
             .as_deref()
@@ -203,13 +555,7 @@ impl Config {
                 "needs `listen` (the QUIC address) too",
             ));
         }
-        let discovery = parse_discovery(
-            l.discovery.as_deref(),
-            l.discovery_addr.as_deref(),
-            l.discovery_interval_ms,
-            listen.is_some(),
-        )?;
-        let join = l.join.unwrap_or_default();
+        let join = l.join.clone().unwrap_or_default();
         for (i, peer) in join.iter().enumerate() {
             if peer.trim().is_empty() || !peer.contains(':') {
                 return Err(invalid(
@@ -224,13 +570,18 @@ impl Config {
                 "joining a cluster needs `listen` (the QUIC address) too",
             ));
         }
-        let max_clock_offset_ms =
-            positive("max_clock_offset_ms", l.max_clock_offset_ms.unwrap_or(500))?;
-        let anti_entropy_interval_ms = positive(
-            "anti_entropy_interval_ms",
-            l.anti_entropy_interval_ms.unwrap_or(10_000),
+        let max_clock_offset = nonzero(
+            "max_clock_offset",
+            l.max_clock_offset.unwrap_or(Duration::from_millis(500)),
         )?;
-        let fanout = positive("fanout", l.fanout.unwrap_or(8) as u64)? as usize;
+        let commit_queue_len =
+            positive("commit_queue_len", l.commit_queue_len.unwrap_or(64) as u64)? as usize;
+
+        let replication = replication_config(&l)?;
+        let membership = membership_config(&l)?;
+        let transport = transport_settings(&l)?;
+        let discovery = discovery_config(&l, listen.is_some())?;
+
         let sensors = match l.sensors {
             Some(tables) => parse_sensors(&tables)?,
             None => demo_sensors(),
@@ -243,6 +594,8 @@ impl Config {
             max_value_bytes,
             max_batch_bytes,
             cache_bytes,
+            state_limit,
+            history_scan_limit,
             listen,
             advertise,
             join,
@@ -251,33 +604,30 @@ impl Config {
                 (None, Some(_)) => Some(PathBuf::from("certs")),
                 (None, None) => None,
             },
-            max_clock_offset_ms,
-            anti_entropy_interval_ms,
-            fanout,
+            max_clock_offset,
+            commit_queue_len,
+            membership,
+            replication,
+            transport,
             discovery,
             sensors,
         })
     }
 }
 
-fn parse_discovery(
-    mode: Option<&str>,
-    addr: Option<&str>,
-    interval_ms: Option<u64>,
+fn discovery_config(
+    l: &ConfigLayer,
     clustered: bool,
 ) -> Result<Option<crate::discovery::DiscoveryConfig>, ConfigError> {
-    let on = match mode.unwrap_or("off") {
-        "off" => false,
-        "lan" => true,
+    match l.discovery.as_deref().unwrap_or("off") {
+        "off" => return Ok(None),
+        "lan" => {}
         other => {
             return Err(invalid(
                 "discovery",
                 format!("{other:?} is not one of \"off\", \"lan\""),
             ))
         }
-    };
-    if !on {
-        return Ok(None);
     }
     if !clustered {
         return Err(invalid(
@@ -286,7 +636,7 @@ fn parse_discovery(
         ));
     }
     let mut d = crate::discovery::DiscoveryConfig::default();
-    if let Some(addr) = addr {
+    if let Some(addr) = &l.discovery_addr {
         d.target = addr.parse().map_err(|_| {
             invalid(
                 "discovery_addr",
@@ -294,11 +644,109 @@ fn parse_discovery(
             )
         })?;
     }
-    if let Some(ms) = interval_ms {
-        d.interval = std::time::Duration::from_millis(ms);
+    if let Some(interval) = l.discovery_interval {
+        d.interval = interval;
     }
     d.validate().map_err(|e| invalid("discovery", e))?;
     Ok(Some(d))
+}
+
+fn ms(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+fn replication_config(l: &ConfigLayer) -> Result<ReplicationConfig, ConfigError> {
+    let d = ReplicationConfig::default();
+    let c = ReplicationConfig {
+        push_fanout: positive("fanout", l.fanout.unwrap_or(d.push_fanout) as u64)? as usize,
+        pull_interval_ms: ms(nonzero(
+            "pull_interval",
+            l.pull_interval
+                .unwrap_or(Duration::from_millis(d.pull_interval_ms)),
+        )?),
+        ae_interval_ms: ms(nonzero(
+            "anti_entropy_interval",
+            l.anti_entropy_interval
+                .unwrap_or(Duration::from_millis(d.ae_interval_ms)),
+        )?),
+        ..d
+    };
+    c.validate()
+        .map_err(|e| invalid("replication", e.to_string()))?;
+    Ok(c)
+}
+
+fn membership_config(l: &ConfigLayer) -> Result<membership::Config, ConfigError> {
+    let d = membership::Config::default();
+    let or = |v: Option<Duration>, default_ms: u64| v.map_or(default_ms, ms);
+    let c = membership::Config {
+        heartbeat_interval_ms: ms(nonzero(
+            "probe_interval",
+            l.probe_interval
+                .unwrap_or(Duration::from_millis(d.heartbeat_interval_ms)),
+        )?),
+        phi_threshold: l.phi_threshold.unwrap_or(d.phi_threshold),
+        acceptable_pause_ms: or(l.suspect_after, d.acceptable_pause_ms as u64) as f64,
+        dead_after_ms: or(l.dead_after, d.dead_after_ms),
+        dead_probe_interval_ms: ms(nonzero(
+            "dead_probe_interval",
+            l.dead_probe_interval
+                .unwrap_or(Duration::from_millis(d.dead_probe_interval_ms)),
+        )?),
+        remove_dead_after_ms: or(l.remove_dead_after, d.remove_dead_after_ms),
+        ..d
+    };
+    if !(c.phi_threshold.is_finite() && c.phi_threshold > 0.0) {
+        return Err(invalid(
+            "phi_threshold",
+            format!("{} must be a positive number", c.phi_threshold),
+        ));
+    }
+    if c.dead_after_ms < c.heartbeat_interval_ms {
+        return Err(invalid(
+            "dead_after",
+            format!(
+                "{} ms is shorter than probe_interval ({} ms): peers would die between two pings",
+                c.dead_after_ms, c.heartbeat_interval_ms
+            ),
+        ));
+    }
+    c.validate()
+        .map_err(|e| invalid("membership", e.to_string()))?;
+    Ok(c)
+}
+
+fn transport_settings(l: &ConfigLayer) -> Result<TransportTuning, ConfigError> {
+    let d = TransportTuning::default();
+    let t = TransportTuning {
+        idle_timeout: l.idle_timeout.unwrap_or(d.idle_timeout),
+        connect_timeout: nonzero(
+            "connect_timeout",
+            l.connect_timeout.unwrap_or(d.connect_timeout),
+        )?,
+        peer_queue_len: positive(
+            "peer_queue_len",
+            l.peer_queue_len.unwrap_or(d.peer_queue_len) as u64,
+        )? as usize,
+        incoming_queue_len: positive(
+            "incoming_queue_len",
+            l.incoming_queue_len.unwrap_or(d.incoming_queue_len) as u64,
+        )? as usize,
+    };
+    if t.idle_timeout < Duration::from_millis(100) {
+        return Err(invalid("idle_timeout", "must be at least 100ms"));
+    }
+    if t.connect_timeout > t.idle_timeout {
+        return Err(invalid(
+            "connect_timeout",
+            format!(
+                "{} is longer than idle_timeout ({})",
+                humantime::format_duration(t.connect_timeout),
+                humantime::format_duration(t.idle_timeout)
+            ),
+        ));
+    }
+    Ok(t)
 }
 
 fn parse_addr(field: &str, s: &str) -> Result<SocketAddr, ConfigError> {
@@ -315,6 +763,13 @@ fn positive(field: &str, v: u64) -> Result<u64, ConfigError> {
         return Err(invalid(field, "must be at least 1"));
     }
     Ok(v)
+}
+
+fn nonzero(field: &str, d: Duration) -> Result<Duration, ConfigError> {
+    if d.is_zero() {
+        return Err(invalid(field, "must be longer than 0"));
+    }
+    Ok(d)
 }
 
 /// The sensors a node runs when the config names none: one of a few kinds,
@@ -617,5 +1072,99 @@ mod tests {
                 unit: Some("C".into())
             }
         );
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        for (var, value) in [
+            ("HUB_FANOUT", "abc"),
+            ("HUB_LOG_RETENTION", "abc"),
+            ("HUB_ANTI_ENTROPY_INTERVAL", "soon"),
+            ("HUB_PHI_THRESHOLD", "high"),
+        ] {
+            let err = ConfigLayer::from_env([(var.to_string(), value.to_string())])
+                .expect_err(var)
+                .to_string();
+            assert!(err.starts_with(var), "{var}: {err:?}");
+            assert!(!err.contains("--"), "{var}: names a flag: {err:?}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_value_names_who_set_it() {
+        let env = ConfigLayer::from_env([("HUB_FANOUT".to_string(), "0".to_string())]).unwrap();
+        let err = Config::resolve([env]).unwrap_err().to_string();
+        assert!(
+            err.contains("fanout") && err.contains("HUB_FANOUT"),
+            "{err}"
+        );
+        let file = ConfigLayer::from_toml("fanout = 0", "hub.toml").unwrap();
+        let err = Config::resolve([file]).unwrap_err().to_string();
+        assert!(err.contains("hub.toml"), "{err}");
+        let flags = ConfigLayer {
+            fanout: Some(0),
+            source: Source::Flags,
+            ..ConfigLayer::default()
+        };
+        let err = Config::resolve([flags]).unwrap_err().to_string();
+        assert!(err.contains("--fanout"), "{err}");
+    }
+
+    #[test]
+    fn environment_sets_every_kind_of_setting_and_ignores_other_hub_variables() {
+        let vars = [
+            ("HUB_LISTEN", "127.0.0.1:0"),
+            ("HUB_JOIN", "10.0.0.1:7000,10.0.0.2:7000"),
+            ("HUB_FANOUT", "3"),
+            ("HUB_ANTI_ENTROPY_INTERVAL", "2m"),
+            ("HUB_DEAD_AFTER", "9000"),
+            ("HUB_PHI_THRESHOLD", "10.5"),
+            ("HUB_TOKEN", "not a setting"),
+            ("HUB_CONFIG", "elsewhere.toml"),
+        ];
+        let env = ConfigLayer::from_env(vars.map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
+        let c = Config::resolve([env]).unwrap();
+        assert_eq!(c.join, ["10.0.0.1:7000", "10.0.0.2:7000"]);
+        assert_eq!(c.replication.push_fanout, 3);
+        assert_eq!(c.replication.ae_interval_ms, 120_000);
+        assert_eq!(c.membership.dead_after_ms, 9_000);
+        assert_eq!(c.membership.phi_threshold, 10.5);
+    }
+
+    #[test]
+    fn durations_take_units_and_the_old_ms_keys_still_work() {
+        let new = from("anti_entropy_interval = \"10s\"\nmax_clock_offset = \"250ms\"").unwrap();
+        let old = from("anti_entropy_interval_ms = 10000\nmax_clock_offset_ms = 250").unwrap();
+        assert_eq!(new.replication.ae_interval_ms, 10_000);
+        assert_eq!(old.replication.ae_interval_ms, 10_000);
+        assert_eq!(new.max_clock_offset, Duration::from_millis(250));
+        assert_eq!(old.max_clock_offset, new.max_clock_offset);
+        let err = from("dead_after = \"forever\"").unwrap_err().to_string();
+        assert!(err.contains("dead_after"), "{err}");
+    }
+
+    #[test]
+    fn settings_that_contradict_each_other_are_refused() {
+        let cases = [
+            ("advertise = \"127.0.0.1:1\"", "advertise"),
+            (
+                "max_value_bytes = 2000\nmax_batch_bytes = 1000",
+                "max_batch_bytes",
+            ),
+            (
+                "connect_timeout = \"20s\"\nidle_timeout = \"5s\"",
+                "connect_timeout",
+            ),
+            ("probe_interval = \"2s\"\ndead_after = \"1s\"", "dead_after"),
+            ("phi_threshold = -1.0", "phi_threshold"),
+            ("pull_interval = \"0s\"", "pull_interval"),
+        ];
+        for (text, field) in cases {
+            let err = from(text).expect_err(text).to_string();
+            assert!(
+                err.starts_with(field),
+                "{text:?}: {err:?} does not name {field}"
+            );
+        }
     }
 }

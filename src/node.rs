@@ -69,7 +69,7 @@ impl Node {
             node_id: Some(config.node_id.clone()),
             log_retention: config.log_retention,
             cache_bytes: config.cache_bytes,
-            max_clock_offset_ms: config.max_clock_offset_ms,
+            max_clock_offset_ms: config.max_clock_offset.as_millis() as u64,
             ..StoreConfig::default()
         };
         let store = {
@@ -124,6 +124,8 @@ impl Node {
             metrics: metrics.clone(),
             max_value_bytes: config.max_value_bytes,
             max_batch_bytes: config.max_batch_bytes,
+            state_limit: config.state_limit,
+            history_scan_limit: config.history_scan_limit,
             cluster: cluster.as_ref().map(Cluster::view_watch),
         });
         let app = http::router(shared);
@@ -302,18 +304,15 @@ async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterCo
                 })?;
         join.extend(resolved.take(1));
     }
-    let replication = crate::replication::ReplicationConfig {
-        push_fanout: config.fanout,
-        ae_interval_ms: config.anti_entropy_interval_ms,
-        ..Default::default()
-    };
     Ok(ClusterConfig {
         node_id: config.node_id.clone(),
         listen,
         advertise: config.advertise,
         join,
         certs_dir: config.certs.clone().unwrap_or_else(|| "certs".into()),
-        membership: crate::membership::Config::default(),
-        replication,
+        membership: config.membership.clone(),
+        replication: config.replication.clone(),
+        transport: config.transport.clone(),
+        commit_queue_len: config.commit_queue_len,
     })
 }

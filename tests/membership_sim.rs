@@ -69,6 +69,8 @@ struct Sim {
     /// Directed links that drop everything.
     blocked: HashSet<(NodeId, NodeId)>,
     changes: Vec<Change>,
+    /// Settings of nodes added from now on.
+    config: Config,
 }
 
 impl Sim {
@@ -85,11 +87,12 @@ impl Sim {
             dup_rate: 0.0,
             blocked: HashSet::new(),
             changes: Vec::new(),
+            config: Config::default(),
         }
     }
 
     fn add(&mut self, name: &str, addr: SocketAddr, incarnation: u64) {
-        let m = Membership::new(id(name), addr, incarnation, Config::default()).unwrap();
+        let m = Membership::new(id(name), addr, incarnation, self.config.clone()).unwrap();
         self.by_addr.insert(addr, id(name));
         self.nodes.insert(
             id(name),
@@ -104,7 +107,12 @@ impl Sim {
 
     /// `n` nodes n1..=n(n); n2.. join through n1.
     fn cluster(seed: u64, n: usize) -> Self {
+        Sim::cluster_with(seed, n, Config::default())
+    }
+
+    fn cluster_with(seed: u64, n: usize, config: Config) -> Self {
         let mut sim = Sim::new(seed);
+        sim.config = config;
         for i in 1..=n {
             sim.add(&format!("n{i}"), addr_of(i), 1);
         }
@@ -150,6 +158,9 @@ impl Sim {
                     .unwrap()
                     .refused
                     .push((peer, reason)),
+                Effect::Forget { peer, .. } => {
+                    self.nodes.get_mut(node).unwrap().persisted.remove(&peer);
+                }
             }
         }
     }
@@ -609,5 +620,39 @@ fn one_way_link_loss_does_not_inflate_incarnations_and_heals() {
         let healed_at = sim.now;
         sim.run_for(10_000);
         assert!(sim.changes.iter().all(|c| c.at <= healed_at));
+    }
+}
+
+#[test]
+fn dead_peer_is_forgotten_after_the_grace_period_by_every_node_and_not_relearned() {
+    let config = Config {
+        remove_dead_after_ms: 10_000,
+        ..Config::default()
+    };
+    for seed in seeds(61) {
+        let mut sim = Sim::cluster_with(seed, 5, config.clone());
+        sim.run_until_all_alive(3_000);
+        sim.node("n3").up = false;
+        sim.run_for(12_000);
+        for n in NAMES.iter().filter(|n| **n != "n3") {
+            assert_eq!(sim.status(n, "n3"), Some(Status::Dead), "{n}");
+        }
+        // Dead at ~8 s; forgotten 10 s later. Gossip between nodes that
+        // forgot at slightly different times must not teach it back.
+        sim.run_for(40_000);
+        for n in NAMES.iter().filter(|n| **n != "n3") {
+            let node = &sim.nodes[&id(n)];
+            assert_eq!(node.m.status_of(&id("n3")), None, "{n} still tracks n3");
+            assert!(
+                !node.persisted.contains_key(&id("n3")),
+                "{n} would restore n3"
+            );
+            assert_eq!(node.m.members(sim.now).len(), 3, "{n}");
+            assert_eq!(node.m.stats().forgotten, 1, "{n}");
+        }
+        assert!(sim.all_alive());
+        // A forgotten node that comes back is known again at its first ping.
+        sim.node("n3").up = true;
+        sim.run_until_all_alive(5_000);
     }
 }

@@ -33,7 +33,7 @@ pub enum LogFormat {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a node (with no flags: a working node on defaults with demo sensors).
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a local cluster of N nodes with sensors, certificates included.
     Demo(demo::DemoArgs),
     /// Make the cluster CA and node certificates.
@@ -78,7 +78,7 @@ pub fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => serve::run(args).await,
+            Command::Serve(args) => serve::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Certs { cmd } => hub::certs::run(cmd),
             Command::Inspect(args) => inspect::run(args).await,

@@ -5,80 +5,44 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Args;
 
-use hub::config::{Config, ConfigLayer};
+use hub::config::{Config, ConfigLayer, Source};
 use hub::node::Node;
 
 #[derive(Args, Debug, Default)]
 pub struct ServeArgs {
-    /// This node's id (DNS label). Default node-1.
-    #[arg(long, env = "HUB_NODE_ID")]
-    pub node_id: Option<String>,
-    /// Data directory. Default ./hub-data.
-    #[arg(long, env = "HUB_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// HTTP listen address. Default 127.0.0.1:8080.
-    #[arg(long, env = "HUB_HTTP")]
-    pub http: Option<String>,
-    /// TOML config file; flags and HUB_* variables override it.
+    /// TOML config file; HUB_* variables and flags override it.
     #[arg(long, env = "HUB_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Deltas kept per origin in the log.
-    #[arg(long, env = "HUB_LOG_RETENTION")]
-    pub log_retention: Option<u64>,
-    /// Largest value accepted by PUT/POST /kv, in bytes.
-    #[arg(long, env = "HUB_MAX_VALUE_BYTES")]
-    pub max_value_bytes: Option<usize>,
-    /// QUIC (UDP) address for peers.
-    #[arg(long, env = "HUB_LISTEN")]
-    pub listen: Option<String>,
-    /// Address peers should dial, if not --listen (NAT, relay).
-    #[arg(long, env = "HUB_ADVERTISE")]
-    pub advertise: Option<String>,
-    /// Peer to join (repeatable, or comma-separated in HUB_JOIN).
-    #[arg(long, env = "HUB_JOIN", value_delimiter = ',')]
-    pub join: Vec<String>,
-    /// Directory with the cluster CA and this node's certificate.
-    #[arg(long, env = "HUB_CERTS")]
-    pub certs: Option<PathBuf>,
-    #[arg(long, env = "HUB_MAX_CLOCK_OFFSET_MS")]
-    pub max_clock_offset_ms: Option<u64>,
-    /// Find peers on the local network: `lan` (UDP beacons) or `off`.
-    #[arg(long, env = "HUB_DISCOVERY")]
-    pub discovery: Option<String>,
-    /// Multicast group or broadcast address for LAN beacons (ip:port).
-    #[arg(long, env = "HUB_DISCOVERY_ADDR")]
-    pub discovery_addr: Option<String>,
     /// Run without simulated sensors.
     #[arg(long, env = "HUB_NO_SENSORS")]
     pub no_sensors: bool,
+    /// Every setting of the configuration table (also `HUB_<NAME>` and the
+    /// config file's `name = ...`).
+    #[command(flatten)]
+    pub settings: ConfigLayer,
 }
 
 impl ServeArgs {
-    /// The flag/env layer (clap already lets a flag win over its variable).
+    /// The flag layer.
     pub fn layer(&self) -> ConfigLayer {
-        ConfigLayer {
-            node_id: self.node_id.clone(),
-            data_dir: self.data_dir.clone(),
-            http: self.http.clone(),
-            log_retention: self.log_retention,
-            max_value_bytes: self.max_value_bytes,
-            listen: self.listen.clone(),
-            advertise: self.advertise.clone(),
-            join: (!self.join.is_empty()).then(|| self.join.clone()),
-            certs: self.certs.clone(),
-            max_clock_offset_ms: self.max_clock_offset_ms,
-            discovery: self.discovery.clone(),
-            discovery_addr: self.discovery_addr.clone(),
-            sensors: self.no_sensors.then(Vec::new),
-            ..ConfigLayer::default()
+        let mut layer = self.settings.clone();
+        layer.source = Source::Flags;
+        if self.no_sensors {
+            layer.sensors = Some(Vec::new());
         }
+        layer
     }
 
+    /// File, then `HUB_*` variables, then flags.
     pub fn resolve(&self) -> anyhow::Result<Config> {
         let mut layers = Vec::new();
         if let Some(path) = &self.config {
             layers.push(ConfigLayer::from_file(path)?);
         }
+        // A variable that is not UTF-8 is no setting of ours.
+        let vars = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)));
+        layers.push(ConfigLayer::from_env(vars)?);
         layers.push(self.layer());
         Config::resolve(layers).context("invalid configuration")
     }

@@ -210,6 +210,12 @@ impl Driver {
                         tracing::warn!(node = %self.node, peer = %peer, error = %e, "cannot remember peer");
                     }
                 }
+                membership::Effect::Forget { peer, addr } => {
+                    if let Err(e) = self.store.remove_peer(&peer) {
+                        tracing::warn!(node = %self.node, peer = %peer, error = %e, "cannot delete forgotten peer");
+                    }
+                    self.transport.remove_peer(addr);
+                }
                 membership::Effect::Refused { peer, reason } => {
                     tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
                 }

@@ -28,7 +28,9 @@ use crate::model::{Delta, NodeId};
 use crate::replication::{ReplicationConfig, ReplicationStats};
 use crate::store::commit::Committer;
 use crate::store::Store;
-use crate::transport::{Transport, TransportConfig, TransportError, TransportStats};
+use crate::transport::{
+    Transport, TransportConfig, TransportError, TransportStats, TransportTuning,
+};
 
 pub use wire::Message;
 
@@ -46,6 +48,9 @@ pub struct ClusterConfig {
     pub certs_dir: PathBuf,
     pub membership: membership::Config,
     pub replication: ReplicationConfig,
+    pub transport: TransportTuning,
+    /// Replicated commits in flight to the store writer (see the driver).
+    pub commit_queue_len: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,9 +108,12 @@ impl Cluster {
         deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
     ) -> Result<Cluster, ClusterError> {
         config.replication.validate()?;
+        config.membership.validate()?;
         let identity = Identity::load(&config.certs_dir, &config.node_id)?;
-        let (transport, incoming) =
-            Transport::<Message>::bind(TransportConfig::new(identity, config.listen)).await?;
+        let (transport, incoming) = Transport::<Message>::bind(
+            TransportConfig::new(identity, config.listen).tuned(&config.transport),
+        )
+        .await?;
         let quic_addr = transport.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
         let (driver, view) =

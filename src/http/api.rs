@@ -69,12 +69,25 @@ fn meta_json(meta: &Meta) -> Value {
 }
 
 /// `GET /api/state`: the latest reading of every sensor, grouped by origin.
+/// Bounded: more than `state_limit` sensors is a clear error, not an
+/// answer of unbounded size.
 pub async fn state(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
     let mut after: Option<String> = None;
+    let mut seen = 0usize;
     loop {
         let page = state.store.scan(sensors::PREFIX, after.as_deref(), 1000)?;
         let done = page.len() < 1000;
+        seen += page.len();
+        if seen > state.state_limit {
+            return Err(ApiError::bad_request(
+                "too_many_sensors",
+                format!(
+                    "more than {} sensors (the node's state_limit); read them incrementally from /api/updates or raise state_limit",
+                    state.state_limit
+                ),
+            ));
+        }
         for (key, entry) in page {
             if let (Some((origin, name)), Some(v)) = (sensors::parse_key(&key), &entry.value) {
                 out.entry(origin.to_string()).or_default().insert(
@@ -218,9 +231,6 @@ pub struct HistoryQuery {
     before: Option<u64>,
 }
 
-/// Log records looked at per history request, so one call stays cheap.
-const HISTORY_SCAN_BUDGET: usize = 100_000;
-
 /// `GET /api/sensors/{origin}/{sensor}/history?limit=&before=`: readings
 /// newest first from the retained log; `before` is a seq (exclusive).
 pub async fn history(
@@ -235,9 +245,10 @@ pub async fn history(
         NodeId::new(origin).map_err(|e| ApiError::bad_request("bad_origin", e.to_string()))?;
     check_sensor_name(&sensor).map_err(|m| ApiError::bad_request("bad_sensor", m))?;
     let key = sensors::key(origin.as_str(), &sensor);
-    let deltas = state
-        .store
-        .key_history(&origin, &key, q.before, limit, HISTORY_SCAN_BUDGET)?;
+    let deltas =
+        state
+            .store
+            .key_history(&origin, &key, q.before, limit, state.history_scan_limit)?;
     let readings: Vec<Value> = deltas
         .iter()
         .map(|d| {

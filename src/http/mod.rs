@@ -31,6 +31,10 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub max_value_bytes: usize,
     pub max_batch_bytes: usize,
+    /// Most sensors one `GET /api/state` returns.
+    pub state_limit: usize,
+    /// Log records one history request may scan.
+    pub history_scan_limit: usize,
     /// Cluster snapshots, when the node is clustered.
     pub cluster: Option<tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster::ClusterView>>>,
 }

@@ -18,8 +18,9 @@
 //! own phi-accrual detector fed by the acks to its own pings (Cassandra/Akka
 //! style, [`detector`]). phi ≥ `phi_threshold` → suspect; suspect for
 //! `dead_after_ms` → dead; dead peers are kept and pinged every
-//! `dead_probe_interval_ms`; any message heard directly from a peer makes it
-//! alive again. Suspicion heard second-hand never changes our own view (with
+//! `dead_probe_interval_ms` until, `remove_dead_after_ms` after they died
+//! or left, they are forgotten ([`Effect::Forget`]); any message heard
+//! directly from a peer makes it alive again. Suspicion heard second-hand never changes our own view (with
 //! direct probes of everyone it would only add false positives), but it
 //! still matters SWIM-style: a node that hears it is suspect/dead at its
 //! current incarnation refutes by bumping its incarnation, and a peer that
@@ -109,6 +110,11 @@ pub struct Config {
     /// Gossip entries piggybacked per ping/ack (own entry included).
     /// Default 32, at most [`MAX_GOSSIP_PER_MSG`].
     pub gossip_per_message: usize,
+    /// A dead or departed peer is forgotten this long after it died or left
+    /// (foca's `remove_down_after`): no more probes, its record is deleted
+    /// ([`Effect::Forget`]) so a restart does not bring it back. Default 1 h;
+    /// at least `dead_probe_interval_ms`, so it is probed at least once.
+    pub remove_dead_after_ms: u64,
 }
 
 impl Default for Config {
@@ -124,6 +130,7 @@ impl Default for Config {
             join_retry_ms: 1_000,
             join_retry_max_ms: 8_000,
             gossip_per_message: 32,
+            remove_dead_after_ms: 3_600_000,
         }
     }
 }
@@ -176,6 +183,7 @@ impl Config {
             });
         }
         if self.dead_probe_interval_ms == 0
+            || self.remove_dead_after_ms < self.dead_probe_interval_ms
             || self.join_retry_ms == 0
             || self.join_retry_ms > self.join_retry_max_ms
         {
@@ -237,6 +245,9 @@ pub enum Effect {
     Persist { peer: NodeId, record: PeerRecord },
     /// A message from `peer` was refused (also counted and logged).
     Refused { peer: NodeId, reason: RefuseReason },
+    /// `peer` was dead or gone for `remove_dead_after_ms` and is no longer
+    /// tracked: delete its record and drop its connection state.
+    Forget { peer: NodeId, addr: SocketAddr },
 }
 
 /// Counters for introspection/metrics.
@@ -253,6 +264,8 @@ pub struct Stats {
     /// Second-hand entries about unknown members dropped because the table
     /// was full.
     pub gossip_ignored: u64,
+    /// Dead or departed peers forgotten after `remove_dead_after_ms`.
+    pub forgotten: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -545,6 +558,7 @@ impl Membership {
                 to_ping.push((m.id.clone(), m.addr));
             }
         }
+        self.forget_long_dead(now_ms, &mut fx);
         for (to, addr) in to_ping {
             let gossip = self.gossip_batch(&to);
             self.stats.pings_sent += 1;
@@ -558,6 +572,25 @@ impl Membership {
             });
         }
         fx
+    }
+
+    /// Bounded memory: peers dead or gone for `remove_dead_after_ms` leave
+    /// the table (and, through [`Effect::Forget`], the store and transport).
+    fn forget_long_dead(&mut self, now_ms: u64, fx: &mut Vec<Effect>) {
+        let grace = self.config.remove_dead_after_ms;
+        let gone: Vec<(NodeId, SocketAddr)> = self
+            .table
+            .iter()
+            .filter(|m| matches!(m.status, Status::Dead | Status::Left))
+            .filter(|m| now_ms.saturating_sub(m.status_since_ms) >= grace)
+            .map(|m| (m.id.clone(), m.addr))
+            .collect();
+        for (peer, addr) in gone {
+            self.table.remove(&peer);
+            self.stats.forgotten += 1;
+            info!(node = %self.me, peer = %peer, %addr, "dead peer forgotten");
+            fx.push(Effect::Forget { peer, addr });
+        }
     }
 
     /// Own entry, then a rotating window of the table (not the recipient's
@@ -793,9 +826,10 @@ impl Membership {
                     // Suspicion is local: a member someone suspects is still
                     // one we have not judged; start it alive and probe it.
                     Status::Alive | Status::Suspect => Status::Alive,
-                    Status::Dead => Status::Dead,
                     // Never heard of it and it is gone: nothing to track.
-                    Status::Left => return,
+                    // (Tracking second-hand dead peers would also let nodes
+                    // that forgot a peer teach it back to each other forever.)
+                    Status::Dead | Status::Left => return,
                 };
                 let m = Member::new(
                     g.id.clone(),

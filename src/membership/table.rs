@@ -154,6 +154,10 @@ impl Table {
         self.members.insert(m.id.clone(), m);
     }
 
+    pub fn remove(&mut self, id: &NodeId) -> Option<Member> {
+        self.members.remove(id)
+    }
+
     pub fn len(&self) -> usize {
         self.members.len()
     }

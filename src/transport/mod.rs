@@ -96,7 +96,39 @@ pub struct TransportConfig {
     pub initial_rtt: Duration,
 }
 
+/// The transport settings an operator can change (`hub serve` flags); the
+/// rest of [`TransportConfig`] keeps its defaults.
+#[derive(Debug, Clone)]
+pub struct TransportTuning {
+    pub idle_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub peer_queue_len: usize,
+    pub incoming_queue_len: usize,
+}
+
+impl Default for TransportTuning {
+    fn default() -> Self {
+        TransportTuning {
+            idle_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            peer_queue_len: 4096,
+            incoming_queue_len: 4096,
+        }
+    }
+}
+
 impl TransportConfig {
+    /// Applies operator settings; keep-alive pings stay well inside the
+    /// idle timeout (a third of it, at most 2 s).
+    pub fn tuned(mut self, t: &TransportTuning) -> Self {
+        self.idle_timeout = t.idle_timeout;
+        self.keepalive = (t.idle_timeout / 3).min(Duration::from_secs(2));
+        self.connect_timeout = t.connect_timeout;
+        self.peer_queue_len = t.peer_queue_len;
+        self.incoming_queue_len = t.incoming_queue_len;
+        self
+    }
+
     pub fn new(identity: Identity, listen: SocketAddr) -> Self {
         TransportConfig {
             identity,
@@ -486,7 +518,9 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
         PeerHandle { tx, expect, task }
     }
 
-    /// Forgets a peer: drops its queue and closes our connection to it.
+    /// Forgets a peer: drops its queue, closes our connection to it and its
+    /// counters (so the maps shrink with the membership). Counters come back
+    /// if the address sends or is sent to again.
     pub fn remove_peer(&self, addr: SocketAddr) {
         if let Ok(mut peers) = self.inner.peers.lock() {
             if let Some(p) = peers.remove(&addr) {
@@ -494,6 +528,9 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             }
         }
         self.inner.shared.drop_outbound(addr, b"peer removed");
+        if let Ok(mut counters) = self.inner.shared.counters.lock() {
+            counters.remove(&addr);
+        }
     }
 
     /// A serde-serializable snapshot of all counters.

@@ -171,7 +171,9 @@ impl<'a> Spec<'a> {
             advertise: self.advertise.map(|a| a.to_string()),
             join: Some(self.join.iter().map(ToString::to_string).collect()),
             certs: Some(self.certs.into()),
-            anti_entropy_interval_ms: Some(self.anti_entropy_interval_ms),
+            anti_entropy_interval: Some(std::time::Duration::from_millis(
+                self.anti_entropy_interval_ms,
+            )),
             log_retention: self.log_retention,
             ..ConfigLayer::default()
         }])
