@@ -1,0 +1,363 @@
+//! The container image and the compose clusters, on a real Docker engine:
+//! discovery without a join list, `docker kill` under write load, a node cut
+//! off the network and reconnected, `down` + `up` on the same volumes, and
+//! a 12-node cluster. Skipped, with the reason printed, where no Docker
+//! engine answers.
+
+mod common;
+mod containers;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use common::{call, eventually_async, get_json, http_client, HttpClient};
+use containers::{Docker, Project};
+
+fn docker() -> Option<Docker> {
+    match Docker::new() {
+        Ok(d) => Some(d),
+        Err(why) => {
+            println!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// Talks to the nodes of one project by their bridge addresses.
+struct Api {
+    c: HttpClient,
+}
+
+impl Api {
+    fn new(_p: &Project) -> Api {
+        Api { c: http_client() }
+    }
+
+    fn url(&self, p: &Project, svc: &str, path: &str) -> String {
+        format!("http://{}:8080{path}", p.ip(svc))
+    }
+
+    async fn json(&self, p: &Project, svc: &str, path: &str) -> Option<Value> {
+        get_json(&self.c, &self.url(p, svc, path)).await
+    }
+
+    async fn put(&self, p: &Project, svc: &str, key: &str, value: &str) -> Result<(), String> {
+        let url = self.url(p, svc, &format!("/kv/{key}"));
+        match call(&self.c, Method::PUT, &url, value.to_string()).await? {
+            (StatusCode::OK, _) => Ok(()),
+            (s, body) => Err(format!("{s}: {}", String::from_utf8_lossy(&body))),
+        }
+    }
+
+    async fn delete(&self, p: &Project, svc: &str, key: &str) {
+        let url = self.url(p, svc, &format!("/kv/{key}"));
+        let (s, _) = call(&self.c, Method::DELETE, &url, Bytes::new())
+            .await
+            .expect("DELETE");
+        assert_eq!(s, StatusCode::NO_CONTENT);
+    }
+
+    async fn get(&self, p: &Project, svc: &str, key: &str) -> Option<String> {
+        let url = self.url(p, svc, &format!("/kv/{key}"));
+        match call(&self.c, Method::GET, &url, Bytes::new()).await {
+            Ok((StatusCode::OK, body)) => Some(String::from_utf8_lossy(&body).into_owned()),
+            Ok((StatusCode::NOT_FOUND, _)) => None,
+            other => panic!("GET {url}: {other:?}"),
+        }
+    }
+
+    async fn alive_peers(&self, p: &Project, svc: &str) -> usize {
+        self.json(p, svc, "/api/membership")
+            .await
+            .and_then(|v| v["alive_peers"].as_u64())
+            .unwrap_or(0) as usize
+    }
+
+    async fn root(&self, p: &Project, svc: &str) -> Option<String> {
+        self.json(p, svc, "/api/merkle")
+            .await
+            .and_then(|v| v["digest"].as_str().map(String::from))
+    }
+
+    async fn all_alive(&self, p: &Project) -> bool {
+        for k in 1..=p.nodes {
+            if self.alive_peers(p, &format!("node-{k}")).await != p.nodes - 1 {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn roots_equal(&self, p: &Project) -> bool {
+        let mut roots = Vec::new();
+        for k in 1..=p.nodes {
+            roots.push(self.root(p, &format!("node-{k}")).await);
+        }
+        roots[0].is_some() && roots.iter().all(|r| *r == roots[0])
+    }
+}
+
+#[tokio::test]
+async fn three_containers_find_each_other_by_discovery_and_a_write_reaches_all() {
+    let Some(d) = docker() else { return };
+    let p = d.up(3);
+    let api = Api::new(&p);
+    eventually_async(
+        "all three alive, no join list",
+        Duration::from_secs(60),
+        || api.all_alive(&p),
+    )
+    .await;
+    api.put(&p, "node-1", "hello", "containers")
+        .await
+        .expect("PUT");
+    eventually_async(
+        "the write is on every node",
+        Duration::from_secs(20),
+        || async {
+            for svc in ["node-1", "node-2", "node-3"] {
+                if api.get(&p, svc, "hello").await.as_deref() != Some("containers") {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn killed_container_keeps_every_acknowledged_write_and_catches_up() {
+    let Some(d) = docker() else { return };
+    let p = d.up(3);
+    let api = Arc::new(Api::new(&p));
+    eventually_async("all alive", Duration::from_secs(60), || api.all_alive(&p)).await;
+    // Writers on node-2 and node-1; every acknowledged key is recorded.
+    let acked: Arc<Mutex<BTreeMap<String, String>>> = Default::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for (w, svc) in [(0, "node-2"), (1, "node-2"), (2, "node-1")] {
+        let url = api.url(&p, svc, "/kv/");
+        let (acked, stop) = (acked.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let c = http_client();
+            let mut i = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("load/{w}/{i}");
+                let res = call(&c, Method::PUT, &format!("{url}{key}"), format!("v{i}")).await;
+                if let Ok((StatusCode::OK, _)) = res {
+                    acked.lock().expect("lock").insert(key, format!("v{i}"));
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                i += 1;
+            }
+        }));
+    }
+    eventually_async(
+        "some writes acknowledged by node-2",
+        Duration::from_secs(20),
+        || async {
+            acked
+                .lock()
+                .expect("lock")
+                .keys()
+                .filter(|k| !k.starts_with("load/2/"))
+                .count()
+                >= 200
+        },
+    )
+    .await;
+    p.kill("node-2");
+    let at_kill = acked.lock().expect("lock").len();
+    eventually_async(
+        "node-1 keeps taking writes",
+        Duration::from_secs(20),
+        || async { acked.lock().expect("lock").len() >= at_kill + 100 },
+    )
+    .await;
+    p.start("node-2");
+    eventually_async("node-2 answers again", Duration::from_secs(30), || async {
+        api.json(&p, "node-2", "/health").await.is_some()
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in writers {
+        w.await.expect("writer");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    eventually_async(
+        "every acknowledged write is on every node",
+        Duration::from_secs(60),
+        || async {
+            for svc in ["node-1", "node-2", "node-3"] {
+                let Some(v) = api.json(&p, svc, "/api/introspection").await else {
+                    return false;
+                };
+                let _ = v;
+            }
+            api.roots_equal(&p).await
+        },
+    )
+    .await;
+    for svc in ["node-1", "node-2", "node-3"] {
+        let mut missing = 0;
+        for (k, v) in &acked {
+            if api.get(&p, svc, k).await.as_deref() != Some(v.as_str()) {
+                missing += 1;
+            }
+        }
+        assert_eq!(
+            missing,
+            0,
+            "{svc} lacks {missing} of {} acknowledged writes",
+            acked.len()
+        );
+    }
+}
+
+#[tokio::test]
+async fn disconnected_container_converges_later_write_wins_and_delete_holds() {
+    let Some(d) = docker() else { return };
+    let p = d.up(3);
+    let api = Api::new(&p);
+    eventually_async("all alive", Duration::from_secs(60), || api.all_alive(&p)).await;
+    api.put(&p, "node-1", "k", "before").await.expect("PUT");
+    api.put(&p, "node-1", "doomed", "x").await.expect("PUT");
+    eventually_async("both keys on node-3", Duration::from_secs(20), || async {
+        api.get(&p, "node-3", "doomed").await.is_some()
+    })
+    .await;
+    p.disconnect("node-3");
+    // Both sides write: node-3 through its own namespace (it is off the
+    // network), the others through the bridge, the majority's write to `k`
+    // last, so it must win everywhere.
+    let inside = |args: &[&str]| p.curl_inside("node-3", args);
+    assert_eq!(
+        inside(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "cut-side",
+            "http://127.0.0.1:8080/kv/k"
+        ])
+        .0,
+        200
+    );
+    assert_eq!(
+        inside(&["-X", "DELETE", "http://127.0.0.1:8080/kv/doomed"]).0,
+        204
+    );
+    assert_eq!(
+        inside(&[
+            "-X",
+            "PUT",
+            "--data-binary",
+            "mine",
+            "http://127.0.0.1:8080/kv/c3"
+        ])
+        .0,
+        200
+    );
+    api.put(&p, "node-1", "k", "majority").await.expect("PUT");
+    api.put(&p, "node-2", "c1", "theirs").await.expect("PUT");
+    assert_eq!(api.get(&p, "node-1", "doomed").await.as_deref(), Some("x"));
+    p.connect("node-3");
+    eventually_async("every node converges", Duration::from_secs(60), || async {
+        for svc in ["node-1", "node-2", "node-3"] {
+            if api.get(&p, svc, "k").await.as_deref() != Some("majority")
+                || api.get(&p, svc, "doomed").await.is_some()
+                || api.get(&p, svc, "c3").await.as_deref() != Some("mine")
+                || api.get(&p, svc, "c1").await.as_deref() != Some("theirs")
+            {
+                return false;
+            }
+        }
+        api.roots_equal(&p).await
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn compose_down_and_up_on_the_same_volumes_keeps_the_data() {
+    let Some(d) = docker() else { return };
+    let p = d.up(3);
+    let api = Api::new(&p);
+    eventually_async("all alive", Duration::from_secs(60), || api.all_alive(&p)).await;
+    for i in 0..50 {
+        api.put(
+            &p,
+            &format!("node-{}", i % 3 + 1),
+            &format!("keep/{i}"),
+            &format!("{i}"),
+        )
+        .await
+        .expect("PUT");
+    }
+    p.compose(&["down", "--timeout", "10"]);
+    p.compose(&["up", "-d"]);
+    eventually_async("all alive again", Duration::from_secs(60), || {
+        api.all_alive(&p)
+    })
+    .await;
+    for svc in ["node-1", "node-2", "node-3"] {
+        for i in 0..50 {
+            let key = format!("keep/{i}");
+            let want = format!("{i}");
+            eventually_async("every key is back", Duration::from_secs(20), || async {
+                api.get(&p, svc, &key).await.as_deref() == Some(want.as_str())
+            })
+            .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn twelve_container_cluster_converges() {
+    let Some(d) = docker() else { return };
+    let p = d.up(12);
+    let api = Api::new(&p);
+    eventually_async("all twelve alive", Duration::from_secs(120), || {
+        api.all_alive(&p)
+    })
+    .await;
+    for k in 1..=12 {
+        api.put(&p, &format!("node-{k}"), &format!("from/{k}"), "x")
+            .await
+            .expect("PUT");
+    }
+    eventually_async("twelve equal roots", Duration::from_secs(60), || {
+        api.roots_equal(&p)
+    })
+    .await;
+    for k in 1..=12 {
+        assert_eq!(
+            api.get(&p, &format!("node-{}", 13 - k), &format!("from/{k}"))
+                .await
+                .as_deref(),
+            Some("x")
+        );
+    }
+}
+
+#[test]
+fn committed_compose_files_are_what_the_generator_writes() {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    for n in [3, 6, 12] {
+        let out = std::process::Command::new(repo.join("deploy/compose.sh"))
+            .arg(n.to_string())
+            .output()
+            .expect("run deploy/compose.sh");
+        assert!(out.status.success());
+        let committed = std::fs::read(repo.join(format!("deploy/compose-{n}.yml"))).expect("read");
+        assert!(
+            committed == out.stdout,
+            "deploy/compose-{n}.yml is stale: run deploy/compose.sh {n} > deploy/compose-{n}.yml"
+        );
+    }
+}
