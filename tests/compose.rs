@@ -229,8 +229,9 @@ async fn disconnected_container_converges_later_write_wins_and_delete_holds() {
     eventually_async("all alive", Duration::from_secs(60), || api.all_alive(&p)).await;
     api.put(&p, "node-1", "k", "before").await.expect("PUT");
     api.put(&p, "node-1", "doomed", "x").await.expect("PUT");
-    eventually_async("both keys on node-3", Duration::from_secs(20), || async {
-        api.get(&p, "node-3", "doomed").await.is_some()
+    api.put(&p, "node-1", "doomed-too", "y").await.expect("PUT");
+    eventually_async("the keys are on node-3", Duration::from_secs(20), || async {
+        api.get(&p, "node-3", "doomed-too").await.is_some()
     })
     .await;
     p.disconnect("node-3");
@@ -266,12 +267,14 @@ async fn disconnected_container_converges_later_write_wins_and_delete_holds() {
     );
     api.put(&p, "node-1", "k", "majority").await.expect("PUT");
     api.put(&p, "node-2", "c1", "theirs").await.expect("PUT");
+    api.delete(&p, "node-2", "doomed-too").await;
     assert_eq!(api.get(&p, "node-1", "doomed").await.as_deref(), Some("x"));
     p.connect("node-3");
     eventually_async("every node converges", Duration::from_secs(60), || async {
         for svc in ["node-1", "node-2", "node-3"] {
             if api.get(&p, svc, "k").await.as_deref() != Some("majority")
                 || api.get(&p, svc, "doomed").await.is_some()
+                || api.get(&p, svc, "doomed-too").await.is_some()
                 || api.get(&p, svc, "c3").await.as_deref() != Some("mine")
                 || api.get(&p, svc, "c1").await.as_deref() != Some("theirs")
             {
