@@ -6,7 +6,10 @@
 # What the cluster gets: one bridge network; a one-shot `certs` job that makes
 # the cluster CA and every node's certificate into the `certs` volume (kept,
 # so `down` + `up` reuses them); nodes that find each other by LAN discovery
-# (no join list); HTTPS and API keys on; each node's data in its own volume;
+# (no join list); HTTPS and API keys on, with a one-shot `keys` job that
+# makes the first admin key in node-1's data directory before node-1 starts
+# and leaves its token in the certs volume (admin.token; keys replicate, so
+# it works on every node); each node's data in its own volume;
 # client ports published on 127.0.0.1 only (node-K on 8080+K; set
 # HUB_PORT_K= to let Docker pick a free one).
 set -euo pipefail
@@ -32,15 +35,33 @@ services:
         done
     volumes:
       - certs:/etc/hub/certs
+  keys:
+    image: \${HUB_IMAGE:-hub:latest}
+    depends_on:
+      certs:
+        condition: service_completed_successfully
+    entrypoint: ["/bin/sh", "-c"]
+    command:
+      - >-
+        set -e;
+        [ -f /etc/hub/certs/admin.token ] || {
+        hub keys --data-dir /var/lib/hub --node-id node-1 create --role admin --name compose-admin
+        > /etc/hub/certs/admin.token.new;
+        mv /etc/hub/certs/admin.token.new /etc/hub/certs/admin.token; }
+    volumes:
+      - node-1:/var/lib/hub
+      - certs:/etc/hub/certs
 YAML
 for k in $(seq 1 "$n"); do
+first_job=certs
+[ "$k" = 1 ] && first_job=keys
 cat <<YAML
   node-$k:
     image: \${HUB_IMAGE:-hub:latest}
     hostname: node-$k
     restart: unless-stopped
     depends_on:
-      certs:
+      $first_job:
         condition: service_completed_successfully
     environment:
       HUB_NODE_ID: node-$k

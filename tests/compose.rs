@@ -15,8 +15,9 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use common::{call, eventually_async, get_json, http_client, HttpClient};
+use common::eventually_async;
 use containers::{Docker, Project};
+use hub::client::{Client, ClientOptions};
 
 fn docker() -> Option<Docker> {
     match Docker::new() {
@@ -28,47 +29,85 @@ fn docker() -> Option<Docker> {
     }
 }
 
-/// Talks to the nodes of one project by their bridge addresses.
+/// Talks to the nodes of one project over HTTPS with the compose admin
+/// token, through their published ports.
 struct Api {
-    c: HttpClient,
+    c: Client,
+    ca: std::path::PathBuf,
+    token: String,
 }
 
 impl Api {
-    fn new(_p: &Project) -> Api {
-        Api { c: http_client() }
+    fn new(p: &Project) -> Api {
+        let (ca, token) = p.credentials();
+        let c = Client::new(&ClientOptions {
+            token: Some(token.clone()),
+            cacert: Some(ca.clone()),
+            timeout: Some(Duration::from_secs(5)),
+        })
+        .expect("client");
+        Api { c, ca, token }
     }
 
-    fn url(&self, p: &Project, svc: &str, path: &str) -> String {
-        format!("http://{}:8080{path}", p.ip(svc))
+    fn url(&self, p: &Project, svc: &str, path: &str) -> Option<String> {
+        Some(format!("https://{}{path}", p.published(svc)?))
+    }
+
+    async fn call(
+        &self,
+        p: &Project,
+        svc: &str,
+        m: Method,
+        path: &str,
+        body: &str,
+    ) -> Option<(StatusCode, Bytes)> {
+        let url = self.url(p, svc, path)?;
+        let r = self.c.request(m, &url, body.to_string(), None).await.ok()?;
+        Some((r.status, r.body))
     }
 
     async fn json(&self, p: &Project, svc: &str, path: &str) -> Option<Value> {
-        get_json(&self.c, &self.url(p, svc, path)).await
+        match self.call(p, svc, Method::GET, path, "").await? {
+            (StatusCode::OK, body) => serde_json::from_slice(&body).ok(),
+            _ => None,
+        }
     }
 
     async fn put(&self, p: &Project, svc: &str, key: &str, value: &str) -> Result<(), String> {
-        let url = self.url(p, svc, &format!("/kv/{key}"));
-        match call(&self.c, Method::PUT, &url, value.to_string()).await? {
-            (StatusCode::OK, _) => Ok(()),
-            (s, body) => Err(format!("{s}: {}", String::from_utf8_lossy(&body))),
+        match self
+            .call(p, svc, Method::PUT, &format!("/kv/{key}"), value)
+            .await
+        {
+            Some((StatusCode::OK, _)) => Ok(()),
+            other => Err(format!("PUT {key} on {svc}: {other:?}")),
         }
     }
 
     async fn delete(&self, p: &Project, svc: &str, key: &str) {
-        let url = self.url(p, svc, &format!("/kv/{key}"));
-        let (s, _) = call(&self.c, Method::DELETE, &url, Bytes::new())
-            .await
-            .expect("DELETE");
-        assert_eq!(s, StatusCode::NO_CONTENT);
+        let r = self
+            .call(p, svc, Method::DELETE, &format!("/kv/{key}"), "")
+            .await;
+        assert_eq!(r.map(|r| r.0), Some(StatusCode::NO_CONTENT));
     }
 
     async fn get(&self, p: &Project, svc: &str, key: &str) -> Option<String> {
-        let url = self.url(p, svc, &format!("/kv/{key}"));
-        match call(&self.c, Method::GET, &url, Bytes::new()).await {
-            Ok((StatusCode::OK, body)) => Some(String::from_utf8_lossy(&body).into_owned()),
-            Ok((StatusCode::NOT_FOUND, _)) => None,
-            other => panic!("GET {url}: {other:?}"),
+        match self
+            .call(p, svc, Method::GET, &format!("/kv/{key}"), "")
+            .await
+        {
+            Some((StatusCode::OK, body)) => Some(String::from_utf8_lossy(&body).into_owned()),
+            Some((StatusCode::NOT_FOUND, _)) => None,
+            other => panic!("GET {key} on {svc}: {other:?}"),
         }
+    }
+
+    /// curl inside `svc`'s network namespace, for a node cut off the network.
+    fn inside(&self, p: &Project, svc: &str, args: &[&str]) -> u16 {
+        let auth = format!("Authorization: Bearer {}", self.token);
+        let ca = self.ca.display().to_string();
+        let mut all = vec!["--cacert", &ca, "-H", &auth];
+        all.extend_from_slice(args);
+        p.curl_inside(svc, &all).0
     }
 
     async fn alive_peers(&self, p: &Project, svc: &str) -> usize {
@@ -142,15 +181,16 @@ async fn killed_container_keeps_every_acknowledged_write_and_catches_up() {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut writers = Vec::new();
     for (w, svc) in [(0, "node-2"), (1, "node-2"), (2, "node-1")] {
-        let url = api.url(&p, svc, "/kv/");
-        let (acked, stop) = (acked.clone(), stop.clone());
+        let url = api.url(&p, svc, "/kv/").expect("published port");
+        let (acked, stop, c) = (acked.clone(), stop.clone(), api.c.clone());
         writers.push(tokio::spawn(async move {
-            let c = http_client();
             let mut i = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let key = format!("load/{w}/{i}");
-                let res = call(&c, Method::PUT, &format!("{url}{key}"), format!("v{i}")).await;
-                if let Ok((StatusCode::OK, _)) = res {
+                let res = c
+                    .request(Method::PUT, &format!("{url}{key}"), format!("v{i}"), None)
+                    .await;
+                if res.as_ref().is_ok_and(|r| r.status == StatusCode::OK) {
                     acked.lock().expect("lock").insert(key, format!("v{i}"));
                 } else {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -230,41 +270,24 @@ async fn disconnected_container_converges_later_write_wins_and_delete_holds() {
     api.put(&p, "node-1", "k", "before").await.expect("PUT");
     api.put(&p, "node-1", "doomed", "x").await.expect("PUT");
     api.put(&p, "node-1", "doomed-too", "y").await.expect("PUT");
-    eventually_async("the keys are on node-3", Duration::from_secs(20), || async {
-        api.get(&p, "node-3", "doomed-too").await.is_some()
-    })
+    eventually_async(
+        "the keys are on node-3",
+        Duration::from_secs(20),
+        || async { api.get(&p, "node-3", "doomed-too").await.is_some() },
+    )
     .await;
     p.disconnect("node-3");
     // Both sides write: node-3 through its own namespace (it is off the
-    // network), the others through the bridge, the majority's write to `k`
+    // network), the others through their published ports, the majority's write to `k`
     // last, so it must win everywhere.
-    let inside = |args: &[&str]| p.curl_inside("node-3", args);
-    assert_eq!(
-        inside(&[
-            "-X",
-            "PUT",
-            "--data-binary",
-            "cut-side",
-            "http://127.0.0.1:8080/kv/k"
-        ])
-        .0,
-        200
-    );
-    assert_eq!(
-        inside(&["-X", "DELETE", "http://127.0.0.1:8080/kv/doomed"]).0,
-        204
-    );
-    assert_eq!(
-        inside(&[
-            "-X",
-            "PUT",
-            "--data-binary",
-            "mine",
-            "http://127.0.0.1:8080/kv/c3"
-        ])
-        .0,
-        200
-    );
+    let base = "https://localhost:8080";
+    let inside = |method: &str, key: &str, value: &str| {
+        let url = format!("{base}/kv/{key}");
+        api.inside(&p, "node-3", &["-X", method, "--data-binary", value, &url])
+    };
+    assert_eq!(inside("PUT", "k", "cut-side"), 200);
+    assert_eq!(inside("DELETE", "doomed", ""), 204);
+    assert_eq!(inside("PUT", "c3", "mine"), 200);
     api.put(&p, "node-1", "k", "majority").await.expect("PUT");
     api.put(&p, "node-2", "c1", "theirs").await.expect("PUT");
     api.delete(&p, "node-2", "doomed-too").await;

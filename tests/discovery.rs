@@ -40,6 +40,8 @@ fn args(
         "--discovery-addr",
         beacon_to,
         "--no-sensors",
+        // Plain HTTP on the namespace's address: fine for a test LAN.
+        "--insecure",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -65,7 +65,8 @@ impl Docker {
             file,
             image: self.image.clone(),
             nodes,
-            _dir: dir,
+            ports: Default::default(),
+            dir,
         };
         p.compose(&["up", "-d"]);
         p
@@ -110,11 +111,15 @@ pub struct Project {
     file: PathBuf,
     image: String,
     pub nodes: usize,
-    _dir: tempfile::TempDir,
+    /// Host ports published for each node's 8080; they change when a
+    /// container starts again, so kill/start/compose forget them.
+    ports: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    dir: tempfile::TempDir,
 }
 
 impl Project {
     pub fn compose(&self, args: &[&str]) -> String {
+        self.forget_ports();
         let mut cmd = Command::new("docker-compose");
         cmd.args(["-p", &self.name, "-f"])
             .arg(&self.file)
@@ -150,11 +155,49 @@ impl Project {
     }
 
     pub fn kill(&self, svc: &str) {
+        self.forget_ports();
         self.docker(&["kill", &self.container(svc)]);
     }
 
     pub fn start(&self, svc: &str) {
+        self.forget_ports();
         self.docker(&["start", &self.container(svc)]);
+    }
+
+    fn forget_ports(&self) {
+        self.ports.lock().expect("ports").clear();
+    }
+
+    /// `127.0.0.1:PORT` where the node's client port is published (its
+    /// certificate names 127.0.0.1); `None` while it is not running.
+    pub fn published(&self, svc: &str) -> Option<String> {
+        if let Some(p) = self.ports.lock().expect("ports").get(svc) {
+            return Some(p.clone());
+        }
+        let out = Command::new("docker")
+            .args(["port", &self.container(svc), "8080/tcp"])
+            .output()
+            .ok()?;
+        let addr = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("127.0.0.1:"))?
+            .to_string();
+        self.ports
+            .lock()
+            .expect("ports")
+            .insert(svc.to_string(), addr.clone());
+        Some(addr)
+    }
+
+    /// The cluster CA and the compose admin token, copied out of the certs
+    /// volume: (path of ca.pem, token).
+    pub fn credentials(&self) -> (PathBuf, String) {
+        let ca = self.dir.path().join("ca.pem");
+        let token = self.dir.path().join("admin.token");
+        self.cert_file("ca.pem", &ca);
+        self.cert_file("admin.token", &token);
+        let token = std::fs::read_to_string(&token).expect("read admin.token");
+        (ca, token.trim().to_string())
     }
 
     pub fn network(&self) -> String {
