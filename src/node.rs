@@ -82,7 +82,7 @@ impl Node {
         let store = Arc::new(store);
         let (sink, deltas): (Option<DeltaSink>, _) = match config.listen {
             Some(_) => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                let (tx, rx) = tokio::sync::mpsc::channel(config.commit_queue_len);
                 (Some(tx), Some(rx))
             }
             None => (None, None),
