@@ -10,8 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DURATION=${1:-10s}
 CLIENTS=${2:-64}
-cargo build --release --bin hub >/dev/null
-HUB=target/release/hub
+# HUB=path/to/hub skips the build.
+if [ -z "${HUB:-}" ]; then
+  cargo build --release --bin hub >/dev/null
+  HUB=target/release/hub
+fi
 W=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
 $HUB certs init --dir "$W/certs" >/dev/null

@@ -184,9 +184,9 @@ pub struct ConfigLayer {
     )]
     pub anti_entropy_interval: Option<Duration>,
     /// Replicated commits in flight between the cluster and the store
-    /// writer; when full, the cluster stops reading peers' messages (QUIC
-    /// flow control pushes back). Memory: this × one message (≤ 1 MiB).
-    /// Default 64.
+    /// writer, and durable groups queued back; when full, the cluster stops
+    /// reading peers' messages (QUIC flow control pushes back). Memory: this
+    /// × (one message, ≤ 1 MiB, + one group's deltas). Default 64.
     #[arg(long, help_heading = "Cluster")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_queue_len: Option<usize>,

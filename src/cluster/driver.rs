@@ -1,6 +1,20 @@
 //! The event loop of the cluster shell. See the parent module.
+//!
+//! **Commit pipeline.** Replicated writes (the replicator's
+//! `Effect::Commit`) go to the store writer in emission order (deltas of one
+//! origin must arrive in seq order) and their outcomes come back in the same
+//! order. At most `commit_queue_len` are in flight: past that the loop stops
+//! reading the transport, whose bounded queue then fills and QUIC flow
+//! control pushes back on the senders. No task is spawned per commit; the
+//! one awaited future is the oldest commit's completion (the writer answers
+//! in order, so waiting on the oldest costs nothing). The newly-durable
+//! deltas come back over a bounded channel that the loop always reads, so
+//! waiting for the writer can never wait on the loop.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,8 +26,8 @@ use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
 use crate::membership::{self, Membership, Status};
 use crate::model::{Delta, NodeId};
 use crate::replication::{self, Replicator};
-use crate::store::commit::{wall_ms, CommitError, Committer};
-use crate::store::{Outcome, Store};
+use crate::store::commit::{wall_ms, CommitError, Committer, Pending};
+use crate::store::{Op, Outcome, Store};
 use crate::transport::{Incoming, Transport};
 
 /// How often protocol timers run; both machines tolerate any finer tick.
@@ -21,7 +35,17 @@ const TICK: Duration = Duration::from_millis(20);
 /// How often the snapshot for the HTTP API is refreshed.
 const VIEW_EVERY: Duration = Duration::from_millis(200);
 
-type CommitDone = (u64, Result<Vec<Outcome>, CommitError>);
+type CommitResult = Result<Vec<Outcome>, CommitError>;
+/// The oldest commit in flight, or one waiting for room in the writer's queue.
+type Waiting<T> = Option<(u64, Pin<Box<dyn Future<Output = T> + Send>>)>;
+
+/// Resolves with the waited-for output; never, when nothing waits.
+async fn next_of<T>(w: &mut Waiting<T>) -> T {
+    match w {
+        Some((_, f)) => f.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
 
 pub(super) struct Driver {
     node: NodeId,
@@ -33,8 +57,11 @@ pub(super) struct Driver {
     replicator: Replicator,
     rng: StdRng,
     view_tx: watch::Sender<Arc<ClusterView>>,
-    commit_tx: mpsc::UnboundedSender<CommitDone>,
-    commit_rx: Option<mpsc::UnboundedReceiver<CommitDone>>,
+    /// Replicated commits not yet handed to the writer, in emission order.
+    to_submit: VecDeque<(u64, Vec<Op>)>,
+    /// Handed to the writer, oldest first (the oldest may be awaited in `run`).
+    in_flight: VecDeque<(u64, Pending)>,
+    commit_queue_len: usize,
 }
 
 impl Driver {
@@ -60,7 +87,6 @@ impl Driver {
             config.replication.clone(),
             rand::random(),
         );
-        let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             node: config.node_id.clone(),
             started: Instant::now(),
@@ -71,8 +97,9 @@ impl Driver {
             replicator,
             rng: StdRng::from_entropy(),
             view_tx: watch::channel(Arc::new(placeholder_view(&config.node_id, &transport))).0,
-            commit_tx,
-            commit_rx: Some(commit_rx),
+            to_submit: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            commit_queue_len: config.commit_queue_len.max(1),
         };
         let view_rx = driver.view_tx.subscribe();
         driver.publish_view();
@@ -86,14 +113,13 @@ impl Driver {
     pub(super) async fn run(
         mut self,
         mut incoming: mpsc::Receiver<Incoming<Message>>,
-        mut deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
+        mut deltas: mpsc::Receiver<Arc<Vec<Delta>>>,
         mut stop: watch::Receiver<bool>,
         join: Vec<SocketAddr>,
         mut discovered: mpsc::Receiver<crate::discovery::Discovered>,
     ) {
-        let Some(mut commits) = self.commit_rx.take() else {
-            return;
-        };
+        let mut oldest: Waiting<CommitResult> = None;
+        let mut submitting: Waiting<Result<Pending, CommitError>> = None;
         match self.store.peers() {
             Ok(records) => {
                 let effects = self.membership.restore(records, self.mono_ms());
@@ -109,14 +135,40 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_view = Instant::now() + VIEW_EVERY;
         loop {
+            if submitting.is_none() {
+                submitting = self.submit_queued();
+            }
+            if oldest.is_none() {
+                oldest = self
+                    .in_flight
+                    .pop_front()
+                    .map(|(tag, p)| (tag, Box::pin(p.wait()) as Pin<Box<_>>));
+            }
+            let in_flight = self.in_flight.len()
+                + self.to_submit.len()
+                + usize::from(oldest.is_some())
+                + usize::from(submitting.is_some());
+            let room = in_flight < self.commit_queue_len;
             tokio::select! {
                 _ = stop.changed() => break,
-                Some(inc) = incoming.recv() => self.on_incoming(inc),
+                Some(inc) = incoming.recv(), if room => self.on_incoming(inc),
                 Some(batch) = deltas.recv() => {
                     let effects = self.replicator.on_committed(&batch, wall_ms(), &self.store);
                     self.replication_effects(effects);
                 }
-                Some((tag, result)) = commits.recv() => self.on_commit_done(tag, result),
+                result = next_of(&mut oldest) => {
+                    if let Some((tag, _)) = oldest.take() {
+                        self.on_commit_done(tag, result);
+                    }
+                }
+                queued = next_of(&mut submitting) => {
+                    if let Some((tag, _)) = submitting.take() {
+                        match queued {
+                            Ok(pending) => self.in_flight.push_back((tag, pending)),
+                            Err(e) => self.on_commit_done(tag, Err(e)),
+                        }
+                    }
+                }
                 Some(found) = discovered.recv() => self.on_discovered(found),
                 _ = tick.tick() => {
                     let effects = self.membership.tick(self.mono_ms(), &mut self.rng);
@@ -235,22 +287,7 @@ impl Driver {
                     }
                 }
                 replication::Effect::Commit { tag, ops, .. } => {
-                    // Queue in emission order when there is room (deltas of
-                    // one origin must arrive in seq order to apply).
-                    let done = self.commit_tx.clone();
-                    match self.committer.try_submit(ops) {
-                        Ok(pending) => {
-                            tokio::spawn(async move {
-                                let _ = done.send((tag, pending.wait().await));
-                            });
-                        }
-                        Err(ops) => {
-                            let committer = self.committer.clone();
-                            tokio::spawn(async move {
-                                let _ = done.send((tag, committer.commit(ops).await));
-                            });
-                        }
-                    }
+                    self.to_submit.push_back((tag, ops));
                 }
                 replication::Effect::ClockRefused { peer, ahead_ms } => {
                     tracing::error!(node = %self.node, peer = %peer, ahead_ms, "peer clock too far ahead; its messages are refused");
@@ -259,7 +296,23 @@ impl Driver {
         }
     }
 
-    fn on_commit_done(&mut self, tag: u64, result: Result<Vec<Outcome>, CommitError>) {
+    /// Hands queued commits to the writer in order while its queue has room;
+    /// the first that does not fit comes back as a future that waits for room
+    /// (nothing after it is handed over before it).
+    fn submit_queued(&mut self) -> Waiting<Result<Pending, CommitError>> {
+        while let Some((tag, ops)) = self.to_submit.pop_front() {
+            match self.committer.try_submit(ops) {
+                Ok(pending) => self.in_flight.push_back((tag, pending)),
+                Err(ops) => {
+                    let committer = self.committer.clone();
+                    return Some((tag, Box::pin(async move { committer.submit(ops).await })));
+                }
+            }
+        }
+        None
+    }
+
+    fn on_commit_done(&mut self, tag: u64, result: CommitResult) {
         match result {
             Ok(outcomes) => {
                 let effects =

@@ -105,7 +105,7 @@ impl Cluster {
         config: ClusterConfig,
         store: Arc<Store>,
         committer: Committer,
-        deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
+        deltas: mpsc::Receiver<Arc<Vec<Delta>>>,
     ) -> Result<Cluster, ClusterError> {
         config.replication.validate()?;
         config.membership.validate()?;
