@@ -205,6 +205,7 @@ impl Project {
     }
 
     pub fn disconnect(&self, svc: &str) {
+        self.forget_ports();
         self.docker(&[
             "network",
             "disconnect",
@@ -214,6 +215,8 @@ impl Project {
     }
 
     pub fn connect(&self, svc: &str) {
+        // Docker publishes the ports again, on new host ports.
+        self.forget_ports();
         self.docker(&["network", "connect", &self.network(), &self.container(svc)]);
     }
 
