@@ -161,6 +161,9 @@ pub struct Store {
     identity_written: Mutex<std::time::Instant>,
     /// Set by [`Store::close_as_if_crashed`]: skip the closing checkpoint.
     skip_checkpoint: std::sync::atomic::AtomicBool,
+    /// Bumped after every applied group that touched the internal keyspace,
+    /// so caches of it (the API key table) know when to reload.
+    internal_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A point-in-time description of the store for `hub inspect` and introspection.
@@ -260,6 +263,7 @@ impl Store {
             served: Mutex::new(served),
             identity_written: Mutex::new(std::time::Instant::now()),
             skip_checkpoint: std::sync::atomic::AtomicBool::new(false),
+            internal_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -281,6 +285,14 @@ impl Store {
 
     pub fn node_id(&self) -> &NodeId {
         &self.node_id
+    }
+
+    /// Changes whenever an applied group touched the internal keyspace
+    /// ([`crate::model::INTERNAL_PREFIX`]); read it before reading that
+    /// keyspace, and reload when it differs from the value last seen.
+    pub fn internal_generation(&self) -> u64 {
+        self.internal_generation
+            .load(std::sync::atomic::Ordering::Acquire)
     }
 
     pub fn config(&self) -> &StoreConfig {
@@ -338,9 +350,17 @@ impl Store {
             return;
         }
         let mut served = self.served();
+        let mut internal = false;
         for staged in p.groups.drain(..n) {
             staged.apply_to(&mut served.state);
             served.clock.observe(staged.hlc);
+            internal |= staged.internal;
+        }
+        if internal {
+            // Readers of the internal keyspace (the API key table) reload
+            // once what changed is durable and served.
+            self.internal_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         served.failing = None;
     }
@@ -397,6 +417,9 @@ impl Store {
             p.epoch += 1;
             p.groups.clear();
         }
+        // Whatever the key table cached may have been lost: reload it.
+        self.internal_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         if let Err(e) = closed {
             self.served().unavailable = Some(e.to_string());
             return Err(StoreError::Unavailable(e.to_string()));
@@ -802,11 +825,12 @@ impl Store {
             self.reopen(&mut w)?;
             w.poisoned = None;
         }
+        let internal = ops.iter().any(Op::touches_internal);
         let served_clock = self.served().clock.last();
         w.clock.observe(served_clock);
         let kv = self.kv();
         let built = write::build(&kv, &self.node_id, &self.config, &mut w, ops, wall_ms);
-        let (batch, staged, outcomes) = match built {
+        let (batch, mut staged, outcomes) = match built {
             Ok(b) => b,
             Err(e) => {
                 // Nothing reached the engine; undo the writer's half-built state.
@@ -826,6 +850,7 @@ impl Store {
             return Err(e.into());
         }
         let commit = staged.commit;
+        staged.internal = internal;
         self.pending().groups.push_back(staged);
         Ok((outcomes, commit))
     }

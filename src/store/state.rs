@@ -42,6 +42,8 @@ pub(crate) struct Staged {
     pub counts: Counts,
     pub next_change: u64,
     pub hlc: Hlc,
+    /// The group wrote the internal keyspace (API keys).
+    pub internal: bool,
 }
 
 impl Staged {

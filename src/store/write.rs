@@ -52,6 +52,18 @@ pub enum Op {
     AdvanceVv(VersionVector),
 }
 
+impl Op {
+    /// Whether the op writes a key of hub's internal keyspace.
+    pub fn touches_internal(&self) -> bool {
+        let key = match self {
+            Op::Local { key, .. } | Op::Entry { key, .. } => key,
+            Op::Delta(d) => &d.key,
+            Op::AdvanceVv(_) => return false,
+        };
+        crate::model::is_internal(key)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Written(Delta),
