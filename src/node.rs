@@ -8,6 +8,7 @@
 //! in-process clusters).
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterView};
 use crate::config::Config;
 use crate::http::{self, Shared};
 use crate::metrics::Metrics;
+use crate::model::NodeId;
 use crate::store::commit::{Committer, DeltaSink};
 use crate::store::{Store, StoreConfig, StoreError};
 
@@ -34,6 +36,11 @@ pub enum NodeError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot resolve join address {addr:?}: {reason}")]
     Join { addr: String, reason: String },
+    #[error("cannot start LAN discovery on {addr}: {source}")]
+    Discovery {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the cluster: {0}")]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
@@ -50,17 +57,21 @@ pub struct Node {
     http_task: JoinHandle<()>,
     sensor_tasks: Vec<JoinHandle<()>>,
     cluster: Option<Cluster>,
+    discovery: Option<crate::discovery::lan::Lan>,
 }
 
 impl Node {
     /// Opens the store, joins the cluster when `listen` is set, and starts
     /// serving.
+    ///
+    /// On any error nothing keeps running and nothing half-made stays: what
+    /// can fail without side effects (join addresses, the HTTP port) is
+    /// checked before the store is opened; a later failure (certificates,
+    /// the QUIC port) stops the writer, waits for the store to close (so
+    /// the directory is unlocked when this returns) and deletes what this
+    /// start created in a data directory that was missing or empty.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         let dir = config.data_dir.clone();
-        crate::files::private_dir(&dir).map_err(|source| NodeError::DataDir {
-            dir: dir.display().to_string(),
-            source,
-        })?;
         // Load the HTTPS identity before opening anything, so a missing
         // certificate fails fast with the `hub certs` command to run.
         let tls = match (config.http_tls, &config.certs) {
@@ -71,50 +82,10 @@ impl Node {
             )?),
             (false, _) => None,
         };
-        let store_config = StoreConfig {
-            node_id: Some(config.node_id.clone()),
-            log_retention: config.log_retention,
-            cache_bytes: config.cache_bytes,
-            max_clock_offset_ms: config.max_clock_offset.as_millis() as u64,
-            ..StoreConfig::default()
+        let cluster_config = match config.listen {
+            Some(listen) => Some(cluster_config(&config, listen).await?),
+            None => None,
         };
-        let store = {
-            let open_dir = dir.clone();
-            tokio::task::spawn_blocking(move || Store::open(&open_dir, store_config))
-                .await
-                .map_err(|e| NodeError::Store {
-                    dir: dir.display().to_string(),
-                    source: StoreError::Missing(format!("open task failed: {e}")),
-                })?
-                .map_err(|source| NodeError::Store {
-                    dir: dir.display().to_string(),
-                    source,
-                })?
-        };
-        if let Err(e) = crate::files::private_tree(&dir) {
-            tracing::warn!(data_dir = %dir.display(), error = %e, "cannot make the data directory private");
-        }
-        let store = Arc::new(store);
-        let (sink, deltas): (Option<DeltaSink>, _) = match config.listen {
-            Some(_) => {
-                let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-                (Some(tx), Some(rx))
-            }
-            None => (None, None),
-        };
-        let committer =
-            Committer::start(store.clone(), sink).map_err(|source| NodeError::Store {
-                dir: dir.display().to_string(),
-                source,
-            })?;
-        let cluster = match (config.listen, deltas) {
-            (Some(listen), Some(deltas)) => {
-                let cc = cluster_config(&config, listen).await?;
-                Some(Cluster::start(cc, store.clone(), committer.clone(), deltas).await?)
-            }
-            _ => None,
-        };
-        let metrics = Arc::new(Metrics::new());
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
             .map_err(|source| NodeError::Bind {
@@ -125,7 +96,83 @@ impl Node {
             addr: config.http,
             source,
         })?;
+        let fresh = FreshDir::prepare(&dir)?;
+        let store_config = StoreConfig {
+            node_id: Some(config.node_id.clone()),
+            log_retention: config.log_retention,
+            cache_bytes: config.cache_bytes,
+            max_clock_offset_ms: config.max_clock_offset.as_millis() as u64,
+            ..StoreConfig::default()
+        };
+        let opened = {
+            let open_dir = dir.clone();
+            tokio::task::spawn_blocking(move || Store::open(&open_dir, store_config))
+                .await
+                .map_err(|e| StoreError::Missing(format!("open task failed: {e}")))
+                .and_then(|r| r)
+        };
+        let store = match opened {
+            Ok(store) => Arc::new(store),
+            Err(source) => {
+                fresh.undo();
+                return Err(NodeError::Store {
+                    dir: dir.display().to_string(),
+                    source,
+                });
+            }
+        };
+        if let Err(e) = crate::files::private_tree(&dir) {
+            tracing::warn!(data_dir = %dir.display(), error = %e, "cannot make the data directory private");
+        }
+        let (sink, deltas): (Option<DeltaSink>, _) = match config.listen {
+            Some(_) => {
+                let (tx, rx) = tokio::sync::mpsc::channel(config.commit_queue_len);
+                (Some(tx), Some(rx))
+            }
+            None => (None, None),
+        };
+        let committer = match Committer::start(store.clone(), sink) {
+            Ok(c) => c,
+            Err(source) => {
+                close_store(store, &config.node_id).await;
+                fresh.undo();
+                return Err(NodeError::Store {
+                    dir: dir.display().to_string(),
+                    source,
+                });
+            }
+        };
+        let cluster = match (cluster_config, deltas) {
+            (Some(cc), Some(deltas)) => {
+                match Cluster::start(cc, store.clone(), committer.clone(), deltas).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        drop(committer);
+                        close_store(store, &config.node_id).await;
+                        fresh.undo();
+                        return Err(e.into());
+                    }
+                }
+            }
+            _ => None,
+        };
         let (stop, stop_rx) = watch::channel(false);
+        let discovery = match (&config.discovery, &cluster) {
+            (Some(dc), Some(c)) => match start_discovery(&config, dc, c, &stop_rx) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    if let Some(c) = cluster {
+                        c.shutdown().await;
+                    }
+                    drop(committer);
+                    close_store(store, &config.node_id).await;
+                    fresh.undo();
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
+        let metrics = Arc::new(Metrics::new());
         let keys = config
             .auth
             .then(|| Arc::new(crate::auth::KeyTable::new(store.clone())));
@@ -198,6 +245,7 @@ impl Node {
             http_task,
             sensor_tasks,
             cluster,
+            discovery,
         })
     }
 
@@ -253,9 +301,13 @@ impl Node {
             sensor_tasks,
             metrics,
             cluster,
+            discovery,
             ..
         } = self;
         let _ = stop.send(true);
+        if let Some(d) = discovery {
+            d.join().await;
+        }
         for t in sensor_tasks {
             let _ = t.await;
         }
@@ -275,35 +327,114 @@ impl Node {
         drop(metrics);
         // The writer thread holds the last other reference; it exits once
         // every committer is gone (handlers and sensors dropped theirs above).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        let mut store = store;
-        loop {
-            match Arc::try_unwrap(store) {
-                Ok(s) => {
-                    // Everything acknowledged is already flushed; this flush
-                    // covers unacknowledged tail work, if any.
-                    if let Err(e) = s.flush() {
-                        tracing::warn!(node = %config.node_id, error = %e, "final flush failed");
-                    }
-                    drop(s);
-                    break;
-                }
-                Err(s) if tokio::time::Instant::now() < deadline => {
-                    store = s;
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                Err(_) => {
-                    tracing::warn!(node = %config.node_id, "store still referenced at shutdown; leaving it to close on exit");
-                    break;
-                }
-            }
-        }
-        // Files sled made while running (snapshots) follow the umask.
-        if let Err(e) = crate::files::private_tree(&config.data_dir) {
-            tracing::warn!(node = %config.node_id, error = %e, "cannot make the data directory private");
-        }
+        close_store(store, &config.node_id).await;
         tracing::info!(node = %config.node_id, "node stopped");
     }
+}
+
+/// Waits (up to 10 s) until `store` is the last reference (the writer
+/// threads exit once every committer is dropped), flushes and closes it, so
+/// the directory can be opened again at once.
+async fn close_store(store: Arc<Store>, node: &NodeId) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut store = store;
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(s) => {
+                // Everything acknowledged is already flushed; this flush
+                // covers unacknowledged tail work, if any.
+                if let Err(e) = s.flush() {
+                    tracing::warn!(node = %node, error = %e, "final flush failed");
+                }
+                drop(s);
+                return;
+            }
+            Err(s) if tokio::time::Instant::now() < deadline => {
+                store = s;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(_) => {
+                tracing::warn!(node = %node, "store still referenced at shutdown; leaving it to close on exit");
+                return;
+            }
+        }
+    }
+}
+
+/// A data directory as it was before this start: if it was missing or
+/// empty, [`FreshDir::undo`] removes what the start put there.
+struct FreshDir {
+    dir: PathBuf,
+    /// `None`: the directory held something before; never touched.
+    created: Option<bool>,
+}
+
+impl FreshDir {
+    fn prepare(dir: &Path) -> Result<FreshDir, NodeError> {
+        let err = |source| NodeError::DataDir {
+            dir: dir.display().to_string(),
+            source,
+        };
+        let created = match std::fs::read_dir(dir) {
+            Ok(mut entries) => entries.next().is_none().then_some(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(true),
+            Err(e) => return Err(err(e)),
+        };
+        crate::files::private_dir(dir).map_err(err)?;
+        Ok(FreshDir {
+            dir: dir.to_path_buf(),
+            created,
+        })
+    }
+
+    fn undo(self) {
+        let result = match self.created {
+            None => return,
+            Some(true) => std::fs::remove_dir_all(&self.dir),
+            Some(false) => std::fs::read_dir(&self.dir).and_then(|entries| {
+                entries.flatten().try_for_each(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => std::fs::remove_dir_all(e.path()),
+                    _ => std::fs::remove_file(e.path()),
+                })
+            }),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(dir = %self.dir.display(), "removed the data directory this failed start created")
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot remove what this failed start created")
+            }
+        }
+    }
+}
+
+fn start_discovery(
+    config: &Config,
+    dc: &crate::discovery::DiscoveryConfig,
+    cluster: &Cluster,
+    stop: &watch::Receiver<bool>,
+) -> Result<crate::discovery::lan::Lan, NodeError> {
+    let view = cluster.view_watch();
+    let is_alive_member = move |id: &NodeId| {
+        view.borrow()
+            .members
+            .iter()
+            .any(|m| &m.node_id == id && m.status == crate::membership::Status::Alive)
+    };
+    let port = config.advertise.unwrap_or(cluster.quic_addr()).port();
+    crate::discovery::lan::Lan::start(
+        dc.clone(),
+        config.node_id.clone(),
+        port,
+        is_alive_member,
+        cluster.discovered_sender(),
+        stop.clone(),
+    )
+    .map_err(|source| NodeError::Discovery {
+        addr: dc.target.to_string(),
+        source,
+    })
 }
 
 async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterConfig, NodeError> {

@@ -5,6 +5,7 @@ pub mod bench_cluster;
 pub mod demo;
 pub mod inspect;
 pub mod keys;
+pub mod probe;
 pub mod remote;
 pub mod serve;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Create, list and revoke API keys (offline on --data-dir, or live on --node).
     Keys(keys::KeysArgs),
+    /// Exit 0 when this host's node answers /health (the image's HEALTHCHECK).
+    Probe(probe::ProbeArgs),
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -88,6 +91,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Probe(args) => probe::run(args).await,
         }
     });
     match result {

@@ -5,8 +5,22 @@
 //! blocking pool (the machine's store reads may wait for the commit thread's
 //! lock, and peer records are written to sled there too), so this task never
 //! blocks the executor. Steps run one at a time, in arrival order.
+//!
+//! **Commit pipeline.** Replicated writes (the machine's `Output::Commit`)
+//! go to the store writer in emission order (deltas of one origin must
+//! arrive in seq order) and their outcomes come back in the same order. At
+//! most `commit_queue_len` (plus one step's worth of inputs) are in flight:
+//! past that the loop stops reading the transport, whose bounded queue then
+//! fills and QUIC flow control pushes back on the senders. No task is
+//! spawned per commit; the one awaited future is the oldest commit's
+//! completion (the writer answers in order). The newly-durable deltas come
+//! back over a bounded channel that the loop always reads, so waiting for
+//! the writer can never wait on the loop.
 
+use std::collections::VecDeque;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,8 +29,8 @@ use tokio::sync::{mpsc, watch};
 use super::node_machine::{Input, NodeMachine, Now, Output, CONTACT_GRACE_MS};
 use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
 use crate::model::{Delta, NodeId};
-use crate::store::commit::{wall_ms, Committer};
-use crate::store::{Outcome, Store};
+use crate::store::commit::{wall_ms, CommitError, Committer, Pending};
+use crate::store::{Op, Outcome, Store};
 use crate::transport::{Incoming, Transport};
 
 /// How often protocol timers run; the machine tolerates any finer tick.
@@ -26,7 +40,17 @@ const VIEW_EVERY: Duration = Duration::from_millis(200);
 /// Most inputs handed to the machine in one blocking step.
 const MAX_STEP_INPUTS: usize = 64;
 
-type CommitDone = (u64, Result<Vec<Outcome>, String>);
+type CommitResult = Result<Vec<Outcome>, CommitError>;
+/// The oldest commit in flight, or one waiting for room in the writer's queue.
+type Waiting<T> = Option<(u64, Pin<Box<dyn Future<Output = T> + Send>>)>;
+
+/// Resolves with the waited-for output; never, when nothing waits.
+async fn next_of<T>(w: &mut Waiting<T>) -> T {
+    match w {
+        Some((_, f)) => f.as_mut().await,
+        None => std::future::pending().await,
+    }
+}
 
 pub(super) struct Driver {
     node: NodeId,
@@ -38,8 +62,11 @@ pub(super) struct Driver {
     /// panicked, which stops the driver).
     machine: Option<Box<NodeMachine>>,
     view_tx: watch::Sender<Arc<ClusterView>>,
-    commit_tx: mpsc::UnboundedSender<CommitDone>,
-    commit_rx: Option<mpsc::UnboundedReceiver<CommitDone>>,
+    /// Replicated commits not yet handed to the writer, in emission order.
+    to_submit: VecDeque<(u64, Vec<Op>)>,
+    /// Handed to the writer, oldest first (the oldest may be awaited in `run`).
+    in_flight: VecDeque<(u64, Pending)>,
+    commit_queue_len: usize,
 }
 
 impl Driver {
@@ -62,7 +89,6 @@ impl Driver {
             CONTACT_GRACE_MS,
             rand::random(),
         )?;
-        let (commit_tx, commit_rx) = mpsc::unbounded_channel();
         let mut driver = Driver {
             node: config.node_id.clone(),
             started: Instant::now(),
@@ -71,8 +97,9 @@ impl Driver {
             transport: transport.clone(),
             machine: Some(Box::new(machine)),
             view_tx: watch::channel(Arc::new(placeholder_view(&config.node_id, &transport))).0,
-            commit_tx,
-            commit_rx: Some(commit_rx),
+            to_submit: VecDeque::new(),
+            in_flight: VecDeque::new(),
+            commit_queue_len: config.commit_queue_len.max(1),
         };
         let view_rx = driver.view_tx.subscribe();
         driver.publish_view();
@@ -89,13 +116,13 @@ impl Driver {
     pub(super) async fn run(
         mut self,
         mut incoming: mpsc::Receiver<Incoming<Message>>,
-        mut deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
+        mut deltas: mpsc::Receiver<Arc<Vec<Delta>>>,
         mut stop: watch::Receiver<bool>,
         join: Vec<SocketAddr>,
+        mut discovered: mpsc::Receiver<crate::discovery::Discovered>,
     ) {
-        let Some(mut commits) = self.commit_rx.take() else {
-            return;
-        };
+        let mut oldest: Waiting<CommitResult> = None;
+        let mut submitting: Waiting<Result<Pending, CommitError>> = None;
         let node = self.node.clone();
         let started = self
             .step(move |machine, now, store| {
@@ -113,11 +140,40 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut next_view = Instant::now() + VIEW_EVERY;
         loop {
+            if submitting.is_none() {
+                submitting = self.submit_queued();
+            }
+            if oldest.is_none() {
+                oldest = self
+                    .in_flight
+                    .pop_front()
+                    .map(|(tag, p)| (tag, Box::pin(p.wait()) as Pin<Box<_>>));
+            }
+            let in_flight = self.in_flight.len()
+                + self.to_submit.len()
+                + usize::from(oldest.is_some())
+                + usize::from(submitting.is_some());
+            let room = in_flight < self.commit_queue_len;
             let first = tokio::select! {
                 _ = stop.changed() => break,
-                Some(inc) = incoming.recv() => self.input_of(inc),
+                Some(inc) = incoming.recv(), if room => self.input_of(inc),
                 Some(batch) = deltas.recv() => Some(Input::Committed(batch)),
-                Some((tag, result)) = commits.recv() => Some(Input::CommitDone { tag, result }),
+                result = next_of(&mut oldest) => oldest.take().map(|(tag, _)| Input::CommitDone {
+                    tag,
+                    result: result.map_err(|e| e.to_string()),
+                }),
+                queued = next_of(&mut submitting) => match (submitting.take(), queued) {
+                    (Some((tag, _)), Ok(pending)) => {
+                        self.in_flight.push_back((tag, pending));
+                        None
+                    }
+                    (Some((tag, _)), Err(e)) => Some(Input::CommitDone { tag, result: Err(e.to_string()) }),
+                    (None, _) => None,
+                },
+                Some(found) = discovered.recv() => Some(Input::Discovered {
+                    node_id: found.node_id.to_string(),
+                    addr: found.addr,
+                }),
                 _ = tick.tick() => {
                     if Instant::now() >= next_view {
                         next_view = Instant::now() + VIEW_EVERY;
@@ -128,12 +184,10 @@ impl Driver {
             };
             let mut inputs: Vec<Input> = first.into_iter().collect();
             while inputs.len() < MAX_STEP_INPUTS {
-                let next = if let Ok(inc) = incoming.try_recv() {
-                    self.input_of(inc)
-                } else if let Ok(batch) = deltas.try_recv() {
+                let next = if let Ok(batch) = deltas.try_recv() {
                     Some(Input::Committed(batch))
-                } else if let Ok((tag, result)) = commits.try_recv() {
-                    Some(Input::CommitDone { tag, result })
+                } else if let Some(inc) = room.then(|| incoming.try_recv().ok()).flatten() {
+                    self.input_of(inc)
                 } else {
                     break;
                 };
@@ -237,26 +291,7 @@ impl Driver {
                     tracing::debug!(node = %self.node, peer = ?to, %addr, error = %e, "message dropped");
                 }
             }
-            Output::Commit { tag, ops } => {
-                // Queue in emission order when there is room (deltas of one
-                // origin must arrive in seq order to apply).
-                let done = self.commit_tx.clone();
-                match self.committer.try_submit(ops) {
-                    Ok(pending) => {
-                        tokio::spawn(async move {
-                            let r = pending.wait().await.map_err(|e| e.to_string());
-                            let _ = done.send((tag, r));
-                        });
-                    }
-                    Err(ops) => {
-                        let committer = self.committer.clone();
-                        tokio::spawn(async move {
-                            let r = committer.commit(ops).await.map_err(|e| e.to_string());
-                            let _ = done.send((tag, r));
-                        });
-                    }
-                }
-            }
+            Output::Commit { tag, ops } => self.to_submit.push_back((tag, ops)),
             Output::WriteFence(reason) => {
                 match &reason {
                     Some(r) => {
@@ -270,6 +305,22 @@ impl Driver {
             Output::Forget { addr, .. } => self.transport.remove_peer(addr),
             Output::Persist { .. } => {} // written in the blocking step
         }
+    }
+
+    /// Hands queued commits to the writer in order while its queue has room;
+    /// the first that does not fit comes back as a future that waits for room
+    /// (nothing after it is handed over before it).
+    fn submit_queued(&mut self) -> Waiting<Result<Pending, CommitError>> {
+        while let Some((tag, ops)) = self.to_submit.pop_front() {
+            match self.committer.try_submit(ops) {
+                Ok(pending) => self.in_flight.push_back((tag, pending)),
+                Err(ops) => {
+                    let committer = self.committer.clone();
+                    return Some((tag, Box::pin(async move { committer.submit(ops).await })));
+                }
+            }
+        }
+        None
     }
 
     fn publish_view(&mut self) {

@@ -99,6 +99,7 @@ pub struct Cluster {
     task: JoinHandle<()>,
     transport: Transport<Message>,
     quic_addr: SocketAddr,
+    discovered: mpsc::Sender<crate::discovery::Discovered>,
 }
 
 impl Cluster {
@@ -109,7 +110,7 @@ impl Cluster {
         config: ClusterConfig,
         store: Arc<Store>,
         committer: Committer,
-        deltas: mpsc::UnboundedReceiver<Arc<Vec<Delta>>>,
+        deltas: mpsc::Receiver<Arc<Vec<Delta>>>,
     ) -> Result<Cluster, ClusterError> {
         config.replication.validate()?;
         config.membership.validate()?;
@@ -122,7 +123,16 @@ impl Cluster {
         let (stop, stop_rx) = watch::channel(false);
         let (driver, view) =
             driver::Driver::new(&config, quic_addr, store, committer, transport.clone())?;
-        let task = tokio::spawn(driver.run(incoming, deltas, stop_rx, config.join.clone()));
+        // Small: discovery hands over at most one address per heard node
+        // per retry period.
+        let (discovered, discovered_rx) = mpsc::channel(64);
+        let task = tokio::spawn(driver.run(
+            incoming,
+            deltas,
+            stop_rx,
+            config.join.clone(),
+            discovered_rx,
+        ));
         tracing::info!(node = %config.node_id, quic = %quic_addr, join = ?config.join, "cluster started");
         Ok(Cluster {
             view,
@@ -130,7 +140,14 @@ impl Cluster {
             task,
             transport,
             quic_addr,
+            discovered,
         })
+    }
+
+    /// Where LAN discovery sends the nodes it hears; each becomes a join
+    /// target unless it is already an alive member.
+    pub fn discovered_sender(&self) -> mpsc::Sender<crate::discovery::Discovered> {
+        self.discovered.clone()
     }
 
     pub fn quic_addr(&self) -> SocketAddr {

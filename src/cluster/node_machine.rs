@@ -77,6 +77,9 @@ pub enum Input {
     },
     /// Run timers; call at least every [`NodeMachine::tick_interval_ms`].
     Tick,
+    /// A node heard on the LAN: joined through unless already alive here
+    /// (the join is an ordinary mTLS hello; another CA's node gets nowhere).
+    Discovered { node_id: String, addr: SocketAddr },
 }
 
 #[derive(Debug)]
@@ -231,6 +234,15 @@ impl NodeMachine {
             } => {
                 tracing::error!(node = %self.node, tag, error = %e, "replicated write failed");
                 self.replicator.on_commit_failed(tag, now.wall_ms);
+            }
+            Input::Discovered { node_id, addr } => {
+                let known = NodeId::new(node_id.as_str())
+                    .ok()
+                    .and_then(|id| self.membership.status_of(&id));
+                if known != Some(Status::Alive) {
+                    let fx = self.membership.join(&[addr], now.mono_ms);
+                    self.membership_effects(fx, now, reader, &mut out);
+                }
             }
             Input::Tick => {
                 let fx = self.membership.tick(now.mono_ms, &mut self.rng);

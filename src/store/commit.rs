@@ -106,8 +106,9 @@ pub fn wall_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Receives the deltas of each durable group.
-pub type DeltaSink = mpsc::UnboundedSender<Arc<Vec<Delta>>>;
+/// Receives the deltas of each durable group. Bounded: when the receiver
+/// lags, the flush thread waits, and writers feel it through the job queue.
+pub type DeltaSink = mpsc::Sender<Arc<Vec<Delta>>>;
 
 impl Committer {
     /// Starts the writer threads. They stop when every `Committer` is dropped.
@@ -169,6 +170,22 @@ impl Committer {
                 Err(job.ops)
             }
         }
+    }
+
+    /// Queues `ops`, waiting for room in the queue; the [`Pending`]
+    /// resolves after the flush. Calls are queued in the order they are made.
+    pub async fn submit(&self, ops: Vec<Op>) -> Result<Pending, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { ops, reply })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        Ok(Pending(rx))
+    }
+
+    /// Jobs waiting for the writer thread.
+    pub fn queue_len(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     pub fn stats(&self) -> &CommitStats {
@@ -312,7 +329,7 @@ fn flush_loop(
                     })
                     .collect();
                 if !fresh.is_empty() {
-                    let _ = sink.send(Arc::new(fresh));
+                    let _ = sink.blocking_send(Arc::new(fresh));
                 }
             }
             let mut rest = g.outcomes.into_iter();

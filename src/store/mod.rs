@@ -53,7 +53,7 @@ pub use schema::SCHEMA_VERSION;
 pub use write::{Condition, Op, Outcome};
 
 use backend::Kv;
-use state::{Served, Writer};
+use state::{Pending, Served, Writer};
 
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -154,8 +154,9 @@ pub struct Store {
     kv: RwLock<Kv>,
     node_id: NodeId,
     config: StoreConfig,
-    /// Lock order: writer, then kv, then served.
+    /// Lock order: writer, then kv, then pending, then served.
     writer: Mutex<Writer>,
+    pending: Mutex<Pending>,
     served: Mutex<Served>,
     identity_written: Mutex<std::time::Instant>,
     /// Set by [`Store::close_as_if_crashed`]: skip the closing checkpoint.
@@ -258,6 +259,7 @@ impl Store {
             node_id,
             config,
             writer: Mutex::new(writer),
+            pending: Mutex::new(Pending::default()),
             served: Mutex::new(served),
             identity_written: Mutex::new(std::time::Instant::now()),
             skip_checkpoint: std::sync::atomic::AtomicBool::new(false),
@@ -304,6 +306,10 @@ impl Store {
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn served(&self) -> std::sync::MutexGuard<'_, Served> {
         self.served.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -317,8 +323,8 @@ impl Store {
     /// ask [`Store::is_durable`] which groups survived.
     pub fn flush(&self) -> Result<()> {
         let (epoch, n) = {
-            let w = self.writer();
-            (w.epoch, w.pending.len())
+            let p = self.pending();
+            (p.epoch, p.groups.len())
         };
         let flushed = self.kv().flush();
         match flushed {
@@ -339,13 +345,13 @@ impl Store {
     /// database was reopened since they were counted (then the reopen
     /// already loaded whatever of them is on disk).
     fn publish(&self, epoch: u64, n: usize) {
-        let mut w = self.writer();
-        if w.epoch != epoch {
+        let mut p = self.pending();
+        if p.epoch != epoch {
             return;
         }
         let mut served = self.served();
         let mut internal = false;
-        for staged in w.pending.drain(..n) {
+        for staged in p.groups.drain(..n) {
             staged.apply_to(&mut served.state);
             served.clock.observe(staged.hlc);
             internal |= staged.internal;
@@ -406,8 +412,11 @@ impl Store {
     fn reopen(&self, w: &mut Writer) -> Result<()> {
         let mut kv = self.kv.write().unwrap_or_else(|p| p.into_inner());
         let closed = kv.close();
-        w.epoch += 1;
-        w.pending.clear();
+        {
+            let mut p = self.pending();
+            p.epoch += 1;
+            p.groups.clear();
+        }
         // Whatever the key table cached may have been lost: reload it.
         self.internal_generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
@@ -451,10 +460,8 @@ impl Store {
             }
         }
         let clock = w.clock.clone();
-        let epoch = w.epoch;
         *w = writer;
         w.clock = clock;
-        w.epoch = epoch;
         w.state.commit = highest;
         served.state = derived;
         served.unavailable = None;
@@ -844,7 +851,7 @@ impl Store {
         }
         let commit = staged.commit;
         staged.internal = internal;
-        w.pending.push_back(staged);
+        self.pending().groups.push_back(staged);
         Ok((outcomes, commit))
     }
 
@@ -852,8 +859,10 @@ impl Store {
     /// commit number is kept, so numbers are never reused.
     fn rebuild_writer(&self, w: &mut Writer) {
         let commit = w.state.commit;
+        // Both locks at once, so no group moves from pending to served between.
+        let pending = self.pending();
         w.state = self.served().state.clone();
-        for staged in &w.pending {
+        for staged in &pending.groups {
             staged.apply_to(&mut w.state);
         }
         w.state.commit = commit;

@@ -83,8 +83,6 @@ pub(crate) const LOST_RANGES_KEPT: usize = 64;
 pub(crate) struct Writer {
     pub state: Derived,
     pub clock: Clock,
-    /// Applied groups waiting for a flush, oldest first.
-    pub pending: VecDeque<Staged>,
     /// Leaf chunks changed since the last Merkle checkpoint.
     pub dirty_chunks: BTreeSet<u16>,
     pub changes_since_checkpoint: u64,
@@ -95,6 +93,13 @@ pub(crate) struct Writer {
     pub feed_first: Option<u64>,
     /// Why writes are refused until the database is reopened.
     pub poisoned: Option<String>,
+}
+
+/// Applied groups waiting for a flush, oldest first. Its own lock, so the
+/// flusher publishes without waiting for the writer's current group.
+#[derive(Default)]
+pub(crate) struct Pending {
+    pub groups: VecDeque<Staged>,
     /// Counts reopens, so a flush never publishes groups of an older handle.
     pub epoch: u64,
 }
@@ -173,13 +178,11 @@ pub(crate) fn load(kv: &Kv, config: &StoreConfig) -> Result<(Derived, Writer)> {
     let mut writer = Writer {
         state: state.clone(),
         clock: Clock::new(hlc, config.max_clock_offset_ms),
-        pending: VecDeque::new(),
         dirty_chunks: BTreeSet::new(),
         changes_since_checkpoint: 0,
         merkle_at,
         feed_first,
         poisoned: None,
-        epoch: 0,
     };
     replay_merkle(kv, &mut state, &mut writer)?;
     writer.state = state.clone();
