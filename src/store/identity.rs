@@ -52,7 +52,12 @@ pub(super) fn write(dir: &Path, id: &Identity) -> std::io::Result<()> {
     let tmp = dir.join(format!("{FILE}.tmp"));
     let bytes = serde_json::to_vec_pretty(id).map_err(std::io::Error::other)?;
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        // Like everything in the data directory: readable by the node's user only.
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        let mut f = opts.open(&tmp)?;
         f.write_all(&bytes)?;
         f.sync_all()?;
     }
