@@ -11,7 +11,8 @@
 //! - [`cluster`]: the async shell that drives membership and replication;
 //! - [`sensors`]: simulated sensors writing through the committer;
 //! - [`http`]: the HTTP API; [`metrics`]: per-node Prometheus registry;
-//! - [`config`] and [`node`]: one node's settings and its running shell.
+//! - [`config`] and [`node`]: one node's settings and its running shell;
+//! - [`workers`]: the status of every background mechanism, in one place.
 
 pub mod certs;
 pub mod cluster;
@@ -26,3 +27,4 @@ pub mod replication;
 pub mod sensors;
 pub mod store;
 pub mod transport;
+pub mod workers;

@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::model::NodeId;
 use crate::store::commit::{Committer, DeltaSink};
 use crate::store::{Store, StoreConfig, StoreError};
+use crate::workers::{CommitterStatus, Workers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -50,6 +51,7 @@ pub struct Node {
     http_task: JoinHandle<()>,
     sensor_tasks: Vec<JoinHandle<()>>,
     cluster: Option<Cluster>,
+    workers: Arc<Workers>,
 }
 
 impl Node {
@@ -111,9 +113,13 @@ impl Node {
             None => (None, None),
         };
         let committer = Committer::start(store.clone(), sink);
+        let workers = Workers::new();
+        workers.add(Arc::new(CommitterStatus(committer.observer())));
         let cluster = match (cluster_config, deltas) {
             (Some(cc), Some(deltas)) => {
-                match Cluster::start(cc, store.clone(), committer.clone(), deltas).await {
+                let started =
+                    Cluster::start(cc, store.clone(), committer.clone(), deltas, &workers).await;
+                match started {
                     Ok(c) => Some(c),
                     Err(e) => {
                         drop(committer);
@@ -137,6 +143,7 @@ impl Node {
             state_limit: config.state_limit,
             history_scan_limit: config.history_scan_limit,
             cluster: cluster.as_ref().map(Cluster::view_watch),
+            workers: workers.clone(),
         });
         let app = http::router(shared);
         let mut http_stop = stop_rx.clone();
@@ -154,6 +161,7 @@ impl Node {
             &config.node_id,
             &committer,
             &metrics,
+            &workers.register("sensors"),
             &stop_rx,
         );
         let s = store.summary().ok();
@@ -175,6 +183,7 @@ impl Node {
             http_task,
             sensor_tasks,
             cluster,
+            workers,
         })
     }
 
@@ -202,6 +211,11 @@ impl Node {
 
     pub fn committer(&self) -> &Committer {
         &self.committer
+    }
+
+    /// Every background mechanism's status.
+    pub fn workers(&self) -> &Arc<Workers> {
+        &self.workers
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

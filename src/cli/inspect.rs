@@ -64,6 +64,9 @@ pub enum View {
     /// Replication per peer: deltas sent/received/applied, queues, pulls
     /// answered unavailable, last anti-entropy runs (live only).
     Sync,
+    /// Background workers: state, queue, runs, errors, last run and error
+    /// (live only).
+    Workers,
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
@@ -147,13 +150,14 @@ fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
             json!({ "node_id": store.node_id().as_str(), "members": members })
         }
         View::Sync => bail!("replication state lives in a running node: use --node URL sync"),
+        View::Workers => bail!("workers run in a running node: use --node URL workers"),
     })
 }
 
 async fn live(url: &str, view: &View) -> anyhow::Result<Value> {
     let base = url.trim_end_matches('/');
     let path = match view {
-        View::Summary | View::Vv => "/api/introspection".to_string(),
+        View::Summary | View::Vv | View::Workers => "/api/introspection".to_string(),
         View::Keys { prefix, limit } => format!("/kv?prefix={}&limit={limit}", encode(prefix)),
         View::Get { key } => format!("/api/entry/{}", encode(key)),
         View::Log { since, limit } => match since {
@@ -167,6 +171,7 @@ async fn live(url: &str, view: &View) -> anyhow::Result<Value> {
     let v = get_json(&format!("{base}{path}")).await?;
     Ok(match view {
         View::Vv => v.get("version_vector").cloned().unwrap_or(Value::Null),
+        View::Workers => json!({ "workers": v.get("workers").cloned().unwrap_or(json!([])) }),
         View::Keys { .. } => json!({ "keys": v.get("keys").cloned().unwrap_or(json!([])) }),
         _ => v,
     })
@@ -363,6 +368,31 @@ fn text(view: &View, v: &Value) -> String {
             let last = &v["replication"]["last_anti_entropy"];
             if !last.is_null() {
                 let _ = writeln!(out, "last anti-entropy: {last}");
+            }
+        }
+        View::Workers => {
+            let now = hub::store::commit::wall_ms();
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:>6} {:>10} {:>7} {:>6} {:>10}  last error",
+                "worker", "state", "queue", "runs", "errors", "consec", "last run"
+            );
+            for w in v["workers"].as_array().into_iter().flatten() {
+                let ago = w["last_run_ms"].as_u64().map_or("never".to_string(), |t| {
+                    format!("{:.1}s ago", now.saturating_sub(t) as f64 / 1000.0)
+                });
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<8} {:>6} {:>10} {:>7} {:>6} {:>10}  {}",
+                    s(&w["name"]),
+                    s(&w["state"]),
+                    s(&w["queue"]),
+                    s(&w["runs"]),
+                    s(&w["errors"]),
+                    s(&w["consecutive_errors"]),
+                    ago,
+                    w["last_error"].as_str().unwrap_or("-"),
+                );
             }
         }
     }

@@ -26,9 +26,11 @@ use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
 use crate::membership::{self, Membership, Status};
 use crate::model::{Delta, NodeId};
 use crate::replication::{self, Replicator};
+use crate::replication::{AeResult, ReplicationStats};
 use crate::store::commit::{wall_ms, CommitError, Committer, Pending};
 use crate::store::{Op, Outcome, Store};
-use crate::transport::{Incoming, Transport};
+use crate::transport::{Incoming, Transport, TransportStats};
+use crate::workers::{StatusSource, Worker, Workers};
 
 /// How often protocol timers run; both machines tolerate any finer tick.
 const TICK: Duration = Duration::from_millis(20);
@@ -62,6 +64,41 @@ pub(super) struct Driver {
     /// Handed to the writer, oldest first (the oldest may be awaited in `run`).
     in_flight: VecDeque<(u64, Pending)>,
     commit_queue_len: usize,
+    status: DriverWorkers,
+}
+
+/// The workers this task runs (see [`crate::workers`]).
+struct DriverWorkers {
+    /// Replicated commits from peers, through the store writer.
+    commits: Arc<Worker>,
+    membership: Arc<Worker>,
+    push: Arc<Worker>,
+    pull: Arc<Worker>,
+    anti_entropy: Arc<Worker>,
+}
+
+impl DriverWorkers {
+    fn register(workers: &Workers) -> DriverWorkers {
+        DriverWorkers {
+            commits: workers.register("replicated-commits"),
+            membership: workers.register("membership"),
+            push: workers.register("push"),
+            pull: workers.register("pull"),
+            anti_entropy: workers.register("anti-entropy"),
+        }
+    }
+
+    fn stopped(&self) {
+        for w in [
+            &self.commits,
+            &self.membership,
+            &self.push,
+            &self.pull,
+            &self.anti_entropy,
+        ] {
+            w.stopped();
+        }
+    }
 }
 
 impl Driver {
@@ -71,6 +108,7 @@ impl Driver {
         store: Arc<Store>,
         committer: Committer,
         transport: Transport<Message>,
+        workers: &Workers,
     ) -> Result<(Driver, watch::Receiver<Arc<ClusterView>>), ClusterError> {
         let advertised = config.advertise.unwrap_or(quic_addr);
         // Wall-clock milliseconds at start: grows across restarts, so peers
@@ -100,6 +138,7 @@ impl Driver {
             to_submit: VecDeque::new(),
             in_flight: VecDeque::new(),
             commit_queue_len: config.commit_queue_len.max(1),
+            status: DriverWorkers::register(workers),
         };
         let view_rx = driver.view_tx.subscribe();
         driver.publish_view();
@@ -154,6 +193,7 @@ impl Driver {
                 Some(batch) = deltas.recv() => {
                     let effects = self.replicator.on_committed(&batch, wall_ms(), &self.store);
                     self.replication_effects(effects);
+                    self.status.push.ok(wall_ms());
                 }
                 result = next_of(&mut oldest) => {
                     if let Some((tag, _)) = oldest.take() {
@@ -171,6 +211,7 @@ impl Driver {
                 _ = tick.tick() => {
                     let effects = self.membership.tick(self.mono_ms(), &mut self.rng);
                     self.membership_effects(effects);
+                    self.status.membership.ok(wall_ms());
                     let effects = self.replicator.on_tick(wall_ms(), &self.store);
                     self.replication_effects(effects);
                     if Instant::now() >= next_view {
@@ -182,6 +223,7 @@ impl Driver {
         }
         let effects = self.membership.leave(self.mono_ms());
         self.membership_effects(effects);
+        self.status.stopped();
         tracing::info!(node = %self.node, "cluster driver stopped");
     }
 
@@ -299,12 +341,14 @@ impl Driver {
     fn on_commit_done(&mut self, tag: u64, result: CommitResult) {
         match result {
             Ok(outcomes) => {
+                self.status.commits.ok(wall_ms());
                 let effects =
                     self.replicator
                         .on_commit_outcomes(tag, &outcomes, wall_ms(), &self.store);
                 self.replication_effects(effects);
             }
             Err(e) => {
+                self.status.commits.error(wall_ms(), &e);
                 tracing::error!(node = %self.node, error = %e, "replicated write failed");
                 self.replicator.on_commit_failed(tag, wall_ms());
             }
@@ -318,6 +362,8 @@ impl Driver {
                 self.replicator.note_queue_len(id, peer.queue_len as u64);
             }
         }
+        let replication = self.replicator.stats();
+        self.update_workers(&transport, &replication);
         let view = ClusterView {
             me: SelfView {
                 node_id: self.node.to_string(),
@@ -327,10 +373,59 @@ impl Driver {
             },
             members: self.membership.members(self.mono_ms()),
             membership: self.membership.stats(),
-            replication: self.replicator.stats(),
+            replication,
             transport,
         };
         self.view_tx.send_replace(Arc::new(view));
+    }
+}
+
+impl Driver {
+    /// Worker statuses derived from the counters the protocols keep.
+    fn update_workers(&self, transport: &TransportStats, replication: &ReplicationStats) {
+        let now = wall_ms();
+        let w = &self.status;
+        w.commits
+            .set_queue((self.in_flight.len() + self.to_submit.len()) as u64);
+        let queued: usize = transport.peers.iter().map(|p| p.queue_len).sum();
+        let dropped: u64 = transport.peers.iter().map(|p| p.send_drops).sum();
+        w.push.set_queue(queued as u64);
+        let push = w.push.status();
+        if dropped > push.errors {
+            w.push.observe(
+                now,
+                push.runs,
+                dropped,
+                Some("peer send queue full; messages dropped (pull repairs)".into()),
+            );
+        }
+        let peers = replication.peers.values();
+        let (mut pulls, mut unavailable, mut ae_runs, mut ae_failures) = (0, 0, 0, 0);
+        for p in peers {
+            pulls += p.pulls_sent;
+            unavailable += p.pulls_answered_unavailable;
+            ae_runs += p.anti_entropy_runs;
+            ae_failures += p.anti_entropy_failures;
+        }
+        w.pull.observe(
+            now,
+            pulls,
+            unavailable,
+            (unavailable > 0).then(|| {
+                "answered unavailable: the peer's log was trimmed (anti-entropy repairs)".into()
+            }),
+        );
+        let last_failure = replication
+            .last_anti_entropy
+            .as_ref()
+            .and_then(|r| match &r.result {
+                AeResult::Failed(why) => Some(format!("with {}: {why}", r.peer)),
+                _ => None,
+            });
+        w.anti_entropy
+            .observe(now, ae_runs, ae_failures, last_failure);
+        w.anti_entropy
+            .set_queue(replication.anti_entropy_active as u64);
     }
 }
 

@@ -31,6 +31,7 @@ use crate::store::Store;
 use crate::transport::{
     Transport, TransportConfig, TransportError, TransportStats, TransportTuning,
 };
+use crate::workers::Workers;
 
 pub use wire::Message;
 
@@ -105,6 +106,7 @@ impl Cluster {
         store: Arc<Store>,
         committer: Committer,
         deltas: mpsc::Receiver<Arc<Vec<Delta>>>,
+        workers: &Workers,
     ) -> Result<Cluster, ClusterError> {
         config.replication.validate()?;
         config.membership.validate()?;
@@ -115,8 +117,14 @@ impl Cluster {
         .await?;
         let quic_addr = transport.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let (driver, view) =
-            driver::Driver::new(&config, quic_addr, store, committer, transport.clone())?;
+        let (driver, view) = driver::Driver::new(
+            &config,
+            quic_addr,
+            store,
+            committer,
+            transport.clone(),
+            workers,
+        )?;
         let task = tokio::spawn(driver.run(incoming, deltas, stop_rx, config.join.clone()));
         tracing::info!(node = %config.node_id, quic = %quic_addr, join = ?config.join, "cluster started");
         Ok(Cluster {

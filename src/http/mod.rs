@@ -37,6 +37,8 @@ pub struct Shared {
     pub history_scan_limit: usize,
     /// Cluster snapshots, when the node is clustered.
     pub cluster: Option<tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster::ClusterView>>>,
+    /// Every background mechanism's status.
+    pub workers: Arc<crate::workers::Workers>,
 }
 
 pub type AppState = Arc<Shared>;
