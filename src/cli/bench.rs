@@ -54,8 +54,6 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 100)]
         sensors: usize,
     },
-    /// Start a 3-node loopback cluster here and run the cluster benchmarks.
-    Cluster(super::bench_cluster::ClusterArgs),
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -87,7 +85,6 @@ struct ClientResult {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (common, items_per_req, label) = match args.kind {
-        BenchKind::Cluster(c) => return super::bench_cluster::run(c).await,
         BenchKind::Put { ref common, .. } => (common.clone(), 1usize, "writes"),
         BenchKind::Ingest {
             ref common, batch, ..
@@ -117,7 +114,6 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 batch: *batch,
                 sensors: (*sensors).max(1),
             },
-            BenchKind::Cluster(_) => bail!("the cluster bench runs on its own (handled above)"),
         };
         tasks.push(tokio::spawn(async move {
             client_loop(client, run_id, &authority, kind, deadline).await
