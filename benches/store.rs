@@ -1,7 +1,8 @@
 //! Store benchmarks: delta apply rate, durable group commit, Merkle update
-//! cost, and restart time with a million entries.
+//! cost, trim cost at retention, and restart time with a million entries.
 //!
-//! `cargo bench --bench store` (set HUB_BENCH_KEYS to change the restart size).
+//! `cargo bench --bench store` (set HUB_BENCH_KEYS to change the restart size;
+//! `cargo bench --bench store -- trim` for the retention pair only).
 
 use std::time::{Duration, Instant};
 
@@ -181,5 +182,58 @@ fn restart(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, apply_deltas, merkle_update, restart);
+fn local_puts(n: &mut u64, count: u64) -> Vec<Op> {
+    (0..count)
+        .map(|_| {
+            *n += 1;
+            Op::Local {
+                key: format!("k{}", *n),
+                value: Some(b"value".to_vec()),
+                meta: Meta::new(),
+                cond: Condition::Always,
+            }
+        })
+        .collect()
+}
+
+/// Trim cost: the same durable group of 64 local writes on a store whose log
+/// is far below its retention and on one that has already trimmed many times
+/// its retention (every group then drops a run and a feed record). Steady
+/// state must cost about what fresh costs: trimming is O(what is trimmed).
+fn trim(c: &mut Criterion) {
+    const RETENTION: u64 = 20_000;
+    let mut g = c.benchmark_group("trim");
+    g.throughput(Throughput::Elements(64));
+    for (name, prefill) in [("fresh", 0u64), ("at_retention", 10 * RETENTION)] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(
+            dir.path(),
+            StoreConfig {
+                node_id: Some(id("bench")),
+                log_retention: RETENTION,
+                ..StoreConfig::default()
+            },
+        )
+        .unwrap();
+        let mut n = 0u64;
+        // Prefill in groups of 64, as the HTTP path makes them.
+        for _ in 0..prefill / 64 {
+            store
+                .apply(local_puts(&mut n, 64), 1_700_000_000_000)
+                .unwrap();
+        }
+        store.flush().unwrap();
+        g.bench_function(format!("group_of_64_puts_then_flush_{name}"), |b| {
+            b.iter(|| {
+                store
+                    .apply(local_puts(&mut n, 64), 1_700_000_000_000)
+                    .unwrap();
+                store.flush().unwrap();
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, apply_deltas, merkle_update, trim, restart);
 criterion_main!(benches);

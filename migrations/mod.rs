@@ -8,12 +8,15 @@
 
 #[path = "0002_merkle_buckets.rs"]
 mod m0002_merkle_buckets;
+#[path = "0003_commit_number.rs"]
+mod m0003_commit_number;
 
 use super::super::backend::{Kv, WriteBatch};
 
 pub(super) fn step(to: u32, kv: &Kv, batch: &mut WriteBatch) -> Result<(), String> {
     match to {
         2 => m0002_merkle_buckets::up(kv, batch),
+        3 => m0003_commit_number::up(kv, batch),
         other => Err(format!("no migration step to schema {other}")),
     }
 }

@@ -272,6 +272,47 @@ pub struct ConfigLayer {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub incoming_queue_len: Option<usize>,
 
+    /// Serve HTTPS with this node's certificate and key from --certs.
+    /// Default false.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "HTTP security")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_tls: Option<bool>,
+    /// Require an API key (`hub keys`) on every request but GET /health.
+    /// Default false.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "HTTP security")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth: Option<bool>,
+    /// Serve a non-loopback HTTP address without TLS or auth anyway (warns).
+    /// Default false.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "HTTP security")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insecure: Option<bool>,
+    /// Concurrent HTTP connections at most; also kept a quarter (at least
+    /// 256) below the file-descriptor limit. Default 1024.
+    #[arg(long, help_heading = "HTTP security")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_max_connections: Option<usize>,
+    /// Largest request line plus headers, in bytes; larger is 431. Default 16 KiB.
+    #[arg(long, help_heading = "HTTP security")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_max_header_bytes: Option<usize>,
+    /// The TLS handshake and each request head must arrive within this. Default 10s.
+    #[arg(long, value_parser = parse_duration, help_heading = "HTTP security")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_header_timeout: Option<Duration>,
+    /// A client connection with no request in flight is closed after this. Default 60s.
+    #[arg(long, value_parser = parse_duration, help_heading = "HTTP security")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub http_idle_timeout: Option<Duration>,
+
     /// Replace the default demo sensors (`[[sensors]]` tables; file only);
     /// an empty list runs none.
     #[arg(skip)]
@@ -444,6 +485,59 @@ pub struct Config {
     pub replication: ReplicationConfig,
     pub transport: TransportTuning,
     pub sensors: Vec<SensorSpec>,
+    pub http_tls: bool,
+    pub auth: bool,
+    pub insecure: bool,
+    pub http_limits: HttpLimits,
+}
+
+/// Abuse limits of the HTTP server (see `http::server`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    pub max_header_bytes: usize,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            max_connections: 1024,
+            max_header_bytes: 16 << 10,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+fn http_limits(l: &ConfigLayer) -> Result<HttpLimits, ConfigError> {
+    let d = HttpLimits::default();
+    let limits = HttpLimits {
+        max_connections: positive(
+            "http_max_connections",
+            l.http_max_connections.unwrap_or(d.max_connections) as u64,
+        )? as usize,
+        max_header_bytes: l.http_max_header_bytes.unwrap_or(d.max_header_bytes),
+        header_timeout: nonzero(
+            "http_header_timeout",
+            l.http_header_timeout.unwrap_or(d.header_timeout),
+        )?,
+        idle_timeout: nonzero(
+            "http_idle_timeout",
+            l.http_idle_timeout.unwrap_or(d.idle_timeout),
+        )?,
+    };
+    if !(1024..=1 << 20).contains(&limits.max_header_bytes) {
+        return Err(invalid(
+            "http_max_header_bytes",
+            format!(
+                "{} is not between 1024 and 1048576",
+                limits.max_header_bytes
+            ),
+        ));
+    }
+    Ok(limits)
 }
 
 impl Config {
@@ -559,6 +653,7 @@ impl Config {
         let membership = membership_config(&l)?;
         let transport = transport_settings(&l)?;
 
+        let http_limits = http_limits(&l)?;
         let sensors = match l.sensors {
             Some(tables) => parse_sensors(&tables)?,
             None => demo_sensors(),
@@ -576,10 +671,10 @@ impl Config {
             listen,
             advertise,
             join,
-            certs: match (l.certs, listen) {
+            certs: match (l.certs, listen.is_some() || l.http_tls == Some(true)) {
                 (Some(dir), _) => Some(dir),
-                (None, Some(_)) => Some(PathBuf::from("certs")),
-                (None, None) => None,
+                (None, true) => Some(PathBuf::from("certs")),
+                (None, false) => None,
             },
             max_clock_offset,
             commit_queue_len,
@@ -587,6 +682,10 @@ impl Config {
             replication,
             transport,
             sensors,
+            http_tls: l.http_tls.unwrap_or(false),
+            auth: l.auth.unwrap_or(false),
+            insecure: l.insecure.unwrap_or(false),
+            http_limits,
         })
     }
 }

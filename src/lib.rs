@@ -10,13 +10,18 @@
 //! - [`replication`]: push, version-vector pull and Merkle anti-entropy (sans-IO);
 //! - [`cluster`]: the async shell that drives membership and replication;
 //! - [`sensors`]: simulated sensors writing through the committer;
-//! - [`http`]: the HTTP API; [`metrics`]: per-node Prometheus registry;
+//! - [`http`]: the HTTP(S) API; [`auth`]: API keys; [`metrics`]: per-node
+//!   Prometheus registry; [`client`]: the one HTTP(S) client of the CLI,
+//!   benchmarks and tests; [`files`]: private file modes;
 //! - [`config`] and [`node`]: one node's settings and its running shell;
 //! - [`workers`]: the status of every background mechanism, in one place.
 
+pub mod auth;
 pub mod certs;
+pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod membership;
 pub mod merkle;

@@ -118,6 +118,10 @@ pub struct Metrics {
     handshake_rejections: Family<ReasonLabel, Gauge>,
     bad_frames: Gauge,
     worker_stats: Vec<Family<WorkerLabel, Gauge>>,
+    /// Open HTTP connections.
+    pub http_connections: Gauge,
+    http_auth_failures: Family<ReasonLabel, Counter>,
+    http_refused: Family<ReasonLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -147,6 +151,9 @@ impl Metrics {
             handshake_rejections: Family::default(),
             bad_frames: Gauge::default(),
             worker_stats: WORKER_STATS.iter().map(|_| Family::default()).collect(),
+            http_connections: Gauge::default(),
+            http_auth_failures: Family::default(),
+            http_refused: Family::default(),
             registry: Registry::default(),
         };
         for ((name, help), fam) in WORKER_STATS.iter().zip(&m.worker_stats) {
@@ -218,6 +225,21 @@ impl Metrics {
             m.commit_flushes.clone(),
         );
         registry.register("commit_ops", "Operations committed", m.commit_ops.clone());
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            m.http_connections.clone(),
+        );
+        registry.register(
+            "http_auth_failures",
+            "Requests refused by authentication (401) or authorisation (403), by reason",
+            m.http_auth_failures.clone(),
+        );
+        registry.register(
+            "http_refused",
+            "Connections and requests refused by the HTTP abuse limits, by reason",
+            m.http_refused.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -232,6 +254,24 @@ impl Metrics {
         if (400..500).contains(&status) {
             self.rejected.inc();
         }
+    }
+
+    /// Counts a request refused by authentication or authorisation.
+    pub fn http_auth_failure(&self, reason: &str) {
+        self.http_auth_failures
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// Counts a connection or request refused by an HTTP limit.
+    pub fn http_refused(&self, reason: &str) {
+        self.http_refused
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     /// Prometheus text exposition, with store and cluster gauges refreshed first.

@@ -39,6 +39,8 @@ pub enum NodeError {
     Join { addr: String, reason: String },
     #[error("cannot start the cluster: {0}")]
     Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Tls(#[from] http::tls::TlsError),
 }
 
 pub struct Node {
@@ -66,6 +68,16 @@ impl Node {
     /// start created in a data directory that was missing or empty.
     pub async fn start(config: Config) -> Result<Node, NodeError> {
         let dir = config.data_dir.clone();
+        // Load the HTTPS identity before opening anything, so a missing
+        // certificate fails fast with the `hub certs` command to run.
+        let tls = match (config.http_tls, &config.certs) {
+            (true, Some(certs)) => Some(http::tls::acceptor(certs, &config.node_id)?),
+            (true, None) => Some(http::tls::acceptor(
+                std::path::Path::new("certs"),
+                &config.node_id,
+            )?),
+            (false, _) => None,
+        };
         let cluster_config = match config.listen {
             Some(listen) => Some(cluster_config(&config, listen).await?),
             None => None,
@@ -105,6 +117,9 @@ impl Node {
                 });
             }
         };
+        if let Err(e) = crate::files::private_tree(&dir) {
+            tracing::warn!(data_dir = %dir.display(), error = %e, "cannot make the data directory private");
+        }
         let (sink, deltas): (Option<DeltaSink>, _) = match config.listen {
             Some(_) => {
                 let (tx, rx) = tokio::sync::mpsc::channel(config.commit_queue_len);
@@ -112,7 +127,17 @@ impl Node {
             }
             None => (None, None),
         };
-        let committer = Committer::start(store.clone(), sink);
+        let committer = match Committer::start(store.clone(), sink) {
+            Ok(c) => c,
+            Err(source) => {
+                close_store(store, &config.node_id).await;
+                fresh.undo();
+                return Err(NodeError::Store {
+                    dir: dir.display().to_string(),
+                    source,
+                });
+            }
+        };
         let workers = Workers::new();
         workers.add(Arc::new(CommitterStatus(committer.observer())));
         let cluster = match (cluster_config, deltas) {
@@ -133,6 +158,29 @@ impl Node {
         };
         let metrics = Arc::new(Metrics::new());
         let (stop, stop_rx) = watch::channel(false);
+        let keys = config
+            .auth
+            .then(|| Arc::new(crate::auth::KeyTable::new(store.clone())));
+        if let Some(k) = &keys {
+            match k.active() {
+                Ok(0) => {
+                    tracing::warn!(node = %config.node_id, "auth is on but there are no API keys yet: create one with `hub keys create --data-dir DIR --role admin` on the stopped node")
+                }
+                Ok(n) => tracing::info!(node = %config.node_id, keys = n, "API keys loaded"),
+                Err(_) => {}
+            }
+        }
+        let fd_limit = http::server::fd_limit();
+        let mut limits = config.http_limits.clone();
+        limits.max_connections = http::server::connection_cap(limits.max_connections, fd_limit);
+        if limits.max_connections < config.http_limits.max_connections {
+            tracing::warn!(
+                node = %config.node_id,
+                fd_limit = fd_limit.unwrap_or(0),
+                max_connections = limits.max_connections,
+                "HTTP connection cap lowered to leave file descriptors for the store and peers"
+            );
+        }
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
             store: store.clone(),
@@ -144,18 +192,17 @@ impl Node {
             history_scan_limit: config.history_scan_limit,
             cluster: cluster.as_ref().map(Cluster::view_watch),
             workers: workers.clone(),
+            keys,
         });
         let app = http::router(shared);
-        let mut http_stop = stop_rx.clone();
-        let node_label = config.node_id.clone();
-        let http_task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = http_stop.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(node = %node_label, error = %e, "HTTP server failed");
-            }
-        });
+        let http_task = tokio::spawn(http::server::serve(
+            listener,
+            app,
+            tls,
+            limits,
+            metrics.clone(),
+            stop_rx.clone(),
+        ));
         let sensor_tasks = crate::sensors::runner::spawn(
             &config.sensors,
             &config.node_id,
@@ -168,6 +215,8 @@ impl Node {
         tracing::info!(
             node = %config.node_id,
             http = %http_addr,
+            https = config.http_tls,
+            auth = config.auth,
             data_dir = %dir.display(),
             entries = s.as_ref().map_or(0, |s| s.entries),
             sensors = config.sensors.len(),
@@ -199,6 +248,16 @@ impl Node {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// The client API's base URL: `https://` when TLS is on.
+    pub fn base_url(&self) -> String {
+        let scheme = if self.config.http_tls {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.http_addr)
     }
 
     pub fn config(&self) -> &Config {
@@ -309,7 +368,7 @@ impl FreshDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(true),
             Err(e) => return Err(err(e)),
         };
-        std::fs::create_dir_all(dir).map_err(err)?;
+        crate::files::private_dir(dir).map_err(err)?;
         Ok(FreshDir {
             dir: dir.to_path_buf(),
             created,

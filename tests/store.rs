@@ -502,3 +502,44 @@ fn change_feed_is_trimmed_to_retention_and_reads_stay_consistent() {
     }
     assert_eq!(paged, feed);
 }
+
+/// A schema-2 directory: the layout of today without commit numbers and
+/// without the identity file beside the database.
+fn make_schema2_fixture(dir: &Path) {
+    {
+        let s = open(dir, "old");
+        commit(&s, (0..50).map(|i| put(&format!("k{i}"), "v")).collect());
+        commit(&s, vec![del("k3")]);
+    }
+    let db = sled::open(dir).unwrap();
+    db.remove(b"mcommit").unwrap();
+    db.insert(b"mschema_version", &2u32.to_be_bytes()).unwrap();
+    db.flush().unwrap();
+    drop(db);
+    std::fs::remove_file(dir.join(store::IDENTITY_FILE)).unwrap();
+}
+
+#[test]
+fn schema_2_directory_is_migrated_and_its_identity_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    make_schema2_fixture(dir.path());
+    let s = open(dir.path(), "old");
+    let summary = s.summary().unwrap();
+    assert_eq!(summary.schema_version, store::SCHEMA_VERSION);
+    assert_eq!((summary.entries, summary.tombstones), (49, 1));
+    assert_eq!(store::rebuild_merkle_root(&s).unwrap(), s.merkle_root());
+    let d = written(&commit(&s, vec![put("k50", "v")])[0]);
+    assert_eq!(d.seq, 52, "the sequence continues");
+    drop(s);
+    assert!(dir.path().join(store::IDENTITY_FILE).exists());
+    // From now on a lost database is detected.
+    std::fs::remove_file(dir.path().join("db")).unwrap();
+    assert!(Store::open(
+        dir.path(),
+        StoreConfig {
+            node_id: Some(id("old")),
+            ..StoreConfig::default()
+        },
+    )
+    .is_err());
+}

@@ -1,18 +1,20 @@
 //! `hub bench`: HTTP load against a running node.
 //!
-//! Each client task owns one keep-alive HTTP/1 connection and sends requests
-//! back to back, so the number of clients is the number of requests in
-//! flight. `put` writes distinct keys (every request is a durable write);
-//! `ingest` posts batches of readings.
+//! Each client task owns one keep-alive HTTP/1 connection (its own
+//! [`hub::client::Client`]) and sends requests back to back, so the number
+//! of clients is the number of requests in flight. `put` writes distinct
+//! keys (every request is a durable write); `ingest` posts batches of
+//! readings. `https://` URLs with `--cacert`, and `--token` for nodes with
+//! auth, measure the secured path.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use hyper::Method;
+
+use hub::client::{BaseUrl, Client};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -22,9 +24,13 @@ pub struct BenchArgs {
 
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// The node, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    pub url: String,
+    /// The node, e.g. http://127.0.0.1:8080 or https://127.0.0.1:8080.
+    /// Repeat to measure several nodes one after the other in the same run
+    /// (e.g. plain HTTP and HTTPS with auth) and compare them to the first.
+    #[arg(long, required = true)]
+    pub url: Vec<String>,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
     /// Concurrent clients, one connection each.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
@@ -42,6 +48,10 @@ pub enum BenchKind {
         /// Value size in bytes.
         #[arg(long, default_value_t = 100)]
         value_bytes: usize,
+        /// Measure the node fresh, then fill its log to its retention through
+        /// /api/readings and measure again: fresh and steady state in one run.
+        #[arg(long)]
+        steady_state: bool,
     },
     /// Batches of readings to POST /api/readings.
     Ingest {
@@ -85,6 +95,11 @@ struct ClientResult {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (common, items_per_req, label) = match args.kind {
+        BenchKind::Put {
+            steady_state: true,
+            ref common,
+            ..
+        } => return steady_state(&args.kind, common).await,
         BenchKind::Put { ref common, .. } => (common.clone(), 1usize, "writes"),
         BenchKind::Ingest {
             ref common, batch, ..
@@ -93,20 +108,42 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if common.clients == 0 {
         bail!("--clients must be at least 1");
     }
-    let uri: hyper::Uri = common
-        .url
-        .parse()
-        .with_context(|| format!("bad --url {:?}", common.url))?;
-    let host = uri.host().context("--url needs a host")?.to_string();
-    let port = uri.port_u16().unwrap_or(80);
-    let authority = format!("{host}:{port}");
-    let run_id = std::process::id();
+    let mut rates = Vec::new();
+    for (n, url) in common.url.iter().enumerate() {
+        if common.url.len() > 1 {
+            println!("== {url}");
+        }
+        rates.push(measure(&args.kind, &common, url, n, items_per_req, label).await?);
+    }
+    for (url, rate) in common.url.iter().zip(&rates).skip(1) {
+        println!(
+            "{url}: {:.1}% of {}",
+            100.0 * rate / rates[0],
+            common.url[0]
+        );
+    }
+    Ok(())
+}
+
+/// One load run against `url`; returns items per second.
+async fn measure(
+    kind: &BenchKind,
+    common: &Common,
+    url: &str,
+    n: usize,
+    items_per_req: usize,
+    label: &str,
+) -> anyhow::Result<f64> {
+    let (base, _) = common.remote.connect(url)?;
+    // Distinct keys per run, also when two --url name the same node.
+    let run_id = std::process::id().wrapping_mul(16).wrapping_add(n as u32);
     let deadline = Instant::now() + common.duration;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client in 0..common.clients {
-        let authority = authority.clone();
-        let kind = match &args.kind {
+        let base = base.clone();
+        let http = common.remote.client()?;
+        let kind = match kind {
             BenchKind::Put { value_bytes, .. } => Work::Put {
                 value: Bytes::from(vec![b'v'; *value_bytes]),
             },
@@ -116,7 +153,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             },
         };
         tasks.push(tokio::spawn(async move {
-            client_loop(client, run_id, &authority, kind, deadline).await
+            client_loop(client, run_id, &base, &http, kind, deadline).await
         }));
     }
     let mut all = Vec::new();
@@ -157,7 +194,73 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if requests == 0 {
         bail!("no request succeeded");
     }
+    Ok(items as f64 / elapsed)
+}
+
+/// `bench put --steady-state`: the same load on the fresh node and on the
+/// node whose own log is at its retention (every write also trims).
+async fn steady_state(kind: &BenchKind, common: &Common) -> anyhow::Result<()> {
+    let [url] = common.url.as_slice() else {
+        bail!("--steady-state measures one node: give one --url");
+    };
+    if common.clients == 0 {
+        bail!("--clients must be at least 1");
+    }
+    println!("fresh node:");
+    let fresh = measure(kind, common, url, 0, 1, "writes").await?;
+    let retention = fill_to_retention(common, url).await?;
+    println!("steady state (own log at its retention of {retention} deltas):");
+    let steady = measure(kind, common, url, 1, 1, "writes").await?;
+    println!(
+        "steady state / fresh: {:.0} % (target >= 90 %)",
+        100.0 * steady / fresh
+    );
     Ok(())
+}
+
+/// Posts batches of readings until the node's own log has reached its
+/// retention, i.e. until the node trims. Returns the retention.
+async fn fill_to_retention(common: &Common, url: &str) -> anyhow::Result<u64> {
+    let (base, http) = common.remote.connect(url)?;
+    let run_id = std::process::id();
+    loop {
+        let info = http
+            .get_json(&base.join("/api/introspection"))
+            .await
+            .context("reading /api/introspection")?;
+        let retention = info["log_retention"]
+            .as_u64()
+            .context("the node does not report log_retention")?;
+        let node = info["node_id"].as_str().unwrap_or_default();
+        let own = &info["log"][node];
+        let (first, len) = (
+            own["first"].as_u64().unwrap_or(0),
+            own["len"].as_u64().unwrap_or(0),
+        );
+        println!("filling: own log holds {len} of {retention} deltas");
+        if first > 1 {
+            return Ok(retention);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut tasks = Vec::new();
+        for client in 0..4 {
+            let base = base.clone();
+            let http = common.remote.client()?;
+            let work = Work::Ingest {
+                batch: 1000,
+                sensors: 100,
+            };
+            tasks.push(tokio::spawn(async move {
+                client_loop(client, run_id, &base, &http, work, deadline).await
+            }));
+        }
+        for t in tasks {
+            let r = t.await.context("fill task failed")??;
+            if let Some(e) = r.first_error {
+                bail!("filling the log failed: {e}");
+            }
+        }
+    }
 }
 
 enum Work {
@@ -168,18 +271,11 @@ enum Work {
 async fn client_loop(
     client: usize,
     run_id: u32,
-    authority: &str,
+    base: &BaseUrl,
+    http: &Client,
     work: Work,
     deadline: Instant,
 ) -> anyhow::Result<ClientResult> {
-    let stream = tokio::net::TcpStream::connect(authority)
-        .await
-        .with_context(|| format!("cannot connect to {authority}"))?;
-    stream.set_nodelay(true)?;
-    let (mut sender, conn) = http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream)).await?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let mut res = ClientResult {
         latencies_us: Vec::with_capacity(1 << 16),
         errors: 0,
@@ -188,10 +284,13 @@ async fn client_loop(
     let mut i: u64 = 0;
     while Instant::now() < deadline {
         i += 1;
-        let req = match &work {
-            Work::Put { value } => hyper::Request::put(format!("/kv/bench-{run_id}/{client}/{i}"))
-                .header("host", authority)
-                .body(Full::new(value.clone()))?,
+        let (method, url, body, content_type) = match &work {
+            Work::Put { value } => (
+                Method::PUT,
+                base.join(&format!("/kv/bench-{run_id}/{client}/{i}")),
+                value.clone(),
+                None,
+            ),
             Work::Ingest { batch, sensors } => {
                 let mut body = String::with_capacity(batch * 48);
                 body.push('[');
@@ -206,29 +305,30 @@ async fn client_loop(
                     ));
                 }
                 body.push(']');
-                hyper::Request::post("/api/readings")
-                    .header("host", authority)
-                    .header("content-type", "application/json")
-                    .body(Full::new(Bytes::from(body)))?
+                (
+                    Method::POST,
+                    base.join("/api/readings"),
+                    Bytes::from(body),
+                    Some("application/json"),
+                )
             }
         };
         let t0 = Instant::now();
-        sender.ready().await.context("connection closed")?;
-        let resp = sender.send_request(req).await.context("request failed")?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
+        let reply = http
+            .request(method, &url, body, content_type)
             .await
-            .context("reading response")?
-            .to_bytes();
+            .context("request failed")?;
         let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
-        if status.is_success() {
+        if reply.status.is_success() {
             res.latencies_us.push(us);
         } else {
             res.errors += 1;
             if res.first_error.is_none() {
-                res.first_error = Some(format!("{status}: {}", String::from_utf8_lossy(&body)));
+                res.first_error = Some(format!(
+                    "{}: {}",
+                    reply.status,
+                    String::from_utf8_lossy(&reply.body)
+                ));
             }
         }
     }

@@ -18,9 +18,11 @@ pub struct InspectArgs {
     /// A stopped node's data directory.
     #[arg(long, conflicts_with = "node", required_unless_present = "node")]
     pub data_dir: Option<PathBuf>,
-    /// A running node's HTTP address, e.g. http://127.0.0.1:8080.
+    /// A running node's address, e.g. http://127.0.0.1:8080 or https://10.0.0.5:8080.
     #[arg(long)]
     pub node: Option<String>,
+    #[command(flatten)]
+    pub remote: super::remote::RemoteArgs,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -71,7 +73,7 @@ pub enum View {
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
     let value = match (&args.node, &args.data_dir) {
-        (Some(url), _) => live(url, &args.view).await?,
+        (Some(url), _) => live(url, &args.remote, &args.view).await?,
         (None, Some(dir)) => {
             let dir = dir.clone();
             let view = args.view.clone();
@@ -100,6 +102,9 @@ fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
                 let done = page.len() < 1000;
                 for (k, e) in page {
                     after = Some(k.clone());
+                    if hub::model::is_internal(&k) {
+                        continue;
+                    }
                     if let Some(v) = &e.value {
                         keys.push(json!({
                             "key": k,
@@ -154,12 +159,14 @@ fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
     })
 }
 
-async fn live(url: &str, view: &View) -> anyhow::Result<Value> {
-    let base = url.trim_end_matches('/');
+async fn live(url: &str, remote: &super::remote::RemoteArgs, view: &View) -> anyhow::Result<Value> {
+    let (base, client) = remote.connect(url)?;
     let path = match view {
         View::Summary | View::Vv | View::Workers => "/api/introspection".to_string(),
-        View::Keys { prefix, limit } => format!("/kv?prefix={}&limit={limit}", encode(prefix)),
-        View::Get { key } => format!("/api/entry/{}", encode(key)),
+        View::Keys { prefix, limit } => {
+            format!("/kv?prefix={}&limit={limit}", hub::client::encode(prefix))
+        }
+        View::Get { key } => format!("/api/entry/{}", hub::client::encode(key)),
         View::Log { since, limit } => match since {
             Some(s) => format!("/api/updates?since={s}&limit={limit}"),
             None => format!("/api/updates?limit={limit}"),
@@ -168,57 +175,13 @@ async fn live(url: &str, view: &View) -> anyhow::Result<Value> {
         View::Peers => "/api/membership".to_string(),
         View::Sync => "/api/sync".to_string(),
     };
-    let v = get_json(&format!("{base}{path}")).await?;
+    let v = client.get_json(&base.join(&path)).await?;
     Ok(match view {
         View::Vv => v.get("version_vector").cloned().unwrap_or(Value::Null),
         View::Workers => json!({ "workers": v.get("workers").cloned().unwrap_or(json!([])) }),
         View::Keys { .. } => json!({ "keys": v.get("keys").cloned().unwrap_or(json!([])) }),
         _ => v,
     })
-}
-
-/// Percent-encodes everything but unreserved characters and `/`.
-fn encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-async fn get_json(url: &str) -> anyhow::Result<Value> {
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client;
-    use hyper_util::rt::TokioExecutor;
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let uri: hyper::Uri = url
-        .parse()
-        .with_context(|| format!("bad node URL {url:?}"))?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(10), client.get(uri))
-        .await
-        .context("node did not answer within 10 s")?
-        .with_context(|| format!("cannot reach {url}; is the node running?"))?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .context("reading response")?
-        .to_bytes();
-    let v: Value = serde_json::from_slice(&body)
-        .with_context(|| format!("{url} did not answer JSON (status {status})"))?;
-    if !status.is_success() {
-        let msg = v
-            .pointer("/error/message")
-            .and_then(Value::as_str)
-            .unwrap_or("error");
-        bail!("{url}: {status}: {msg}");
-    }
-    Ok(v)
 }
 
 fn text(view: &View, v: &Value) -> String {

@@ -1,8 +1,10 @@
-//! Command line: `hub serve | demo | inspect | certs | bench`.
+//! Command line: `hub serve | demo | inspect | certs | keys | bench`.
 
 pub mod bench;
 pub mod demo;
 pub mod inspect;
+pub mod keys;
+pub mod remote;
 pub mod serve;
 
 use std::process::ExitCode;
@@ -44,6 +46,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Load-test a running node over HTTP, or a local 3-node cluster.
     Bench(bench::BenchArgs),
+    /// Create, list and revoke API keys (offline on --data-dir, or live on --node).
+    Keys(keys::KeysArgs),
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -82,6 +86,7 @@ pub fn main() -> ExitCode {
             Command::Certs { cmd } => hub::certs::run(cmd),
             Command::Inspect(args) => inspect::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Keys(args) => keys::run(args).await,
         }
     });
     match result {

@@ -48,13 +48,49 @@ impl ServeArgs {
     }
 }
 
+/// Secure by default: a non-loopback HTTP address needs TLS and auth, or
+/// an explicit `--insecure` (then the caller warns with the returned text).
+pub fn exposure_check(config: &Config) -> Result<Option<String>, String> {
+    if config.http.ip().is_loopback() || (config.http_tls && config.auth) {
+        return Ok(None);
+    }
+    let missing: Vec<&str> = [
+        (!config.http_tls).then_some("TLS (--http-tls)"),
+        (!config.auth).then_some("API keys (--auth)"),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let what = format!(
+        "HTTP address {} is not loopback and runs without {}",
+        config.http,
+        missing.join(" and ")
+    );
+    if config.insecure {
+        return Ok(Some(format!(
+            "{what}: anyone who can reach it can read and change every key (--insecure)"
+        )));
+    }
+    Err(format!(
+        "refusing to start: {what}, so anyone who can reach it could read and change every key. \
+         Turn on --http-tls (certificate from `hub certs issue --ip ...`) and --auth (first key from \
+         `hub keys create --data-dir DIR --node-id ID --role admin`), or pass --insecure to serve it anyway"
+    ))
+}
+
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
+    match exposure_check(&config) {
+        Ok(None) => {}
+        Ok(Some(warning)) => tracing::warn!(node = %config.node_id, "{warning}"),
+        Err(refusal) => anyhow::bail!(refusal),
+    }
+    hub::files::private_umask();
     let node = Node::start(config).await?;
     println!(
-        "hub node {} serving http://{}",
+        "hub node {} serving {}",
         node.config().node_id,
-        node.http_addr()
+        node.base_url()
     );
     wait_for_signal().await;
     tracing::info!(node = %node.config().node_id, "shutting down");

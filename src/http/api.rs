@@ -13,16 +13,26 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::auth::Scope;
 use super::error::{ApiError, ApiResult};
 use super::kv::{limit_from, VersionJson};
 use super::AppState;
 use crate::merkle::{NodeRef, LEAF_LEVEL};
-use crate::model::{validate_key, Entry, Meta, NodeId};
+use crate::model::{is_internal, validate_key, validate_user_key, Entry, Meta, NodeId};
 use crate::sensors;
 use crate::store::{Change, Condition, Op};
 
-pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    Json(json!({ "status": "ok", "node_id": state.node_id.as_str() }))
+/// 200 while the store takes writes; 503 with the reason while its writes
+/// fail or its database is closed after an error.
+pub async fn health(State(state): State<AppState>) -> Response {
+    match state.store.health() {
+        Ok(()) => Json(json!({ "status": "ok", "node_id": state.node_id.as_str() })).into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "unavailable", "node_id": state.node_id.as_str(), "reason": reason })),
+        )
+            .into_response(),
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -73,13 +83,16 @@ fn meta_json(meta: &Meta) -> Value {
 
 /// `GET /api/state`: the latest reading of every sensor, grouped by origin.
 /// Bounded: more than `state_limit` sensors is a clear error, not an
-/// answer of unbounded size.
-pub async fn state(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+/// answer of unbounded size. A prefix-limited key sees its sensors only.
+pub async fn state(State(state): State<AppState>, scope: Scope) -> ApiResult<Json<Value>> {
     let mut out: BTreeMap<String, BTreeMap<String, Value>> = BTreeMap::new();
+    let Some(prefix) = scope.narrow(sensors::PREFIX) else {
+        return Ok(Json(json!(out)));
+    };
     let mut after: Option<String> = None;
     let mut seen = 0usize;
     loop {
-        let page = state.store.scan(sensors::PREFIX, after.as_deref(), 1000)?;
+        let page = state.store.scan(&prefix, after.as_deref(), 1000)?;
         let done = page.len() < 1000;
         seen += page.len();
         if seen > state.state_limit {
@@ -138,9 +151,12 @@ pub fn change_json(cursor: u64, c: &Change) -> Value {
 }
 
 /// `GET /api/updates?since=&limit=`: the change feed in apply order. Reading
-/// consumes nothing; cursors are positions in the persisted feed.
+/// consumes nothing; cursors are positions in the persisted feed. Changes of
+/// the internal keyspace, and outside a limited token's prefix, are left out
+/// (the cursor still moves past them).
 pub async fn updates(
     State(state): State<AppState>,
+    scope: Scope,
     q: Result<Query<UpdatesQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
     let Query(q) = q?;
@@ -156,7 +172,11 @@ pub async fn updates(
     };
     let changes = state.store.changes(since, limit)?;
     let next = changes.last().map(|(i, _)| *i).or(since).unwrap_or(0);
-    let updates: Vec<Value> = changes.iter().map(|(i, c)| change_json(*i, c)).collect();
+    let updates: Vec<Value> = changes
+        .iter()
+        .filter(|(_, c)| !is_internal(&c.key) && scope.allows(&c.key))
+        .map(|(i, c)| change_json(*i, c))
+        .collect();
     Ok(Json(
         json!({ "updates": updates, "next": next.to_string() }),
     ))
@@ -184,6 +204,7 @@ fn check_sensor_name(name: &str) -> Result<(), String> {
 /// sensors in one commit; any bad reading refuses the whole batch.
 pub async fn readings(
     State(state): State<AppState>,
+    scope: Scope,
     body: Result<Json<Vec<ReadingIn>>, JsonRejection>,
 ) -> ApiResult<Response> {
     let Json(batch) = body?;
@@ -211,8 +232,10 @@ pub async fn readings(
             }
             meta.insert("unit".into(), unit);
         }
+        let key = sensors::key(state.node_id.as_str(), &r.sensor);
+        scope.check(&key)?;
         ops.push(Op::Local {
-            key: sensors::key(state.node_id.as_str(), &r.sensor),
+            key,
             value: Some(r.value.to_string().into_bytes()),
             meta,
             cond: Condition::Always,
@@ -238,6 +261,7 @@ pub struct HistoryQuery {
 /// newest first from the retained log; `before` is a seq (exclusive).
 pub async fn history(
     State(state): State<AppState>,
+    scope: Scope,
     path: Result<Path<(String, String)>, PathRejection>,
     q: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> ApiResult<Json<Value>> {
@@ -248,6 +272,7 @@ pub async fn history(
         NodeId::new(origin).map_err(|e| ApiError::bad_request("bad_origin", e.to_string()))?;
     check_sensor_name(&sensor).map_err(|m| ApiError::bad_request("bad_sensor", m))?;
     let key = sensors::key(origin.as_str(), &sensor);
+    scope.check(&key)?;
     let deltas =
         state
             .store
@@ -355,10 +380,12 @@ pub fn merkle_json(store: &crate::store::Store, node: NodeRef) -> Value {
 /// `GET /api/entry/{key}`: an entry with version and meta, tombstones included.
 pub async fn entry(
     State(state): State<AppState>,
+    scope: Scope,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Value>> {
     let Path(key) = path?;
-    validate_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+    validate_user_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+    scope.check(&key)?;
     match state.store.get(&key)? {
         Some(e) => Ok(Json(entry_json(&key, &e))),
         None => Err(ApiError::not_found(format!("key {key:?} not found"))),

@@ -8,9 +8,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
+use super::auth::Scope;
 use super::error::{ApiError, ApiResult};
 use super::{AppState, VERSION_HEADER};
-use crate::model::{validate_key, Delta, Meta, Version};
+use crate::model::{is_internal, validate_user_key, Delta, Meta, Version};
 use crate::store::{Condition, Op, Outcome};
 
 pub const DEFAULT_LIMIT: usize = 100;
@@ -41,9 +42,12 @@ struct Written {
     seq: u64,
 }
 
-fn key_from(path: Result<Path<String>, PathRejection>) -> ApiResult<String> {
+/// The key of a `/kv/{key}` path, if valid, outside the internal keyspace
+/// and within the token's scope.
+fn key_from(path: Result<Path<String>, PathRejection>, scope: &Scope) -> ApiResult<String> {
     let Path(key) = path?;
-    validate_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+    validate_user_key(&key).map_err(|e| ApiError::bad_request("bad_key", e.to_string()))?;
+    scope.check(&key)?;
     Ok(key)
 }
 
@@ -114,10 +118,11 @@ fn value_from(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResul
 /// `PUT /kv/{key}`: write unconditionally; 200 with the new version.
 pub async fn put(
     State(state): State<AppState>,
+    scope: Scope,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = key_from(path)?;
+    let key = key_from(path, &scope)?;
     let value = value_from(&state, body)?;
     match write(&state, key, Some(value), Condition::Always).await? {
         Outcome::Written(d) => {
@@ -131,10 +136,11 @@ pub async fn put(
 /// `POST /kv/{key}`: create; 201, or 409 if the key holds a value.
 pub async fn create(
     State(state): State<AppState>,
+    scope: Scope,
     path: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
-    let key = key_from(path)?;
+    let key = key_from(path, &scope)?;
     let value = value_from(&state, body)?;
     match write(&state, key.clone(), Some(value), Condition::IfAbsent).await? {
         Outcome::Written(d) => {
@@ -153,9 +159,10 @@ pub async fn create(
 /// `DELETE /kv/{key}`: 204, or 404 if absent or already deleted.
 pub async fn delete(
     State(state): State<AppState>,
+    scope: Scope,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let key = key_from(path)?;
+    let key = key_from(path, &scope)?;
     match write(&state, key.clone(), None, Condition::IfPresent).await? {
         Outcome::Written(d) => {
             state.metrics.writes.inc();
@@ -181,9 +188,10 @@ fn unexpected(o: Outcome) -> ApiError {
 /// `GET /kv/{key}`: the raw value, version in `x-hub-version`.
 pub async fn get(
     State(state): State<AppState>,
+    scope: Scope,
     path: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Response> {
-    let key = key_from(path)?;
+    let key = key_from(path, &scope)?;
     match state.store.get(&key)? {
         Some(e) => match e.value {
             Some(v) => Ok((
@@ -229,13 +237,17 @@ struct Listed {
 
 /// `GET /kv?prefix=&after=&limit=`: live keys in key order; `next` is the
 /// `after` for the following page, `null` at the end.
+/// Internal keys are never listed; a prefix-limited token sees its keys only.
 pub async fn list(
     State(state): State<AppState>,
+    scope: Scope,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let Query(q) = q?;
     let limit = limit_from(q.limit)?;
-    let prefix = q.prefix.unwrap_or_default();
+    let Some(prefix) = scope.narrow(&q.prefix.unwrap_or_default()) else {
+        return Ok(Json(serde_json::json!({ "keys": [], "next": null })).into_response());
+    };
     let mut after = q.after;
     let mut keys = Vec::new();
     // Tombstones are skipped, so a page may need more than one scan.
@@ -244,6 +256,9 @@ pub async fn list(
         let exhausted = page.len() < limit;
         for (key, entry) in page {
             after = Some(key.clone());
+            if is_internal(&key) {
+                continue;
+            }
             if let Some(v) = &entry.value {
                 keys.push(Listed {
                     bytes: v.len(),

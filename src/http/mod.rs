@@ -3,9 +3,14 @@
 //! Errors are JSON (see [`error`]).
 
 pub mod api;
+pub mod auth;
+pub mod canned;
 mod cluster;
 pub mod error;
+pub mod keys;
 pub mod kv;
+pub mod server;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -39,6 +44,8 @@ pub struct Shared {
     pub cluster: Option<tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster::ClusterView>>>,
     /// Every background mechanism's status.
     pub workers: Arc<crate::workers::Workers>,
+    /// The API key table when `auth` is on; `None` serves without tokens.
+    pub keys: Option<Arc<crate::auth::KeyTable>>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -75,12 +82,18 @@ pub fn router(state: AppState) -> Router {
         .route("/api/membership", get(cluster::membership))
         .route("/api/sync", get(cluster::sync))
         .route("/api/merkle", get(api::merkle))
-        .route("/api/entry/{*key}", get(api::entry));
+        .route("/api/entry/{*key}", get(api::entry))
+        .route("/api/keys", get(keys::list).post(keys::create))
+        .route("/api/keys/{id}", axum::routing::delete(keys::revoke));
     Router::new()
         .merge(kv_routes)
         .merge(api_routes)
         .fallback(error::route_not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::gate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             count_responses,

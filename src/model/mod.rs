@@ -12,6 +12,8 @@ mod version_vector;
 
 pub use entry::{Delta, Entry, Meta, Version};
 pub use hlc::{Clock, ClockError, Hlc};
-pub use key::{validate_key, KeyError, MAX_KEY_LEN};
+pub use key::{
+    is_internal, validate_key, validate_user_key, KeyError, INTERNAL_PREFIX, MAX_KEY_LEN,
+};
 pub use node_id::{NodeId, NodeIdError};
 pub use version_vector::VersionVector;

@@ -31,3 +31,15 @@ pub fn decode<T: DeserializeOwned>(what: &'static str, bytes: &[u8]) -> Result<T
         }),
     }
 }
+
+/// The element count of an encoded sequence (or of a struct whose first field
+/// is one), read from its length prefix without decoding the elements.
+pub fn decode_len(what: &'static str, bytes: &[u8]) -> Result<u64, CodecError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    bincode::serde::decode_from_slice::<u64, _>(bytes, config)
+        .map(|(n, _)| n)
+        .map_err(|e| CodecError {
+            what,
+            reason: e.to_string(),
+        })
+}

@@ -9,6 +9,11 @@
 //!
 //! After a flush, deltas that were newly logged are handed to the subscriber
 //! (replication), so only durable deltas leave the node.
+//!
+//! When a batch or a flush fails, the store reopens its database from disk;
+//! each group is then answered by whether its commit number is on disk
+//! ([`Store::is_durable`]): success for groups that took effect, an error only
+//! for groups that did not and will not.
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -89,7 +94,7 @@ pub type DeltaSink = mpsc::Sender<Arc<Vec<Delta>>>;
 
 impl Committer {
     /// Starts the writer threads. They stop when every `Committer` is dropped.
-    pub fn start(store: Arc<Store>, sink: Option<DeltaSink>) -> Committer {
+    pub fn start(store: Arc<Store>, sink: Option<DeltaSink>) -> Result<Committer, StoreError> {
         let (tx, rx) = mpsc::channel(QUEUE);
         let stats = Arc::new(CommitStats::default());
         // At most a few applied groups wait for their flush: backpressure.
@@ -104,10 +109,9 @@ impl Committer {
                     .name("hub-flush".into())
                     .spawn(move || flush_loop(store, flush_rx, sink, flush_stats))
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start commit threads");
-        }
-        Committer { tx, stats }
+        // On error the apply thread, if it started, ends with the dropped sender.
+        spawned.map_err(StoreError::Spawn)?;
+        Ok(Committer { tx, stats })
     }
 
     /// Applies `ops` atomically and durably; resolves after the flush.
@@ -193,6 +197,8 @@ impl Pending {
 
 /// A group that is applied and waits for a flush before it is answered.
 struct Applied {
+    /// The group's commit number: whether it is on disk decides its answer.
+    commit: u64,
     outcomes: Vec<Outcome>,
     sizes: Vec<usize>,
     replies: Vec<Reply>,
@@ -241,13 +247,14 @@ fn apply_loop(
         stats.groups.fetch_add(1, Relaxed);
         stats.ops.fetch_add(n_ops as u64, Relaxed);
         let started = std::time::Instant::now();
-        let applied = store.apply(all, wall_ms());
+        let applied = store.apply_group(all, wall_ms());
         stats
             .apply_micros
             .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         match applied {
-            Ok(outcomes) => {
+            Ok((outcomes, commit)) => {
                 let applied = Applied {
+                    commit,
                     outcomes,
                     sizes,
                     replies,
@@ -290,9 +297,16 @@ fn flush_loop(
         }
         let error = flushed.err().map(Arc::new);
         stats.record(error.as_deref());
+        if let Some(e) = &error {
+            tracing::error!(error = %e, groups = groups.len(), "flush failed");
+        }
         for mut g in groups {
-            if let Some(e) = &error {
-                tracing::error!(error = %e, "flush failed");
+            let failure = match store.is_durable(g.commit) {
+                Some(true) => None,
+                Some(false) => Some(error.clone().unwrap_or_else(|| Arc::new(StoreError::Lost))),
+                None => Some(Arc::new(StoreError::Unknown)),
+            };
+            if let Some(e) = failure {
                 for reply in g.replies {
                     let _ = reply.send(Err(e.clone()));
                 }

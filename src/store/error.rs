@@ -15,8 +15,28 @@ pub enum StoreError {
     WrongNode { stored: String, configured: String },
     #[error("{0} is not a hub data directory (no node id recorded)")]
     NotHubDir(String),
-    #[error("store is read-only after an earlier write failure ({0}); restart the node to recover from disk")]
-    Poisoned(String),
+    #[error("store is unavailable: the database could not be reopened after a write failure ({0}); writes are refused and each new write retries")]
+    Unavailable(String),
+    #[error("data directory {dir} belonged to node {node} and had reached commit {commit} (recorded in {file}), but its database is missing or empty: it was deleted or truncated. Restore the directory from a snapshot or a peer; do not start the node on it", file = super::identity::FILE)]
+    DatabaseLost {
+        dir: String,
+        node: String,
+        commit: u64,
+    },
+    #[error("the database in {dir} holds commit {found} but had durably reached commit {recorded} (recorded in {file}): its tail was lost (truncated or corrupted). Restore the directory from a snapshot or a peer; do not start the node on it", file = super::identity::FILE)]
+    RolledBack {
+        dir: String,
+        recorded: u64,
+        found: u64,
+    },
+    #[error("identity file {path}: {reason}; restore it from a backup of this directory, or the directory from a snapshot or a peer")]
+    Identity { path: String, reason: String },
+    #[error("cannot start the store writer threads: {0}")]
+    Spawn(std::io::Error),
+    #[error("the write was lost: the database failed and was reopened without it")]
+    Lost,
+    #[error("the write's outcome is unknown: the database failed and is not reopened yet")]
+    Unknown,
     #[error("data directory {0} does not exist")]
     Missing(String),
 }

@@ -9,31 +9,51 @@
 //! Merkle tree, clock, counts) is loaded at open from small persisted
 //! summaries, never by scanning the entries, so restart time does not grow
 //! with the number of keys.
+//!
+//! Memory equals disk: the version vector, Merkle tree, counts, clock and
+//! change-feed position that are served move only when a group is durable
+//! (see `state.rs`). Any error while building, applying or flushing a group
+//! discards its in-memory effect; an error from the engine also closes the
+//! database and reopens it from disk (sled keeps failed writes in its cache
+//! and refuses all later writes), so what is served afterwards is what the
+//! disk holds. Each batch carries a commit number, never reused, so callers
+//! learn from [`Store::is_durable`] whether their group took effect. Cost: one
+//! copy of the Merkle tree per copy of the state (~2 MB) and one replay of
+//! each group's toggles. Reads of single entries go to the engine, so for the
+//! length of one flush a read can see a write that is still being flushed.
+//!
+//! No silent loss at open: the identity file (`identity.rs`) records the node
+//! and a durable commit number outside the database; a database that lost
+//! them is refused, and a storage-engine panic at open becomes an error.
 
 mod backend;
 mod codec;
 pub mod commit;
 mod error;
+mod identity;
 mod keys;
 mod schema;
+mod state;
 mod write;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
-use std::sync::Mutex;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
 use crate::merkle::{self, Digest, MerkleTree, NodeRef};
-use crate::model::{Clock, Delta, Entry, Hlc, Meta, NodeId, Version, VersionVector};
+use crate::model::{Delta, Entry, Hlc, Meta, NodeId, Version, VersionVector};
 
-pub use backend::BackendError;
+pub use backend::{BackendError, Fault, Faults};
 pub use codec::CodecError;
 pub use error::{Result, StoreError};
+pub use identity::FILE as IDENTITY_FILE;
 pub use schema::SCHEMA_VERSION;
 pub use write::{Condition, Op, Outcome};
 
 use backend::Kv;
+use state::{Pending, Served, Writer};
 
 #[derive(Clone, Debug)]
 pub struct StoreConfig {
@@ -50,6 +70,8 @@ pub struct StoreConfig {
     /// process needs a short wait; inspection of a running node's directory
     /// should fail at once instead. Default 2 s.
     pub lock_wait: std::time::Duration,
+    /// Storage failures to inject (tests and simulation only).
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl Default for StoreConfig {
@@ -60,6 +82,7 @@ impl Default for StoreConfig {
             cache_bytes: 64 << 20,
             max_clock_offset_ms: 500,
             lock_wait: std::time::Duration::from_secs(2),
+            faults: None,
         }
     }
 }
@@ -125,28 +148,22 @@ pub enum LogRead {
     Unavailable { first_retained: u64 },
 }
 
-pub(crate) struct State {
-    clock: Clock,
-    vv: VersionVector,
-    merkle: MerkleTree,
-    next_change: u64,
-    log: BTreeMap<NodeId, LogStats>,
-    counts: Counts,
-    /// Leaf chunks changed since the last Merkle checkpoint.
-    dirty_chunks: BTreeSet<u16>,
-    changes_since_checkpoint: u64,
-    /// Feed index up to which the persisted leaf chunks are exact.
-    merkle_at: u64,
-    poisoned: Option<String>,
-}
-
 pub struct Store {
-    kv: Kv,
+    dir: PathBuf,
+    /// Closed and replaced after an engine error; see [`Store::reopen`].
+    kv: RwLock<Kv>,
     node_id: NodeId,
     config: StoreConfig,
-    state: Mutex<State>,
+    /// Lock order: writer, then kv, then pending, then served.
+    writer: Mutex<Writer>,
+    pending: Mutex<Pending>,
+    served: Mutex<Served>,
+    identity_written: Mutex<std::time::Instant>,
     /// Set by [`Store::close_as_if_crashed`]: skip the closing checkpoint.
     skip_checkpoint: std::sync::atomic::AtomicBool,
+    /// Bumped after every applied group that touched the internal keyspace,
+    /// so caches of it (the API key table) know when to reload.
+    internal_generation: std::sync::atomic::AtomicU64,
 }
 
 /// A point-in-time description of the store for `hub inspect` and introspection.
@@ -164,11 +181,36 @@ pub struct Summary {
     pub hlc: u64,
     pub changes_next: u64,
     pub disk_bytes: u64,
+    /// Deltas kept per origin (configured).
+    pub log_retention: u64,
 }
 
 impl Store {
     pub fn open(dir: &Path, config: StoreConfig) -> Result<Store> {
-        let kv = Kv::open(dir, config.cache_bytes, config.lock_wait)?;
+        // sled panics on some damage it meets while reading (a missing blob);
+        // at open that must be a clear refusal, not a crashed node.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Store::open_inner(dir, config)
+        }))
+        .unwrap_or_else(|_| {
+            Err(BackendError::Damaged {
+                path: dir.display().to_string(),
+                detail: "the storage engine panicked reading it".into(),
+            }
+            .into())
+        })
+    }
+
+    fn open_inner(dir: &Path, config: StoreConfig) -> Result<Store> {
+        let kv = Kv::open(
+            dir,
+            config.cache_bytes,
+            config.lock_wait,
+            config.faults.clone(),
+        )?;
+        // Before anything writes: a fresh-looking database in a directory
+        // that recorded one is a lost database, not a new node.
+        check_identity(dir, &kv)?;
         schema::migrate(&kv)?;
         let node_id = match (kv.get(&keys::meta("node_id"))?, &config.node_id) {
             (Some(stored), Some(configured)) => {
@@ -195,13 +237,33 @@ impl Store {
             }
             (None, None) => return Err(StoreError::NotHubDir(dir.display().to_string())),
         };
-        let state = load_state(&kv, &config)?;
+        let (derived, writer) = state::load(&kv, &config)?;
+        let recorded = identity::Identity {
+            node_id: node_id.to_string(),
+            commit: derived.commit,
+        };
+        identity::write(dir, &recorded).map_err(|e| StoreError::Identity {
+            path: identity::path(dir).display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let served = Served {
+            state: derived,
+            clock: writer.clock.clone(),
+            lost: Vec::new(),
+            unavailable: None,
+            failing: None,
+        };
         Ok(Store {
-            kv,
+            dir: dir.to_path_buf(),
+            kv: RwLock::new(kv),
             node_id,
             config,
-            state: Mutex::new(state),
+            writer: Mutex::new(writer),
+            pending: Mutex::new(Pending::default()),
+            served: Mutex::new(served),
+            identity_written: Mutex::new(std::time::Instant::now()),
             skip_checkpoint: std::sync::atomic::AtomicBool::new(false),
+            internal_generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -225,27 +287,216 @@ impl Store {
         &self.node_id
     }
 
+    /// Changes whenever an applied group touched the internal keyspace
+    /// ([`crate::model::INTERNAL_PREFIX`]); read it before reading that
+    /// keyspace, and reload when it differs from the value last seen.
+    pub fn internal_generation(&self) -> u64 {
+        self.internal_generation
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn config(&self) -> &StoreConfig {
         &self.config
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        // A panic while holding the lock leaves state we cannot trust; the
-        // poisoned flag in State handles write failures, and we recover the
-        // guard here so readers keep working.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    // A panic while holding a lock leaves state we cannot trust; the
+    // poisoned flag in `Writer` handles write failures, and we recover the
+    // guards here so readers keep working.
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Makes everything applied so far durable.
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn served(&self) -> std::sync::MutexGuard<'_, Served> {
+        self.served.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn kv(&self) -> std::sync::RwLockReadGuard<'_, Kv> {
+        self.kv.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes everything applied so far durable and publishes it to readers.
+    /// On failure the database is reopened from disk (see [`Store::reopen`]);
+    /// ask [`Store::is_durable`] which groups survived.
     pub fn flush(&self) -> Result<()> {
-        self.kv.flush().map_err(|e| {
-            self.lock().poisoned = Some(e.to_string());
-            e.into()
-        })
+        let (epoch, n) = {
+            let p = self.pending();
+            (p.epoch, p.groups.len())
+        };
+        let flushed = self.kv().flush();
+        match flushed {
+            Ok(()) => {
+                self.publish(epoch, n);
+                self.maybe_write_identity();
+                Ok(())
+            }
+            Err(e) => {
+                let mut w = self.writer();
+                self.fail(&mut w, "flush", &e);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Moves the first `n` pending groups into the served state, unless the
+    /// database was reopened since they were counted (then the reopen
+    /// already loaded whatever of them is on disk).
+    fn publish(&self, epoch: u64, n: usize) {
+        let mut p = self.pending();
+        if p.epoch != epoch {
+            return;
+        }
+        let mut served = self.served();
+        let mut internal = false;
+        for staged in p.groups.drain(..n) {
+            staged.apply_to(&mut served.state);
+            served.clock.observe(staged.hlc);
+            internal |= staged.internal;
+        }
+        if internal {
+            // Readers of the internal keyspace (the API key table) reload
+            // once what changed is durable and served.
+            self.internal_generation
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
+        served.failing = None;
+    }
+
+    /// Records the durable commit number in the identity file, at most every
+    /// `identity::WRITE_EVERY`.
+    fn maybe_write_identity(&self) {
+        let mut last = self
+            .identity_written
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if last.elapsed() < identity::WRITE_EVERY {
+            return;
+        }
+        *last = std::time::Instant::now();
+        drop(last);
+        self.write_identity();
+    }
+
+    fn write_identity(&self) {
+        let recorded = identity::Identity {
+            node_id: self.node_id.to_string(),
+            commit: self.served().state.commit,
+        };
+        if let Err(e) = identity::write(&self.dir, &recorded) {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "cannot update the identity file");
+        }
+    }
+
+    /// An engine error: refuse writes, then reopen the database so that only
+    /// what is on disk is served. Holds the writer lock throughout.
+    fn fail(&self, w: &mut Writer, step: &str, e: &BackendError) {
+        tracing::error!(step, error = %e, dir = %self.dir.display(), "store write failed; reopening the database from disk");
+        w.poisoned = Some(format!("{step} failed: {e}"));
+        self.served().failing = Some(format!("{step} failed: {e}"));
+        match self.reopen(w) {
+            Ok(()) => w.poisoned = None,
+            Err(e) => {
+                tracing::error!(error = %e, "reopening the database failed; writes are refused and retried")
+            }
+        }
+    }
+
+    /// Closes the engine (dropping whatever it holds only in memory) and
+    /// opens the directory again; both state copies are reloaded from disk.
+    /// Commit numbers applied but not found on disk are recorded as lost and
+    /// never reused. On failure the database stays closed: reads fail,
+    /// [`Store::health`] says why, and the next write tries again.
+    fn reopen(&self, w: &mut Writer) -> Result<()> {
+        let mut kv = self.kv.write().unwrap_or_else(|p| p.into_inner());
+        let closed = kv.close();
+        {
+            let mut p = self.pending();
+            p.epoch += 1;
+            p.groups.clear();
+        }
+        // Whatever the key table cached may have been lost: reload it.
+        self.internal_generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        if let Err(e) = closed {
+            self.served().unavailable = Some(e.to_string());
+            return Err(StoreError::Unavailable(e.to_string()));
+        }
+        let loaded = Kv::open(
+            &self.dir,
+            self.config.cache_bytes,
+            REOPEN_LOCK_WAIT,
+            self.config.faults.clone(),
+        )
+        .map_err(StoreError::from)
+        .and_then(|fresh| {
+            let (derived, writer) = state::load(&fresh, &self.config)?;
+            Ok((fresh, derived, writer))
+        });
+        let mut served = self.served();
+        let (fresh, derived, writer) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                served.unavailable = Some(e.to_string());
+                return Err(StoreError::Unavailable(e.to_string()));
+            }
+        };
+        if derived.commit < served.state.commit {
+            // Groups we answered as durable are not on disk: never serve that.
+            let reason = format!(
+                "the database holds commit {} but commit {} was durable before the error; restore the directory from a snapshot or a peer",
+                derived.commit, served.state.commit
+            );
+            served.unavailable = Some(reason.clone());
+            return Err(StoreError::Unavailable(reason));
+        }
+        let highest = w.state.commit.max(derived.commit);
+        if highest > derived.commit {
+            served.lost.push(derived.commit + 1..=highest);
+            if served.lost.len() > state::LOST_RANGES_KEPT {
+                served.lost.remove(0);
+            }
+        }
+        let clock = w.clock.clone();
+        *w = writer;
+        w.clock = clock;
+        w.state.commit = highest;
+        served.state = derived;
+        served.unavailable = None;
+        *kv = fresh;
+        tracing::warn!(
+            commit = served.state.commit,
+            lost = highest - served.state.commit,
+            "database reopened; serving what is on disk"
+        );
+        Ok(())
+    }
+
+    /// Whether the group that got commit number `commit` from
+    /// [`Store::apply_group`] is on disk: `None` while the database is closed
+    /// and the answer is unknown.
+    pub fn is_durable(&self, commit: u64) -> Option<bool> {
+        let served = self.served();
+        if served.unavailable.is_some() {
+            return None;
+        }
+        Some(commit <= served.state.commit && !served.lost.iter().any(|r| r.contains(&commit)))
+    }
+
+    /// `Err(reason)` while writes fail or the database is closed.
+    pub fn health(&self) -> std::result::Result<(), String> {
+        let served = self.served();
+        match (&served.unavailable, &served.failing) {
+            (Some(why), _) => Err(format!("database closed after a write failure: {why}")),
+            (None, Some(why)) => Err(format!("the last write failed: {why}")),
+            (None, None) => Ok(()),
+        }
     }
 
     pub fn get(&self, key: &str) -> Result<Option<Entry>> {
-        match self.kv.get(&keys::entry(key))? {
+        match self.kv().get(&keys::entry(key))? {
             Some(bytes) => Ok(Some(codec::decode("entry", &bytes)?)),
             None => Ok(None),
         }
@@ -269,7 +520,8 @@ impl Store {
             _ => p.clone(),
         };
         let mut out = Vec::new();
-        for item in self.kv.scan_from(&p, &from) {
+        let kv = self.kv();
+        for item in kv.scan_from(&p, &from) {
             if out.len() >= limit {
                 break;
             }
@@ -286,20 +538,20 @@ impl Store {
     }
 
     pub fn version_vector(&self) -> VersionVector {
-        self.lock().vv.clone()
+        self.served().state.vv.clone()
     }
 
     pub fn hlc(&self) -> Hlc {
-        self.lock().clock.last()
+        self.served().clock.last()
     }
 
     /// A fresh timestamp, for messages that carry our clock.
     pub fn now(&self, wall_ms: u64) -> Hlc {
-        self.lock().clock.now(wall_ms)
+        self.served().clock.now(wall_ms)
     }
 
     pub fn observe_clock(&self, remote: Hlc) {
-        self.lock().clock.observe(remote);
+        self.served().clock.observe(remote);
     }
 
     pub fn check_clock(
@@ -307,32 +559,34 @@ impl Store {
         remote: Hlc,
         wall_ms: u64,
     ) -> std::result::Result<(), crate::model::ClockError> {
-        self.lock().clock.check(remote, wall_ms)
+        self.served().clock.check(remote, wall_ms)
     }
 
     pub fn merkle_root(&self) -> Digest {
-        self.lock().merkle.root()
+        self.served().state.merkle.root()
     }
 
     pub fn merkle_node(&self, node: NodeRef) -> Option<Digest> {
-        self.lock().merkle.node(node)
+        self.served().state.merkle.node(node)
     }
 
     pub fn merkle_children(&self, node: NodeRef) -> Option<Vec<Digest>> {
-        self.lock().merkle.children(node)
+        self.served().state.merkle.children(node)
     }
 
     /// Every key in a Merkle leaf with its version, for anti-entropy.
     pub fn bucket_versions(&self, bucket: u16) -> Result<Vec<(String, Version, bool)>> {
         let prefix = keys::bucket_prefix(bucket);
         let mut out = Vec::new();
-        for item in self.kv.scan_prefix(&prefix) {
+        let kv = self.kv();
+        for item in kv.scan_prefix(&prefix) {
             let (k, _) = item?;
             let key = keys::suffix_str(&k, 3).ok_or_else(|| CodecError {
                 what: "bucket key",
                 reason: "not UTF-8".into(),
             })?;
-            if let Some(e) = self.get(key)? {
+            if let Some(bytes) = kv.get(&keys::entry(key))? {
+                let e: Entry = codec::decode("entry", &bytes)?;
                 let tomb = e.is_tombstone();
                 out.push((key.to_string(), e.version, tomb));
             }
@@ -341,21 +595,21 @@ impl Store {
     }
 
     pub fn counts(&self) -> Counts {
-        self.lock().counts
+        self.served().state.counts
     }
 
     pub fn log_stats(&self) -> BTreeMap<NodeId, LogStats> {
-        self.lock().log.clone()
+        self.served().state.log.clone()
     }
 
     /// Contiguous deltas of `origin` with seq > `after`, at most `limit`
     /// (rounded up to whole log runs).
     pub fn deltas_after(&self, origin: &NodeId, after: u64, limit: usize) -> Result<LogRead> {
         let (known, stats) = {
-            let st = self.lock();
+            let st = self.served();
             (
-                st.vv.get(origin),
-                st.log.get(origin).copied().unwrap_or_default(),
+                st.state.vv.get(origin),
+                st.state.log.get(origin).copied().unwrap_or_default(),
             )
         };
         if after >= known {
@@ -366,14 +620,13 @@ impl Store {
         };
         let prefix = keys::log_prefix(origin);
         let mut expect = after + 1;
-        let Some((start_key, _)) = self
-            .kv
-            .last_at_or_before(&prefix, &keys::log_run(origin, expect))?
+        let kv = self.kv();
+        let Some((start_key, _)) = kv.last_at_or_before(&prefix, &keys::log_run(origin, expect))?
         else {
             return Ok(unavailable);
         };
         let mut out = Vec::new();
-        for item in self.kv.scan_from(&prefix, &start_key) {
+        for item in kv.scan_from(&prefix, &start_key) {
             let (k, v) = item?;
             let first = keys::trailing_u64(&k).unwrap_or(0);
             let run: Run = codec::decode("log run", &v)?;
@@ -381,6 +634,9 @@ impl Store {
                 break; // a gap: the log does not hold `expect`
             }
             for (key, entry) in run.items.into_iter().skip((expect - first) as usize) {
+                if expect > known {
+                    break; // applied, not yet durable
+                }
                 out.push(Delta {
                     origin: origin.clone(),
                     seq: expect,
@@ -404,14 +660,17 @@ impl Store {
     /// been trimmed are skipped.
     pub fn changes(&self, since: Option<u64>, limit: usize) -> Result<Vec<(u64, Change)>> {
         let start = since.map_or(0, |s| s.saturating_add(1));
+        // Changes at or after this index are applied but not yet durable.
+        let durable_end = self.served().state.next_change;
         let prefix = [keys::FEED];
-        let from = match self.kv.last_at_or_before(&prefix, &keys::feed(start))? {
+        let kv = self.kv();
+        let from = match kv.last_at_or_before(&prefix, &keys::feed(start))? {
             Some((k, _)) => k,
             None => keys::feed(0),
         };
         let mut runs = RunCache::default();
         let mut out = Vec::new();
-        'records: for item in self.kv.scan_from(&prefix, &from) {
+        'records: for item in kv.scan_from(&prefix, &from) {
             let (k, v) = item?;
             let base = keys::trailing_u64(&k).unwrap_or(0);
             let items: Vec<FeedItem> = codec::decode("feed", &v)?;
@@ -420,7 +679,7 @@ impl Store {
                 if idx < start {
                     continue;
                 }
-                if out.len() >= limit {
+                if out.len() >= limit || idx >= durable_end {
                     break 'records;
                 }
                 let change = match fi {
@@ -429,7 +688,7 @@ impl Store {
                         entry,
                         origin: None,
                     },
-                    FeedItem::Delta { origin, seq, key } => match runs.entry(self, &origin, seq)? {
+                    FeedItem::Delta { origin, seq, key } => match runs.entry(&kv, &origin, seq)? {
                         Some(entry) => Change {
                             key,
                             entry,
@@ -458,7 +717,8 @@ impl Store {
         let prefix = keys::log_prefix(origin);
         let mut out = Vec::new();
         let mut scanned = 0;
-        for item in self.kv.scan_prefix(&prefix).rev() {
+        let kv = self.kv();
+        for item in kv.scan_prefix(&prefix).rev() {
             let (k, v) = item?;
             let first = keys::trailing_u64(&k).unwrap_or(0);
             let run: Run = codec::decode("log run", &v)?;
@@ -484,34 +744,39 @@ impl Store {
     /// Persists the Merkle leaves so the next open replays nothing. Called on
     /// close; safe at any time.
     pub fn checkpoint(&self) -> Result<()> {
-        let mut st = self.lock();
-        if st.poisoned.is_some() || st.dirty_chunks.is_empty() {
+        let mut w = self.writer();
+        if w.poisoned.is_some() || w.dirty_chunks.is_empty() {
             return Ok(());
         }
         let mut batch = backend::WriteBatch::default();
-        write::write_checkpoint(&mut batch, &mut st);
-        self.kv.apply(batch)?;
-        drop(st);
+        write::write_checkpoint(&mut batch, &mut w);
+        let applied = self.kv().apply(batch);
+        if let Err(e) = applied {
+            self.fail(&mut w, "checkpoint", &e);
+            return Err(e.into());
+        }
+        drop(w);
         self.flush()
     }
 
     pub fn save_peer(&self, id: &NodeId, record: &PeerRecord) -> Result<()> {
         let mut b = backend::WriteBatch::default();
         b.insert(keys::peer(id), codec::encode(record));
-        self.kv.apply(b)?;
+        self.kv().apply(b)?;
         Ok(())
     }
 
     pub fn remove_peer(&self, id: &NodeId) -> Result<()> {
         let mut b = backend::WriteBatch::default();
         b.remove(keys::peer(id));
-        self.kv.apply(b)?;
+        self.kv().apply(b)?;
         Ok(())
     }
 
     pub fn peers(&self) -> Result<Vec<(NodeId, PeerRecord)>> {
         let mut out = Vec::new();
-        for item in self.kv.scan_prefix(&[keys::PEER]) {
+        let kv = self.kv();
+        for item in kv.scan_prefix(&[keys::PEER]) {
             let (k, v) = item?;
             let Some(id) = keys::suffix_str(&k, 1).and_then(|s| NodeId::new(s).ok()) else {
                 continue;
@@ -522,8 +787,11 @@ impl Store {
     }
 
     pub fn summary(&self) -> Result<Summary> {
-        let disk_bytes = self.kv.size_on_disk()?;
-        let mut st = self.lock();
+        // Still a summary while the database is closed after an error.
+        let disk_bytes = self.kv().size_on_disk().unwrap_or(0);
+        let mut served = self.served();
+        let hlc = served.clock.last().0;
+        let st = &mut served.state;
         let root = st.merkle.root();
         Ok(Summary {
             node_id: self.node_id.to_string(),
@@ -535,161 +803,99 @@ impl Store {
             version_vector: st.vv.iter().map(|(k, v)| (k.to_string(), v)).collect(),
             merkle_root: hex::encode(root),
             merkle_occupied_leaves: st.merkle.occupied_leaves(),
-            hlc: st.clock.last().0,
+            hlc,
             changes_next: st.next_change,
             disk_bytes,
+            log_retention: self.config.log_retention,
         })
     }
 
     /// Applies ops atomically; see [`write`]. Not durable until [`Store::flush`].
     pub fn apply(&self, ops: Vec<Op>, wall_ms: u64) -> Result<Vec<Outcome>> {
-        let mut st = self.lock();
-        if let Some(reason) = &st.poisoned {
-            return Err(StoreError::Poisoned(reason.clone()));
+        self.apply_group(ops, wall_ms).map(|(outcomes, _)| outcomes)
+    }
+
+    /// [`Store::apply`], also returning the group's commit number for
+    /// [`Store::is_durable`]. A group that writes nothing shares the number of
+    /// the group before it, whose state its outcomes were decided on.
+    pub fn apply_group(&self, ops: Vec<Op>, wall_ms: u64) -> Result<(Vec<Outcome>, u64)> {
+        let mut w = self.writer();
+        if w.poisoned.is_some() {
+            // The cause may be gone (space freed): try the disk again.
+            self.reopen(&mut w)?;
+            w.poisoned = None;
         }
-        let (batch, outcomes) =
-            write::build(&self.kv, &self.node_id, &self.config, &mut st, ops, wall_ms)?;
-        if let Err(e) = self.kv.apply(batch) {
-            // In-memory state already moved ahead of disk; refuse further
-            // writes until a restart reloads the truth from disk.
-            st.poisoned = Some(e.to_string());
+        let internal = ops.iter().any(Op::touches_internal);
+        let served_clock = self.served().clock.last();
+        w.clock.observe(served_clock);
+        let kv = self.kv();
+        let built = write::build(&kv, &self.node_id, &self.config, &mut w, ops, wall_ms);
+        let (batch, mut staged, outcomes) = match built {
+            Ok(b) => b,
+            Err(e) => {
+                // Nothing reached the engine; undo the writer's half-built state.
+                drop(kv);
+                self.rebuild_writer(&mut w);
+                self.served().failing = Some(format!("building a write group failed: {e}"));
+                tracing::error!(error = %e, "write group failed before reaching the database");
+                return Err(e);
+            }
+        };
+        if batch.is_empty() {
+            return Ok((outcomes, staged.commit));
+        }
+        if let Err(e) = kv.apply(batch) {
+            drop(kv);
+            self.fail(&mut w, "batch", &e);
             return Err(e.into());
         }
-        Ok(outcomes)
+        let commit = staged.commit;
+        staged.internal = internal;
+        self.pending().groups.push_back(staged);
+        Ok((outcomes, commit))
+    }
+
+    /// The writer's state again as served state plus pending groups; its
+    /// commit number is kept, so numbers are never reused.
+    fn rebuild_writer(&self, w: &mut Writer) {
+        let commit = w.state.commit;
+        // Both locks at once, so no group moves from pending to served between.
+        let pending = self.pending();
+        w.state = self.served().state.clone();
+        for staged in &pending.groups {
+            staged.apply_to(&mut w.state);
+        }
+        w.state.commit = commit;
     }
 }
 
-fn load_state(kv: &Kv, config: &StoreConfig) -> Result<State> {
-    let mut vv = VersionVector::default();
-    for item in kv.scan_prefix(&[keys::VV]) {
-        let (k, v) = item?;
-        if let (Some(id), Some(seq)) = (
-            keys::suffix_str(&k, 1).and_then(|s| NodeId::new(s).ok()),
-            keys::u64_value(&v),
-        ) {
-            vv.set(id, seq);
-        }
-    }
-    let mut log = BTreeMap::new();
-    for item in kv.scan_prefix(&[keys::LOG_STATS]) {
-        let (k, v) = item?;
-        if let Some(id) = keys::suffix_str(&k, 1).and_then(|s| NodeId::new(s).ok()) {
-            log.insert(id, codec::decode::<LogStats>("log stats", &v)?);
-        }
-    }
-    let mut merkle = MerkleTree::new();
-    for item in kv.scan_prefix(&[keys::LEAF_CHUNK]) {
-        let (k, v) = item?;
-        let chunk = k
-            .get(1..3)
-            .and_then(|b| b.try_into().ok())
-            .map(u16::from_be_bytes);
-        match chunk {
-            Some(c) if v.len() == 16 * merkle::FANOUT => {
-                for (i, d) in v.chunks_exact(16).enumerate() {
-                    let mut digest: Digest = merkle::ZERO;
-                    digest.copy_from_slice(d);
-                    merkle.set_leaf(c * merkle::FANOUT as u16 + i as u16, digest);
-                }
-            }
-            _ => {
-                return Err(CodecError {
-                    what: "merkle chunk",
-                    reason: "bad length".into(),
-                }
-                .into())
-            }
-        }
-    }
-    let merkle_at = meta_u64(kv, "merkle_at")?.unwrap_or(0);
-    let hlc = match kv.get(&keys::meta("hlc"))? {
-        Some(v) => Hlc(keys::u64_value(&v).unwrap_or(0)),
-        None => Hlc::ZERO,
-    };
-    let counts = match kv.get(&keys::meta("counts"))? {
-        Some(v) => codec::decode("counts", &v)?,
-        None => Counts::default(),
-    };
-    let after_last = kv
-        .last_with_prefix(&[keys::FEED])?
-        .map(|(k, v)| -> Result<u64> {
-            let items: Vec<FeedItem> = codec::decode("feed", &v)?;
-            Ok(keys::trailing_u64(&k).unwrap_or(0) + items.len() as u64)
-        })
-        .transpose()?
-        .unwrap_or(0);
-    let next_change = after_last
-        .max(meta_u64(kv, "next_change")?.unwrap_or(0))
-        .max(1);
-    let mut state = State {
-        clock: Clock::new(hlc, config.max_clock_offset_ms),
-        vv,
-        merkle,
-        next_change,
-        log,
-        counts,
-        dirty_chunks: BTreeSet::new(),
-        changes_since_checkpoint: 0,
-        merkle_at,
-        poisoned: None,
-    };
-    replay_merkle(kv, &mut state)?;
-    Ok(state)
-}
+/// How long a reopen after an error waits for the old handle's file lock.
+const REOPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn meta_u64(kv: &Kv, name: &str) -> Result<Option<u64>> {
-    Ok(kv.get(&keys::meta(name))?.and_then(|v| keys::u64_value(&v)))
-}
-
-/// Brings the checkpointed Merkle leaves up to date: every bucket touched by
-/// a change after the checkpoint is recomputed from its entries. Costs
-/// O(changes since checkpoint × keys per bucket), bounded by `CHECKPOINT_EVERY`.
-fn replay_merkle(kv: &Kv, st: &mut State) -> Result<()> {
-    if st.merkle_at >= st.next_change {
+/// Refuses a database that lost what the identity file says it had.
+fn check_identity(dir: &Path, kv: &Kv) -> Result<()> {
+    let recorded = identity::read(dir).map_err(|reason| StoreError::Identity {
+        path: identity::path(dir).display().to_string(),
+        reason,
+    })?;
+    let Some(recorded) = recorded else {
         return Ok(());
-    }
-    let mut buckets = BTreeSet::new();
-    let from = match kv.last_at_or_before(&[keys::FEED], &keys::feed(st.merkle_at))? {
-        Some((k, _)) => k,
-        None => keys::feed(0),
     };
-    for item in kv.scan_from(&[keys::FEED], &from) {
-        let (k, v) = item?;
-        let base = keys::trailing_u64(&k).unwrap_or(0);
-        let items: Vec<FeedItem> = codec::decode("feed", &v)?;
-        for (i, fi) in items.iter().enumerate() {
-            if base + i as u64 >= st.merkle_at {
-                let key = match fi {
-                    FeedItem::Delta { key, .. } | FeedItem::Sync { key, .. } => key,
-                };
-                buckets.insert(merkle::bucket_of(key));
-            }
-        }
+    let stored = kv.get(&keys::meta("node_id"))?;
+    if stored.as_deref() != Some(recorded.node_id.as_bytes()) {
+        return Err(StoreError::DatabaseLost {
+            dir: dir.display().to_string(),
+            node: recorded.node_id,
+            commit: recorded.commit,
+        });
     }
-    for &bucket in &buckets {
-        let mut leaf = merkle::ZERO;
-        for item in kv.scan_prefix(&keys::bucket_prefix(bucket)) {
-            let (k, _) = item?;
-            let Some(key) = keys::suffix_str(&k, 3) else {
-                continue;
-            };
-            if let Some(v) = kv.get(&keys::entry(key))? {
-                let e: Entry = codec::decode("entry", &v)?;
-                let d = merkle::item_digest(key, &e.version, e.is_tombstone());
-                for (x, y) in leaf.iter_mut().zip(d) {
-                    *x ^= y;
-                }
-            }
-        }
-        st.merkle.set_leaf(bucket, leaf);
-        st.dirty_chunks.insert(bucket / merkle::FANOUT as u16);
-    }
-    st.changes_since_checkpoint = st.next_change - st.merkle_at;
-    if !buckets.is_empty() {
-        tracing::info!(
-            buckets = buckets.len(),
-            "replayed Merkle leaves after the last checkpoint"
-        );
+    let found = state::meta_u64(kv, "commit")?.unwrap_or(0);
+    if found < recorded.commit {
+        return Err(StoreError::RolledBack {
+            dir: dir.display().to_string(),
+            recorded: recorded.commit,
+            found,
+        });
     }
     Ok(())
 }
@@ -701,7 +907,7 @@ struct RunCache {
 }
 
 impl RunCache {
-    fn entry(&mut self, store: &Store, origin: &NodeId, seq: u64) -> Result<Option<Entry>> {
+    fn entry(&mut self, kv: &Kv, origin: &NodeId, seq: u64) -> Result<Option<Entry>> {
         let hit = |(first, run): &(u64, Run)| {
             seq.checked_sub(*first)
                 .and_then(|i| run.items.get(i as usize))
@@ -711,10 +917,7 @@ impl RunCache {
             return Ok(Some(e));
         }
         let prefix = keys::log_prefix(origin);
-        let Some((k, v)) = store
-            .kv
-            .last_at_or_before(&prefix, &keys::log_run(origin, seq))?
-        else {
+        let Some((k, v)) = kv.last_at_or_before(&prefix, &keys::log_run(origin, seq))? else {
             return Ok(None);
         };
         let loaded = (
@@ -747,13 +950,17 @@ impl Drop for Store {
         if let Err(e) = self.checkpoint() {
             tracing::warn!(error = %e, "Merkle checkpoint at close failed; the next open replays");
         }
+        if self.health().is_ok() {
+            self.write_identity();
+        }
     }
 }
 
 /// Exposed for tests and tools that check the Merkle invariant.
 pub fn rebuild_merkle_root(store: &Store) -> Result<Digest> {
     let mut t = MerkleTree::new();
-    for item in store.kv.scan_prefix(&[keys::ENTRY]) {
+    let kv = store.kv();
+    for item in kv.scan_prefix(&[keys::ENTRY]) {
         let (k, v) = item?;
         let key = keys::suffix_str(&k, 1).unwrap_or_default();
         let e: Entry = codec::decode("entry", &v)?;

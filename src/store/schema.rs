@@ -12,7 +12,7 @@ use super::{keys, Result, StoreError};
 mod migrations;
 
 /// The layout this binary reads and writes.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 pub(super) fn read_version(kv: &Kv) -> Result<Option<u32>> {
     Ok(kv

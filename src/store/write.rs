@@ -15,7 +15,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::backend::{Kv, WriteBatch};
-use super::{codec, keys, FeedItem, Result, Run, State, StoreConfig};
+use super::state::{Staged, Writer};
+use super::{codec, keys, FeedItem, Result, Run, StoreConfig};
 use crate::merkle::{self, FANOUT};
 use crate::model::{Delta, Entry, Meta, NodeId, Version, VersionVector};
 
@@ -51,6 +52,18 @@ pub enum Op {
     AdvanceVv(VersionVector),
 }
 
+impl Op {
+    /// Whether the op writes a key of hub's internal keyspace.
+    pub fn touches_internal(&self) -> bool {
+        let key = match self {
+            Op::Local { key, .. } | Op::Entry { key, .. } => key,
+            Op::Delta(d) => &d.key,
+            Op::AdvanceVv(_) => return false,
+        };
+        crate::model::is_internal(key)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
     Written(Delta),
@@ -76,7 +89,9 @@ pub enum Outcome {
 
 struct Builder<'a> {
     kv: &'a Kv,
-    st: &'a mut State,
+    st: &'a mut Writer,
+    /// What the served state must do once this group is durable.
+    staged: Staged,
     config: &'a StoreConfig,
     batch: WriteBatch,
     pending: HashMap<String, Option<Entry>>,
@@ -86,17 +101,21 @@ struct Builder<'a> {
     touched_vv: BTreeSet<NodeId>,
 }
 
+/// Builds a group's batch, advancing the writer's state; on `Err` the
+/// writer's state is half-advanced and must be rebuilt by the caller. The
+/// returned [`Staged`] is the group's effect on the served state.
 pub(super) fn build(
     kv: &Kv,
     node: &NodeId,
     config: &StoreConfig,
-    st: &mut State,
+    st: &mut Writer,
     ops: Vec<Op>,
     wall_ms: u64,
-) -> Result<(WriteBatch, Vec<Outcome>)> {
+) -> Result<(WriteBatch, Staged, Vec<Outcome>)> {
     let mut b = Builder {
         kv,
         st,
+        staged: Staged::default(),
         config,
         batch: WriteBatch::default(),
         pending: HashMap::new(),
@@ -120,7 +139,7 @@ pub(super) fn build(
         outcomes.push(outcome);
     }
     b.finish()?;
-    Ok((b.batch, outcomes))
+    Ok((b.batch, b.staged, outcomes))
 }
 
 impl Builder<'_> {
@@ -159,7 +178,7 @@ impl Builder<'_> {
             value,
             meta,
         };
-        let seq = self.st.vv.get(node) + 1;
+        let seq = self.st.state.vv.get(node) + 1;
         let delta = Delta {
             origin: node.clone(),
             seq,
@@ -171,7 +190,7 @@ impl Builder<'_> {
     }
 
     fn delta(&mut self, d: Delta) -> Result<Outcome> {
-        let have = self.st.vv.get(&d.origin);
+        let have = self.st.state.vv.get(&d.origin);
         if d.seq <= have {
             return Ok(Outcome::Duplicate);
         }
@@ -200,7 +219,7 @@ impl Builder<'_> {
             .entry(d.origin.clone())
             .or_insert_with(|| (d.seq, Run::default()));
         run.1.items.push((d.key.clone(), d.entry.clone()));
-        self.st.vv.set(d.origin.clone(), d.seq);
+        self.st.state.vv.set(d.origin.clone(), d.seq);
         self.touched_vv.insert(d.origin.clone());
     }
 
@@ -217,8 +236,8 @@ impl Builder<'_> {
 
     fn advance_vv(&mut self, other: &VersionVector) -> Outcome {
         for (origin, seq) in other.iter() {
-            if seq > self.st.vv.get(origin) {
-                self.st.vv.set(origin.clone(), seq);
+            if seq > self.st.state.vv.get(origin) {
+                self.st.state.vv.set(origin.clone(), seq);
                 self.touched_vv.insert(origin.clone());
             }
         }
@@ -231,36 +250,44 @@ impl Builder<'_> {
         match &old {
             Some(o) => {
                 let d = merkle::item_digest(key, &o.version, o.is_tombstone());
-                self.st.merkle.toggle(bucket, &d);
+                self.toggle(bucket, d);
+                let counts = &mut self.st.state.counts;
                 if o.is_tombstone() {
-                    self.st.counts.tombstones -= 1;
+                    counts.tombstones = counts.tombstones.saturating_sub(1);
                 } else {
-                    self.st.counts.live -= 1;
+                    counts.live = counts.live.saturating_sub(1);
                 }
             }
             None => self.batch.insert(keys::bucket_member(bucket, key), []),
         }
         let d = merkle::item_digest(key, &new.version, new.is_tombstone());
-        self.st.merkle.toggle(bucket, &d);
+        self.toggle(bucket, d);
         if new.is_tombstone() {
-            self.st.counts.tombstones += 1;
+            self.st.state.counts.tombstones += 1;
         } else {
-            self.st.counts.live += 1;
+            self.st.state.counts.live += 1;
         }
         self.st.dirty_chunks.insert(bucket / FANOUT as u16);
         self.batch.insert(keys::entry(key), codec::encode(&new));
         self.pending.insert(key.to_string(), Some(new));
     }
 
-    /// Writes the group records (feed, runs, vector, meta), trims what is
-    /// beyond retention and checkpoints the Merkle leaves when due.
+    fn toggle(&mut self, bucket: u16, digest: merkle::Digest) {
+        self.st.state.merkle.toggle(bucket, &digest);
+        self.staged.toggles.push((bucket, digest));
+    }
+
+    /// Writes the group records (feed, runs, vector, meta, commit number),
+    /// trims what is beyond retention and checkpoints the Merkle leaves when
+    /// due. Nothing after `trim_feed` can fail.
     fn finish(&mut self) -> Result<()> {
         if !self.feed.is_empty() {
-            let base = self.st.next_change;
-            self.st.next_change += self.feed.len() as u64;
+            let base = self.st.state.next_change;
+            self.st.state.next_change += self.feed.len() as u64;
             self.st.changes_since_checkpoint += self.feed.len() as u64;
             self.batch
                 .insert(keys::feed(base), codec::encode(&self.feed));
+            self.st.feed_first.get_or_insert(base);
         }
         for (origin, (first, run)) in std::mem::take(&mut self.runs) {
             self.batch
@@ -268,31 +295,43 @@ impl Builder<'_> {
             self.record_run(&origin, first, run.items.len() as u64)?;
         }
         for origin in std::mem::take(&mut self.touched_vv) {
-            self.batch
-                .insert(keys::vv(&origin), self.st.vv.get(&origin).to_be_bytes());
+            let seq = self.st.state.vv.get(&origin);
+            self.batch.insert(keys::vv(&origin), seq.to_be_bytes());
+            self.staged.vv.push((origin, seq));
         }
         if self.batch.is_empty() {
+            self.staged.commit = self.st.state.commit;
             return Ok(());
         }
         self.trim_feed()?;
         if self.st.changes_since_checkpoint >= CHECKPOINT_EVERY {
             write_checkpoint(&mut self.batch, self.st);
         }
+        let st = &mut self.st.state;
+        st.commit += 1;
         self.batch
             .insert(keys::meta("hlc"), self.st.clock.last().0.to_be_bytes());
         self.batch
-            .insert(keys::meta("counts"), codec::encode(&self.st.counts));
+            .insert(keys::meta("counts"), codec::encode(&st.counts));
         self.batch
-            .insert(keys::meta("next_change"), self.st.next_change.to_be_bytes());
+            .insert(keys::meta("next_change"), st.next_change.to_be_bytes());
+        self.batch
+            .insert(keys::meta("commit"), st.commit.to_be_bytes());
+        self.staged.commit = st.commit;
+        self.staged.counts = st.counts;
+        self.staged.next_change = st.next_change;
+        self.staged.hlc = self.st.clock.last();
         Ok(())
     }
 
     /// Updates an origin's log stats for a new run and drops whole old runs
     /// while the rest still holds `log_retention` deltas (so at least that many
-    /// are kept; the newest run is never dropped).
+    /// are kept; the newest run is never dropped). Seeks straight to the
+    /// oldest retained run and reads only the length of each run it drops:
+    /// O(runs trimmed), however long the log or however much was trimmed before.
     fn record_run(&mut self, origin: &NodeId, first: u64, len: u64) -> Result<()> {
         let retention = self.config.log_retention.max(1);
-        let mut stats = self.st.log.get(origin).copied().unwrap_or_default();
+        let mut stats = self.st.state.log.get(origin).copied().unwrap_or_default();
         if stats.len == 0 {
             stats.first = first;
         }
@@ -301,9 +340,13 @@ impl Builder<'_> {
         if stats.len - len >= retention {
             // Oldest runs first; the new run is not on disk yet, so it stays.
             let mut new_first = first;
-            for item in self.kv.scan_prefix(&keys::log_prefix(origin)) {
+            let prefix = keys::log_prefix(origin);
+            for item in self
+                .kv
+                .scan_from(&prefix, &keys::log_run(origin, stats.first))
+            {
                 let (k, v) = item?;
-                let run_len = codec::decode::<Run>("log run", &v)?.items.len() as u64;
+                let run_len = codec::decode_len("log run", &v)?;
                 if stats.len - run_len < retention {
                     new_first = keys::trailing_u64(&k).unwrap_or(first);
                     break;
@@ -315,22 +358,29 @@ impl Builder<'_> {
         }
         self.batch
             .insert(keys::log_stats(origin), codec::encode(&stats));
-        self.st.log.insert(origin.clone(), stats);
+        self.st.state.log.insert(origin.clone(), stats);
+        self.staged.log.push((origin.clone(), stats));
         Ok(())
     }
 
     /// Drops the oldest feed records once the newer ones hold more than the
     /// feed's retention (`log_retention` per origin), but never past the
-    /// Merkle checkpoint, whose replay needs them.
+    /// Merkle checkpoint, whose replay needs them. Seeks to the oldest record
+    /// kept by the last trim, so the cost is the records dropped.
     fn trim_feed(&mut self) -> Result<()> {
-        let origins = self.st.log.len().max(1) as u64;
+        let origins = self.st.state.log.len().max(1) as u64;
         let keep = self.config.log_retention.max(1).saturating_mul(origins);
         let horizon = self
             .st
+            .state
             .next_change
             .saturating_sub(keep)
             .min(self.st.merkle_at);
-        let mut records = self.kv.scan_prefix(&[keys::FEED]).take(MAX_FEED_TRIM + 1);
+        let from = keys::feed(self.st.feed_first.unwrap_or(0));
+        let mut records = self
+            .kv
+            .scan_from(&[keys::FEED], &from)
+            .take(MAX_FEED_TRIM + 1);
         let Some(first) = records.next() else {
             return Ok(());
         };
@@ -344,20 +394,21 @@ impl Builder<'_> {
             self.batch.remove(&cur);
             cur = next;
         }
+        self.st.feed_first = keys::trailing_u64(&cur);
         Ok(())
     }
 }
 
 /// Adds the dirty Merkle leaf chunks and the feed position they cover.
-pub(super) fn write_checkpoint(batch: &mut WriteBatch, st: &mut State) {
+pub(super) fn write_checkpoint(batch: &mut WriteBatch, st: &mut Writer) {
     for chunk in std::mem::take(&mut st.dirty_chunks) {
         let mut bytes = Vec::with_capacity(16 * FANOUT);
         for i in 0..FANOUT as u16 {
-            bytes.extend_from_slice(&st.merkle.leaf(chunk * FANOUT as u16 + i));
+            bytes.extend_from_slice(&st.state.merkle.leaf(chunk * FANOUT as u16 + i));
         }
         batch.insert(keys::leaf_chunk(chunk), bytes);
     }
-    st.merkle_at = st.next_change;
+    st.merkle_at = st.state.next_change;
     st.changes_since_checkpoint = 0;
     batch.insert(keys::meta("merkle_at"), st.merkle_at.to_be_bytes());
 }

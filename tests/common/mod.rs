@@ -14,10 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use hyper::{Method, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
 use hub::certs;
@@ -40,8 +37,10 @@ impl Certs {
     pub fn new(ids: &[&str]) -> Certs {
         let dir = tempfile::tempdir().unwrap();
         certs::init_ca(dir.path()).unwrap();
+        // 127.0.0.1 and localhost, so HTTPS clients accept the node too.
+        let loopback: std::net::IpAddr = [127, 0, 0, 1].into();
         for n in ids {
-            certs::issue(dir.path(), &id(n), &[], &[]).unwrap();
+            certs::issue(dir.path(), &id(n), &[loopback], &["localhost".into()]).unwrap();
         }
         Certs { dir }
     }
@@ -94,10 +93,22 @@ where
 
 // ---------------------------------------------------------------- HTTP
 
-pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// The library's client (`hub::client`), as the CLI uses it.
+pub type HttpClient = hub::client::Client;
 
+/// A plain client: no token, no CA.
 pub fn http_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).build_http()
+    hub::client::Client::new(&hub::client::ClientOptions::default()).unwrap()
+}
+
+/// A client trusting `ca` and sending `token`, for HTTPS nodes with auth.
+pub fn https_client(ca: &Path, token: Option<&str>) -> HttpClient {
+    hub::client::Client::new(&hub::client::ClientOptions {
+        token: token.map(str::to_string),
+        cacert: Some(ca.to_path_buf()),
+        timeout: None,
+    })
+    .unwrap()
 }
 
 pub async fn call(
@@ -106,28 +117,14 @@ pub async fn call(
     url: &str,
     body: impl Into<Bytes>,
 ) -> Result<(StatusCode, Bytes), String> {
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("content-type", "application/json")
-        .body(Full::new(body.into()))
-        .unwrap();
-    let resp = c.request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
+    c.request(method, url, body, Some("application/json"))
         .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+        .map(|r| (r.status, r.body))
+        .map_err(|e| e.to_string())
 }
 
 pub async fn get_json(c: &HttpClient, url: &str) -> Option<Value> {
-    match call(c, Method::GET, url, Bytes::new()).await {
-        Ok((StatusCode::OK, body)) => serde_json::from_slice(&body).ok(),
-        _ => None,
-    }
+    c.get_json(url).await.ok()
 }
 
 // ---------------------------------------------------------------- in-process nodes
@@ -141,6 +138,8 @@ pub struct Spec<'a> {
     pub listen: SocketAddr,
     pub anti_entropy_interval_ms: u64,
     pub log_retention: Option<u64>,
+    /// HTTPS with the node's certificate, and API keys required.
+    pub secure: bool,
 }
 
 impl<'a> Spec<'a> {
@@ -153,7 +152,13 @@ impl<'a> Spec<'a> {
             listen: "127.0.0.1:0".parse().unwrap(),
             anti_entropy_interval_ms: 2_000,
             log_retention: None,
+            secure: false,
         }
+    }
+
+    pub fn secure(mut self) -> Self {
+        self.secure = true;
+        self
     }
 
     pub fn join(mut self, seeds: &[SocketAddr]) -> Self {
@@ -175,6 +180,8 @@ impl<'a> Spec<'a> {
                 self.anti_entropy_interval_ms,
             )),
             log_retention: self.log_retention,
+            http_tls: Some(self.secure),
+            auth: Some(self.secure),
             ..ConfigLayer::default()
         }])
     }
@@ -201,12 +208,31 @@ impl TestNode {
         }
     }
 
+    /// Stops the node and starts it again on the same directory and config.
+    pub async fn restart(self) -> TestNode {
+        let TestNode {
+            node,
+            id,
+            data,
+            _dir,
+        } = self;
+        let config = node.config().clone();
+        node.shutdown().await;
+        let node = Node::start(config).await.unwrap();
+        TestNode {
+            node,
+            id,
+            data,
+            _dir,
+        }
+    }
+
     pub fn quic(&self) -> SocketAddr {
         self.node.quic_addr().unwrap()
     }
 
     pub fn base(&self) -> String {
-        format!("http://{}", self.node.http_addr())
+        self.node.base_url()
     }
 
     /// Writes `key = value` here and waits until it is durable.
@@ -331,7 +357,7 @@ impl Proc {
             .unwrap_or_default()
             .to_string();
         assert!(
-            base.starts_with("http://"),
+            base.starts_with("http://") || base.starts_with("https://"),
             "unexpected first line {line:?}"
         );
         Proc { child, base }
@@ -468,4 +494,36 @@ impl Drop for Relay {
         // error, or with the runtime at the end of the test.
         self.task.abort();
     }
+}
+
+// ---------------------------------------------------------------- secured nodes
+
+/// A single node `n1` serving HTTPS with auth on, certificates from `certs`.
+pub async fn secure_node(certs: &Certs, data: &Path) -> Node {
+    let config = Config::resolve([ConfigLayer {
+        node_id: Some("n1".into()),
+        data_dir: Some(data.into()),
+        http: Some("127.0.0.1:0".into()),
+        sensors: Some(Vec::new()),
+        certs: Some(certs.path().into()),
+        http_tls: Some(true),
+        auth: Some(true),
+        ..ConfigLayer::default()
+    }])
+    .unwrap();
+    Node::start(config).await.unwrap()
+}
+
+/// Creates an API key straight through the node's committer (as `hub keys
+/// create --data-dir` does on a stopped node) and returns its token.
+pub async fn mint_key(node: &Node, role: hub::auth::Role, prefix: Option<&str>) -> String {
+    let (token, _, op) = hub::auth::NewKey {
+        role,
+        prefix: prefix.map(str::to_string),
+        name: None,
+    }
+    .mint(1)
+    .unwrap();
+    node.committer().commit(vec![op]).await.unwrap();
+    token.reveal().to_string()
 }
