@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # RSS of one node under a steady-state write load: starts `hub serve` on a
 # fresh directory, fills its log to retention (`bench put --steady-state`),
-# then runs PUT load for MINUTES while printing the node's VmRSS every 10 s.
-# The figure must stay flat.
+# then runs load for MINUTES while printing the node's VmRSS every 10 s.
+# LOAD=put (default): PUTs of distinct keys, so the data grows with time;
+# LOAD=ingest: readings of 100 sensors, so only the log turns over (the
+# log and trimming must not grow memory: this figure must stay flat).
 #
 #   cargo build --release && benches/rss.sh 10          # 10 minutes
-#   HUB_RETENTION=100000 benches/rss.sh 2               # quicker look
+#   LOAD=ingest HUB_RETENTION=100000 benches/rss.sh 2   # quicker look
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
@@ -24,8 +26,12 @@ for _ in $(seq 100); do
 done
 echo "load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BIN" bench put --url "$URL" --duration 5s --steady-state
-echo "steady state reached; RSS under ${MINUTES} min of PUTs:"
-"$BIN" bench put --url "$URL" --duration "${MINUTES}m" &
+LOAD=${LOAD:-put}
+echo "steady state reached; RSS under ${MINUTES} min of $LOAD load:"
+case $LOAD in
+  ingest) "$BIN" bench ingest --url "$URL" --clients 4 --batch 100 --duration "${MINUTES}m" & ;;
+  *) "$BIN" bench put --url "$URL" --duration "${MINUTES}m" & ;;
+esac
 LOAD=$!
 while kill -0 $LOAD 2>/dev/null; do
   echo "$(date +%T) $(grep VmRSS /proc/$NODE/status)"

@@ -313,6 +313,26 @@ pub struct ConfigLayer {
     )]
     pub http_idle_timeout: Option<Duration>,
 
+    /// Find peers on the local network without a join list: `lan` (UDP
+    /// beacons; joins still need certificates of this cluster's CA) or
+    /// `off`. Default off.
+    #[arg(long, value_parser = ["off", "lan"], help_heading = "Discovery")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<String>,
+    /// Where beacons go: a multicast group or a broadcast address, ip:port.
+    /// Default 239.255.73.73:7373.
+    #[arg(long, help_heading = "Discovery")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_addr: Option<String>,
+    /// Time between two beacons of this node (jittered). Default 2s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Discovery")]
+    #[serde(
+        default,
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub discovery_interval: Option<Duration>,
+
     /// Replace the default demo sensors (`[[sensors]]` tables; file only);
     /// an empty list runs none.
     #[arg(skip)]
@@ -484,6 +504,8 @@ pub struct Config {
     /// Validated replication settings (fanout, pull and anti-entropy timers).
     pub replication: ReplicationConfig,
     pub transport: TransportTuning,
+    /// LAN discovery, when on.
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
     pub sensors: Vec<SensorSpec>,
     pub http_tls: bool,
     pub auth: bool,
@@ -652,6 +674,7 @@ impl Config {
         let replication = replication_config(&l)?;
         let membership = membership_config(&l)?;
         let transport = transport_settings(&l)?;
+        let discovery = discovery_config(&l, listen.is_some())?;
 
         let http_limits = http_limits(&l)?;
         let sensors = match l.sensors {
@@ -681,6 +704,7 @@ impl Config {
             membership,
             replication,
             transport,
+            discovery,
             sensors,
             http_tls: l.http_tls.unwrap_or(false),
             auth: l.auth.unwrap_or(false),
@@ -688,6 +712,42 @@ impl Config {
             http_limits,
         })
     }
+}
+
+fn discovery_config(
+    l: &ConfigLayer,
+    clustered: bool,
+) -> Result<Option<crate::discovery::DiscoveryConfig>, ConfigError> {
+    match l.discovery.as_deref().unwrap_or("off") {
+        "off" => return Ok(None),
+        "lan" => {}
+        other => {
+            return Err(invalid(
+                "discovery",
+                format!("{other:?} is not one of \"off\", \"lan\""),
+            ))
+        }
+    }
+    if !clustered {
+        return Err(invalid(
+            "discovery",
+            "LAN discovery needs `listen` (the QUIC address) too",
+        ));
+    }
+    let mut d = crate::discovery::DiscoveryConfig::default();
+    if let Some(addr) = &l.discovery_addr {
+        d.target = addr.parse().map_err(|_| {
+            invalid(
+                "discovery_addr",
+                format!("{addr:?} is not an IPv4 address like 239.255.73.73:7373"),
+            )
+        })?;
+    }
+    if let Some(interval) = l.discovery_interval {
+        d.interval = interval;
+    }
+    d.validate().map_err(|e| invalid("discovery", e))?;
+    Ok(Some(d))
 }
 
 fn ms(d: Duration) -> u64 {

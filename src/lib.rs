@@ -9,6 +9,7 @@
 //! - [`membership`]: join, member table and phi-accrual failure detection (sans-IO);
 //! - [`replication`]: push, version-vector pull and Merkle anti-entropy (sans-IO);
 //! - [`cluster`]: the async shell that drives membership and replication;
+//! - [`discovery`]: LAN beacons that find the cluster without a join list;
 //! - [`sensors`]: simulated sensors writing through the committer;
 //! - [`http`]: the HTTP(S) API; [`auth`]: API keys; [`metrics`]: per-node
 //!   Prometheus registry; [`client`]: the one HTTP(S) client of the CLI,
@@ -21,6 +22,7 @@ pub mod certs;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod discovery;
 pub mod files;
 pub mod http;
 pub mod membership;

@@ -37,6 +37,11 @@ pub enum NodeError {
     DataDir { dir: String, source: std::io::Error },
     #[error("cannot resolve join address {addr:?}: {reason}")]
     Join { addr: String, reason: String },
+    #[error("cannot start LAN discovery on {addr}: {source}")]
+    Discovery {
+        addr: String,
+        source: std::io::Error,
+    },
     #[error("cannot start the cluster: {0}")]
     Cluster(#[from] ClusterError),
     #[error(transparent)]
@@ -54,6 +59,7 @@ pub struct Node {
     sensor_tasks: Vec<JoinHandle<()>>,
     cluster: Option<Cluster>,
     workers: Arc<Workers>,
+    discovery: Option<crate::discovery::lan::Lan>,
 }
 
 impl Node {
@@ -156,8 +162,23 @@ impl Node {
             }
             _ => None,
         };
-        let metrics = Arc::new(Metrics::new());
         let (stop, stop_rx) = watch::channel(false);
+        let discovery = match (&config.discovery, &cluster) {
+            (Some(dc), Some(c)) => match start_discovery(&config, dc, c, &stop_rx) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    if let Some(c) = cluster {
+                        c.shutdown().await;
+                    }
+                    drop(committer);
+                    close_store(store, &config.node_id).await;
+                    fresh.undo();
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
+        let metrics = Arc::new(Metrics::new());
         let keys = config
             .auth
             .then(|| Arc::new(crate::auth::KeyTable::new(store.clone())));
@@ -233,6 +254,7 @@ impl Node {
             sensor_tasks,
             cluster,
             workers,
+            discovery,
         })
     }
 
@@ -293,9 +315,13 @@ impl Node {
             sensor_tasks,
             metrics,
             cluster,
+            discovery,
             ..
         } = self;
         let _ = stop.send(true);
+        if let Some(d) = discovery {
+            d.join().await;
+        }
         for t in sensor_tasks {
             let _ = t.await;
         }
@@ -395,6 +421,34 @@ impl FreshDir {
             }
         }
     }
+}
+
+fn start_discovery(
+    config: &Config,
+    dc: &crate::discovery::DiscoveryConfig,
+    cluster: &Cluster,
+    stop: &watch::Receiver<bool>,
+) -> Result<crate::discovery::lan::Lan, NodeError> {
+    let view = cluster.view_watch();
+    let is_alive_member = move |id: &NodeId| {
+        view.borrow()
+            .members
+            .iter()
+            .any(|m| &m.node_id == id && m.status == crate::membership::Status::Alive)
+    };
+    let port = config.advertise.unwrap_or(cluster.quic_addr()).port();
+    crate::discovery::lan::Lan::start(
+        dc.clone(),
+        config.node_id.clone(),
+        port,
+        is_alive_member,
+        cluster.discovered_sender(),
+        stop.clone(),
+    )
+    .map_err(|source| NodeError::Discovery {
+        addr: dc.target.to_string(),
+        source,
+    })
 }
 
 async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterConfig, NodeError> {

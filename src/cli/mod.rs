@@ -4,6 +4,7 @@ pub mod bench;
 pub mod demo;
 pub mod inspect;
 pub mod keys;
+pub mod probe;
 pub mod remote;
 pub mod serve;
 
@@ -48,6 +49,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Create, list and revoke API keys (offline on --data-dir, or live on --node).
     Keys(keys::KeysArgs),
+    /// Exit 0 when this host's node answers /health (the image's HEALTHCHECK).
+    Probe(probe::ProbeArgs),
 }
 
 fn init_logging(format: LogFormat, default: &str) {
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
             Command::Inspect(args) => inspect::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(args) => keys::run(args).await,
+            Command::Probe(args) => probe::run(args).await,
         }
     });
     match result {

@@ -155,6 +155,7 @@ impl Driver {
         mut deltas: mpsc::Receiver<Arc<Vec<Delta>>>,
         mut stop: watch::Receiver<bool>,
         join: Vec<SocketAddr>,
+        mut discovered: mpsc::Receiver<crate::discovery::Discovered>,
     ) {
         let mut oldest: Waiting<CommitResult> = None;
         let mut submitting: Waiting<Result<Pending, CommitError>> = None;
@@ -208,6 +209,7 @@ impl Driver {
                         }
                     }
                 }
+                Some(found) = discovered.recv() => self.on_discovered(found),
                 _ = tick.tick() => {
                     let effects = self.membership.tick(self.mono_ms(), &mut self.rng);
                     self.membership_effects(effects);
@@ -225,6 +227,20 @@ impl Driver {
         self.membership_effects(effects);
         self.status.stopped();
         tracing::info!(node = %self.node, "cluster driver stopped");
+    }
+
+    /// A node heard on the LAN: join through it unless it is already alive
+    /// here. The join is an ordinary mTLS hello, so a node of another CA
+    /// gets nowhere.
+    fn on_discovered(&mut self, found: crate::discovery::Discovered) {
+        let known = NodeId::new(found.node_id.as_str())
+            .ok()
+            .and_then(|id| self.membership.status_of(&id));
+        if known == Some(Status::Alive) {
+            return;
+        }
+        let effects = self.membership.join(&[found.addr], self.mono_ms());
+        self.membership_effects(effects);
     }
 
     fn on_incoming(&mut self, inc: Incoming<Message>) {

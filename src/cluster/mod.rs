@@ -95,6 +95,7 @@ pub struct Cluster {
     task: JoinHandle<()>,
     transport: Transport<Message>,
     quic_addr: SocketAddr,
+    discovered: mpsc::Sender<crate::discovery::Discovered>,
 }
 
 impl Cluster {
@@ -125,7 +126,16 @@ impl Cluster {
             transport.clone(),
             workers,
         )?;
-        let task = tokio::spawn(driver.run(incoming, deltas, stop_rx, config.join.clone()));
+        // Small: discovery hands over at most one address per heard node
+        // per retry period.
+        let (discovered, discovered_rx) = mpsc::channel(64);
+        let task = tokio::spawn(driver.run(
+            incoming,
+            deltas,
+            stop_rx,
+            config.join.clone(),
+            discovered_rx,
+        ));
         tracing::info!(node = %config.node_id, quic = %quic_addr, join = ?config.join, "cluster started");
         Ok(Cluster {
             view,
@@ -133,7 +143,14 @@ impl Cluster {
             task,
             transport,
             quic_addr,
+            discovered,
         })
+    }
+
+    /// Where LAN discovery sends the nodes it hears; each becomes a join
+    /// target unless it is already an alive member.
+    pub fn discovered_sender(&self) -> mpsc::Sender<crate::discovery::Discovered> {
+        self.discovered.clone()
     }
 
     pub fn quic_addr(&self) -> SocketAddr {
