@@ -14,7 +14,8 @@
 //! - [`http`]: the HTTP(S) API; [`auth`]: API keys; [`metrics`]: per-node
 //!   Prometheus registry; [`client`]: the one HTTP(S) client of the CLI,
 //!   benchmarks and tests; [`files`]: private file modes;
-//! - [`config`] and [`node`]: one node's settings and its running shell.
+//! - [`config`] and [`node`]: one node's settings and its running shell;
+//! - [`workers`]: the status of every background mechanism, in one place.
 
 pub mod auth;
 pub mod certs;
@@ -33,3 +34,4 @@ pub mod replication;
 pub mod sensors;
 pub mod store;
 pub mod transport;
+pub mod workers;

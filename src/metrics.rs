@@ -17,6 +17,7 @@ use crate::cluster::ClusterView;
 use crate::membership::Status;
 use crate::store::commit::CommitStats;
 use crate::store::Summary;
+use crate::workers::{WorkerState, WorkerStatus};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -27,6 +28,30 @@ pub struct StatusLabel {
 pub struct PeerLabel {
     pub peer: String,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
+/// Per-worker figures (`hub_worker_*{worker=…}`), from [`WorkerStatus`].
+const WORKER_STATS: [(&str, &str); 6] = [
+    ("worker_queue", "Items waiting for the worker"),
+    ("worker_runs", "Runs of the worker"),
+    ("worker_errors", "Runs that failed"),
+    (
+        "worker_consecutive_errors",
+        "Failed runs since the last one that succeeded",
+    ),
+    (
+        "worker_failing",
+        "1 when the worker's last run failed, else 0",
+    ),
+    (
+        "worker_last_run_timestamp_ms",
+        "Wall-clock time of the last run, in ms since the epoch",
+    ),
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -92,6 +117,7 @@ pub struct Metrics {
     member_status: Family<PeerLabel, Gauge>,
     handshake_rejections: Family<ReasonLabel, Gauge>,
     bad_frames: Gauge,
+    worker_stats: Vec<Family<WorkerLabel, Gauge>>,
     /// Open HTTP connections.
     pub http_connections: Gauge,
     http_auth_failures: Family<ReasonLabel, Counter>,
@@ -124,11 +150,15 @@ impl Metrics {
             member_status: Family::default(),
             handshake_rejections: Family::default(),
             bad_frames: Gauge::default(),
+            worker_stats: WORKER_STATS.iter().map(|_| Family::default()).collect(),
             http_connections: Gauge::default(),
             http_auth_failures: Family::default(),
             http_refused: Family::default(),
             registry: Registry::default(),
         };
+        for ((name, help), fam) in WORKER_STATS.iter().zip(&m.worker_stats) {
+            registry.register(*name, *help, fam.clone());
+        }
         for ((name, help), fam) in PEER_STATS.iter().zip(&m.peer_stats) {
             registry.register(*name, *help, fam.clone());
         }
@@ -250,9 +280,26 @@ impl Metrics {
         summary: Option<&Summary>,
         commit: &CommitStats,
         cluster: Option<&ClusterView>,
+        workers: &[WorkerStatus],
     ) -> String {
         if let Some(view) = cluster {
             self.refresh_cluster(view);
+        }
+        for w in workers {
+            let values = [
+                w.queue as i64,
+                w.runs as i64,
+                w.errors as i64,
+                w.consecutive_errors as i64,
+                i64::from(w.state == WorkerState::Failing),
+                w.last_run_ms.unwrap_or(0) as i64,
+            ];
+            let label = WorkerLabel {
+                worker: w.name.clone(),
+            };
+            for (fam, v) in self.worker_stats.iter().zip(values) {
+                fam.get_or_create(&label).set(v);
+            }
         }
         if let Some(s) = summary {
             self.entries.set(s.entries as i64);
@@ -271,6 +318,10 @@ impl Metrics {
     }
 
     fn refresh_cluster(&self, view: &ClusterView) {
+        // Forgotten peers leave the exposition (bounded label sets).
+        for fam in self.peer_stats.iter().chain([&self.member_status]) {
+            fam.clear();
+        }
         for (peer, st) in &view.replication.peers {
             let values = [
                 st.deltas_sent,

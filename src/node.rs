@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::model::NodeId;
 use crate::store::commit::{Committer, DeltaSink};
 use crate::store::{Store, StoreConfig, StoreError};
+use crate::workers::{CommitterStatus, Workers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -57,6 +58,7 @@ pub struct Node {
     http_task: JoinHandle<()>,
     sensor_tasks: Vec<JoinHandle<()>>,
     cluster: Option<Cluster>,
+    workers: Arc<Workers>,
     discovery: Option<crate::discovery::lan::Lan>,
 }
 
@@ -142,9 +144,13 @@ impl Node {
                 });
             }
         };
+        let workers = Workers::new();
+        workers.add(Arc::new(CommitterStatus(committer.observer())));
         let cluster = match (cluster_config, deltas) {
             (Some(cc), Some(deltas)) => {
-                match Cluster::start(cc, store.clone(), committer.clone(), deltas).await {
+                let started =
+                    Cluster::start(cc, store.clone(), committer.clone(), deltas, &workers).await;
+                match started {
                     Ok(c) => Some(c),
                     Err(e) => {
                         drop(committer);
@@ -206,6 +212,7 @@ impl Node {
             state_limit: config.state_limit,
             history_scan_limit: config.history_scan_limit,
             cluster: cluster.as_ref().map(Cluster::view_watch),
+            workers: workers.clone(),
             keys,
         });
         let app = http::router(shared);
@@ -222,6 +229,7 @@ impl Node {
             &config.node_id,
             &committer,
             &metrics,
+            &workers.register("sensors"),
             &stop_rx,
         );
         let s = store.summary().ok();
@@ -245,6 +253,7 @@ impl Node {
             http_task,
             sensor_tasks,
             cluster,
+            workers,
             discovery,
         })
     }
@@ -283,6 +292,11 @@ impl Node {
 
     pub fn committer(&self) -> &Committer {
         &self.committer
+    }
+
+    /// Every background mechanism's status.
+    pub fn workers(&self) -> &Arc<Workers> {
+        &self.workers
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {

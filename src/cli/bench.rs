@@ -64,8 +64,6 @@ pub enum BenchKind {
         #[arg(long, default_value_t = 100)]
         sensors: usize,
     },
-    /// Start a 3-node loopback cluster here and run the cluster benchmarks.
-    Cluster(super::bench_cluster::ClusterArgs),
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -97,7 +95,6 @@ struct ClientResult {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (common, items_per_req, label) = match args.kind {
-        BenchKind::Cluster(c) => return super::bench_cluster::run(c).await,
         BenchKind::Put {
             steady_state: true,
             ref common,
@@ -154,7 +151,6 @@ async fn measure(
                 batch: *batch,
                 sensors: (*sensors).max(1),
             },
-            BenchKind::Cluster(_) => bail!("the cluster bench runs on its own (handled above)"),
         };
         tasks.push(tokio::spawn(async move {
             client_loop(client, run_id, &base, &http, kind, deadline).await

@@ -66,6 +66,9 @@ pub enum View {
     /// Replication per peer: deltas sent/received/applied, queues, pulls
     /// answered unavailable, last anti-entropy runs (live only).
     Sync,
+    /// Background workers: state, queue, runs, errors, last run and error
+    /// (live only).
+    Workers,
 }
 
 pub async fn run(args: InspectArgs) -> anyhow::Result<()> {
@@ -152,13 +155,14 @@ fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
             json!({ "node_id": store.node_id().as_str(), "members": members })
         }
         View::Sync => bail!("replication state lives in a running node: use --node URL sync"),
+        View::Workers => bail!("workers run in a running node: use --node URL workers"),
     })
 }
 
 async fn live(url: &str, remote: &super::remote::RemoteArgs, view: &View) -> anyhow::Result<Value> {
     let (base, client) = remote.connect(url)?;
     let path = match view {
-        View::Summary | View::Vv => "/api/introspection".to_string(),
+        View::Summary | View::Vv | View::Workers => "/api/introspection".to_string(),
         View::Keys { prefix, limit } => {
             format!("/kv?prefix={}&limit={limit}", hub::client::encode(prefix))
         }
@@ -174,6 +178,7 @@ async fn live(url: &str, remote: &super::remote::RemoteArgs, view: &View) -> any
     let v = client.get_json(&base.join(&path)).await?;
     Ok(match view {
         View::Vv => v.get("version_vector").cloned().unwrap_or(Value::Null),
+        View::Workers => json!({ "workers": v.get("workers").cloned().unwrap_or(json!([])) }),
         View::Keys { .. } => json!({ "keys": v.get("keys").cloned().unwrap_or(json!([])) }),
         _ => v,
     })
@@ -326,6 +331,31 @@ fn text(view: &View, v: &Value) -> String {
             let last = &v["replication"]["last_anti_entropy"];
             if !last.is_null() {
                 let _ = writeln!(out, "last anti-entropy: {last}");
+            }
+        }
+        View::Workers => {
+            let now = hub::store::commit::wall_ms();
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:>6} {:>10} {:>7} {:>6} {:>10}  last error",
+                "worker", "state", "queue", "runs", "errors", "consec", "last run"
+            );
+            for w in v["workers"].as_array().into_iter().flatten() {
+                let ago = w["last_run_ms"].as_u64().map_or("never".to_string(), |t| {
+                    format!("{:.1}s ago", now.saturating_sub(t) as f64 / 1000.0)
+                });
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:<8} {:>6} {:>10} {:>7} {:>6} {:>10}  {}",
+                    s(&w["name"]),
+                    s(&w["state"]),
+                    s(&w["queue"]),
+                    s(&w["runs"]),
+                    s(&w["errors"]),
+                    s(&w["consecutive_errors"]),
+                    ago,
+                    w["last_error"].as_str().unwrap_or("-"),
+                );
             }
         }
     }

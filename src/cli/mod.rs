@@ -1,7 +1,6 @@
 //! Command line: `hub serve | demo | inspect | certs | keys | bench`.
 
 pub mod bench;
-pub mod bench_cluster;
 pub mod demo;
 pub mod inspect;
 pub mod keys;

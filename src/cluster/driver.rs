@@ -31,7 +31,9 @@ use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
 use crate::model::{Delta, NodeId};
 use crate::store::commit::{wall_ms, CommitError, Committer, Pending};
 use crate::store::{Op, Outcome, Store};
-use crate::transport::{Incoming, Transport};
+use crate::transport::{Incoming, Transport, TransportStats};
+use crate::replication::{AeResult, ReplicationStats};
+use crate::workers::{StatusSource, Worker, Workers};
 
 /// How often protocol timers run; the machine tolerates any finer tick.
 const TICK: Duration = Duration::from_millis(20);
@@ -67,6 +69,41 @@ pub(super) struct Driver {
     /// Handed to the writer, oldest first (the oldest may be awaited in `run`).
     in_flight: VecDeque<(u64, Pending)>,
     commit_queue_len: usize,
+    status: DriverWorkers,
+}
+
+/// The workers this task runs (see [`crate::workers`]).
+struct DriverWorkers {
+    /// Replicated commits from peers, through the store writer.
+    commits: Arc<Worker>,
+    membership: Arc<Worker>,
+    push: Arc<Worker>,
+    pull: Arc<Worker>,
+    anti_entropy: Arc<Worker>,
+}
+
+impl DriverWorkers {
+    fn register(workers: &Workers) -> DriverWorkers {
+        DriverWorkers {
+            commits: workers.register("replicated-commits"),
+            membership: workers.register("membership"),
+            push: workers.register("push"),
+            pull: workers.register("pull"),
+            anti_entropy: workers.register("anti-entropy"),
+        }
+    }
+
+    fn stopped(&self) {
+        for w in [
+            &self.commits,
+            &self.membership,
+            &self.push,
+            &self.pull,
+            &self.anti_entropy,
+        ] {
+            w.stopped();
+        }
+    }
 }
 
 impl Driver {
@@ -76,6 +113,7 @@ impl Driver {
         store: Arc<Store>,
         committer: Committer,
         transport: Transport<Message>,
+        workers: &Workers,
     ) -> Result<(Driver, watch::Receiver<Arc<ClusterView>>), ClusterError> {
         let advertised = config.advertise.unwrap_or(quic_addr);
         // Wall-clock milliseconds at start: grows across restarts, so peers
@@ -100,6 +138,7 @@ impl Driver {
             to_submit: VecDeque::new(),
             in_flight: VecDeque::new(),
             commit_queue_len: config.commit_queue_len.max(1),
+            status: DriverWorkers::register(workers),
         };
         let view_rx = driver.view_tx.subscribe();
         driver.publish_view();
@@ -196,6 +235,7 @@ impl Driver {
             if inputs.is_empty() {
                 continue;
             }
+            self.observe_inputs(&inputs);
             let ok = self
                 .step(move |machine, now, store| {
                     let mut out = Vec::new();
@@ -211,6 +251,7 @@ impl Driver {
         }
         self.step(|machine, now, store| machine.leave(now, store))
             .await;
+        self.status.stopped();
         tracing::info!(node = %self.node, "cluster driver stopped");
     }
 
@@ -327,9 +368,77 @@ impl Driver {
         let now = self.now();
         let transport = self.transport.stats();
         if let Some(machine) = self.machine.as_mut() {
-            self.view_tx
-                .send_replace(Arc::new(machine.view(now, transport)));
+            let view = machine.view(now, transport);
+            self.update_workers(&view.transport, &view.replication);
+            self.view_tx.send_replace(Arc::new(view));
         }
+    }
+
+    /// What the workers did in this step: commits answered, durable batches
+    /// pushed, membership ticked.
+    fn observe_inputs(&self, inputs: &[Input]) {
+        let now = wall_ms();
+        for input in inputs {
+            match input {
+                Input::CommitDone { result: Ok(_), .. } => self.status.commits.ok(now),
+                Input::CommitDone { result: Err(e), .. } => {
+                    self.status.commits.error(now, e);
+                    tracing::error!(node = %self.node, error = %e, "replicated write failed");
+                }
+                Input::Committed(_) => self.status.push.ok(now),
+                Input::Tick => self.status.membership.ok(now),
+                _ => {}
+            }
+        }
+    }
+}
+
+impl Driver {
+    /// Worker statuses derived from the counters the protocols keep.
+    fn update_workers(&self, transport: &TransportStats, replication: &ReplicationStats) {
+        let now = wall_ms();
+        let w = &self.status;
+        w.commits
+            .set_queue((self.in_flight.len() + self.to_submit.len()) as u64);
+        let queued: usize = transport.peers.iter().map(|p| p.queue_len).sum();
+        let dropped: u64 = transport.peers.iter().map(|p| p.send_drops).sum();
+        w.push.set_queue(queued as u64);
+        let push = w.push.status();
+        if dropped > push.errors {
+            w.push.observe(
+                now,
+                push.runs,
+                dropped,
+                Some("peer send queue full; messages dropped (pull repairs)".into()),
+            );
+        }
+        let peers = replication.peers.values();
+        let (mut pulls, mut unavailable, mut ae_runs, mut ae_failures) = (0, 0, 0, 0);
+        for p in peers {
+            pulls += p.pulls_sent;
+            unavailable += p.pulls_answered_unavailable;
+            ae_runs += p.anti_entropy_runs;
+            ae_failures += p.anti_entropy_failures;
+        }
+        w.pull.observe(
+            now,
+            pulls,
+            unavailable,
+            (unavailable > 0).then(|| {
+                "answered unavailable: the peer's log was trimmed (anti-entropy repairs)".into()
+            }),
+        );
+        let last_failure = replication
+            .last_anti_entropy
+            .as_ref()
+            .and_then(|r| match &r.result {
+                AeResult::Failed(why) => Some(format!("with {}: {why}", r.peer)),
+                _ => None,
+            });
+        w.anti_entropy
+            .observe(now, ae_runs, ae_failures, last_failure);
+        w.anti_entropy
+            .set_queue(replication.anti_entropy_active as u64);
     }
 }
 

@@ -34,6 +34,7 @@ use crate::store::Store;
 use crate::transport::{
     Transport, TransportConfig, TransportError, TransportStats, TransportTuning,
 };
+use crate::workers::Workers;
 
 pub use wire::Message;
 
@@ -111,6 +112,7 @@ impl Cluster {
         store: Arc<Store>,
         committer: Committer,
         deltas: mpsc::Receiver<Arc<Vec<Delta>>>,
+        workers: &Workers,
     ) -> Result<Cluster, ClusterError> {
         config.replication.validate()?;
         config.membership.validate()?;
@@ -121,8 +123,14 @@ impl Cluster {
         .await?;
         let quic_addr = transport.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
-        let (driver, view) =
-            driver::Driver::new(&config, quic_addr, store, committer, transport.clone())?;
+        let (driver, view) = driver::Driver::new(
+            &config,
+            quic_addr,
+            store,
+            committer,
+            transport.clone(),
+            workers,
+        )?;
         // Small: discovery hands over at most one address per heard node
         // per retry period.
         let (discovered, discovered_rx) = mpsc::channel(64);

@@ -38,9 +38,12 @@ pub async fn health(State(state): State<AppState>) -> Response {
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let summary = state.store.summary().ok();
     let view = state.cluster.as_ref().map(|w| w.borrow().clone());
-    let text = state
-        .metrics
-        .render(summary.as_ref(), state.committer.stats(), view.as_deref());
+    let text = state.metrics.render(
+        summary.as_ref(),
+        state.committer.stats(),
+        view.as_deref(),
+        &state.workers.statuses(),
+    );
     (
         [(
             header::CONTENT_TYPE,
@@ -329,6 +332,7 @@ pub async fn introspection(State(state): State<AppState>) -> ApiResult<Json<Valu
     if let Value::Object(o) = &mut v {
         o.insert("counters".into(), json!(counters));
         o.insert("max_value_bytes".into(), json!(state.max_value_bytes));
+        o.insert("workers".into(), json!(state.workers.statuses()));
         if let Some(view) = state.cluster.as_ref().map(|w| w.borrow().clone()) {
             o.insert("cluster".into(), json!(*view));
         }

@@ -42,6 +42,8 @@ pub struct Shared {
     pub history_scan_limit: usize,
     /// Cluster snapshots, when the node is clustered.
     pub cluster: Option<tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster::ClusterView>>>,
+    /// Every background mechanism's status.
+    pub workers: Arc<crate::workers::Workers>,
     /// The API key table when `auth` is on; `None` serves without tokens.
     pub keys: Option<Arc<crate::auth::KeyTable>>,
 }

@@ -14,8 +14,9 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::{generate, key, SensorSpec};
 use crate::metrics::Metrics;
 use crate::model::{Meta, NodeId};
-use crate::store::commit::{CommitError, Committer};
+use crate::store::commit::{wall_ms, CommitError, Committer};
 use crate::store::{Condition, Op};
+use crate::workers::Worker;
 
 /// The meta a simulated reading carries. Its time is the entry's HLC, so no
 /// wall-clock `ts_ms` is stored.
@@ -35,6 +36,7 @@ pub fn spawn(
     node: &NodeId,
     committer: &Committer,
     metrics: &Arc<Metrics>,
+    worker: &Arc<Worker>,
     shutdown: &watch::Receiver<bool>,
 ) -> Vec<JoinHandle<()>> {
     specs
@@ -44,6 +46,7 @@ pub fn spawn(
             let key = key(node.as_str(), &spec.name);
             let committer = committer.clone();
             let metrics = metrics.clone();
+            let worker = worker.clone();
             let mut shutdown = shutdown.clone();
             let node = node.clone();
             tokio::spawn(async move {
@@ -66,9 +69,13 @@ pub fn spawn(
                     match committer.commit(vec![op]).await {
                         Ok(_) => {
                             metrics.sensor_readings.inc();
+                            worker.ok(wall_ms());
                         }
                         Err(CommitError::Stopped) => break,
-                        Err(e) => tracing::warn!(node = %node, sensor = %spec.name, error = %e, "sensor reading not stored"),
+                        Err(e) => {
+                            worker.error(wall_ms(), &format_args!("{}: {e}", spec.name));
+                            tracing::warn!(node = %node, sensor = %spec.name, error = %e, "sensor reading not stored");
+                        }
                     }
                 }
                 tracing::debug!(node = %node, sensor = %spec.name, readings = n, "sensor stopped");

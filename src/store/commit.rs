@@ -88,6 +88,29 @@ pub struct CommitStats {
     /// Time spent in flushes and in applying groups, for mean costs.
     pub flush_micros: std::sync::atomic::AtomicU64,
     pub apply_micros: std::sync::atomic::AtomicU64,
+    /// Groups that failed (apply or flush), for the worker status.
+    pub failures: std::sync::atomic::AtomicU64,
+    pub consecutive_failures: std::sync::atomic::AtomicU64,
+    pub last_error: std::sync::Mutex<Option<String>>,
+    /// Wall-clock ms when the last group was answered.
+    pub last_run_ms: std::sync::atomic::AtomicU64,
+}
+
+impl CommitStats {
+    fn record(&self, error: Option<&StoreError>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last_run_ms.store(wall_ms(), Relaxed);
+        match error {
+            None => self.consecutive_failures.store(0, Relaxed),
+            Some(e) => {
+                self.failures.fetch_add(1, Relaxed);
+                self.consecutive_failures.fetch_add(1, Relaxed);
+                if let Ok(mut l) = self.last_error.lock() {
+                    *l = Some(e.to_string());
+                }
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -188,6 +211,34 @@ impl Committer {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// A handle that reads the queue and stats without keeping the writer
+    /// alive (the threads stop when the last `Committer` goes).
+    pub fn observer(&self) -> CommitObserver {
+        CommitObserver {
+            tx: self.tx.downgrade(),
+            stats: self.stats.clone(),
+        }
+    }
+
+    pub fn stats(&self) -> &CommitStats {
+        &self.stats
+    }
+}
+
+/// See [`Committer::observer`].
+pub struct CommitObserver {
+    tx: mpsc::WeakSender<Job>,
+    stats: Arc<CommitStats>,
+}
+
+impl CommitObserver {
+    /// Jobs waiting; 0 once the writer stopped.
+    pub fn queue_len(&self) -> usize {
+        self.tx
+            .upgrade()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
+    }
+
     pub fn stats(&self) -> &CommitStats {
         &self.stats
     }
@@ -273,6 +324,7 @@ fn apply_loop(
             }
             Err(e) => {
                 tracing::error!(error = %e, "write group failed");
+                stats.record(Some(&e));
                 let e = Arc::new(e);
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
@@ -302,6 +354,7 @@ fn flush_loop(
                 .fetch_add(started.elapsed().as_micros() as u64, Relaxed);
         }
         let error = flushed.err().map(Arc::new);
+        stats.record(error.as_deref());
         if let Some(e) = &error {
             tracing::error!(error = %e, groups = groups.len(), "flush failed");
         }

@@ -1,6 +1,9 @@
-//! `hub bench cluster`: the cluster benchmarks of issue 3 on a 3-node
-//! loopback cluster started by this command (fresh CA and certificates, real
-//! QUIC, real sled in a temp directory, no sensors).
+//! The cluster benchmarks of issue 3 on a 3-node loopback cluster started
+//! by this program (fresh CA and certificates, real QUIC, real sled in a
+//! temp directory, no sensors). Not a product command: run it with
+//! `cargo bench --bench cluster -- [--only latency,throughput] [--duration 10s]`.
+//! It shares the multi-node test harness (`tests/common`) for ports and
+//! child processes of the `hub` binary.
 //!
 //! Parts (all by default; `--only a,b` picks some):
 //! - `latency`: paced writes on A (through its group-commit writer, as an
@@ -41,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use bytes::Bytes;
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -55,10 +58,20 @@ use hub::replication::{Effect, ReplicationConfig, Replicator};
 use hub::store::commit::wall_ms;
 use hub::store::{Condition, Op, Outcome, Store, StoreConfig};
 
-use super::bench::parse_duration;
+use hub::config::parse_duration;
 
-#[derive(Args, Debug)]
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cluster-bench",
+    about = "Cluster benchmarks on a 3-node loopback cluster"
+)]
 pub struct ClusterArgs {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    pub bench: bool,
     /// Parts to run (default all): latency, throughput, dead, catchup, cpu, crash, ae.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Part>,
@@ -168,7 +181,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         }
     }
     println!(
-        "hub bench cluster: 3 nodes on loopback, data in {}",
+        "cluster bench: 3 nodes on loopback, data in {}",
         root.display()
     );
     println!("load average at start: {}", loadavg());
@@ -835,16 +848,14 @@ struct ProcCluster {
     procs: Vec<Option<Proc>>,
 }
 
-fn free_udp_port() -> anyhow::Result<u16> {
-    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl ProcCluster {
     async fn start(dir: PathBuf, certs: &Path) -> anyhow::Result<ProcCluster> {
-        let exe = std::env::current_exe().context("finding the hub binary")?;
-        let ports = [free_udp_port()?, free_udp_port()?, free_udp_port()?];
+        let exe = PathBuf::from(env!("CARGO_BIN_EXE_hub"));
+        let ports = [
+            common::free_udp_port(),
+            common::free_udp_port(),
+            common::free_udp_port(),
+        ];
         let mut c = ProcCluster { procs: Vec::new() };
         for (i, id) in IDS.iter().enumerate() {
             let join = (i > 0).then(|| format!("127.0.0.1:{}", ports[0]));
@@ -977,10 +988,10 @@ async fn split_throughput(
     };
     let a = Node::start(Config::resolve([layer])?).await?;
     let quic = a.quic_addr().context("A has no QUIC address")?;
-    let exe = std::env::current_exe().context("finding the hub binary")?;
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_hub"));
     let mut children = Vec::new();
     for id in &IDS[1..] {
-        let port = free_udp_port()?;
+        let port = common::free_udp_port();
         children.push(spawn_serve(&exe, dir, certs, id, port, Some(quic.to_string())).await?);
     }
     let result = async {
@@ -1422,4 +1433,25 @@ fn anti_entropy(dir: &Path, keys: usize, diffs: usize) -> anyhow::Result<Vec<Row
             Some(bytes < 5_000_000),
         ),
     ])
+}
+
+fn main() -> std::process::ExitCode {
+    let args = ClusterArgs::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
