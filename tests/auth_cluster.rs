@@ -79,9 +79,11 @@ async fn keys_made_or_revoked_on_one_node_take_effect_on_every_node_and_survive_
         || {
             let (writer, nodes) = (&writer, [&a, &b, &c]);
             async move {
+                // Probe with reads: a write probe would land wherever the
+                // revocation has not arrived yet.
                 for n in nodes {
                     let url = format!("{}/kv/after-revoke", n.base());
-                    if status(writer, Method::PUT, &url).await != Some(StatusCode::UNAUTHORIZED) {
+                    if status(writer, Method::GET, &url).await != Some(StatusCode::UNAUTHORIZED) {
                         return false;
                     }
                 }
@@ -92,6 +94,11 @@ async fn keys_made_or_revoked_on_one_node_take_effect_on_every_node_and_survive_
     .await;
     eprintln!("revocation refused everywhere after {took:?}");
     for n in [&a, &b, &c] {
+        let url = format!("{}/kv/after-revoke", n.base());
+        assert_eq!(
+            status(&writer, Method::PUT, &url).await,
+            Some(StatusCode::UNAUTHORIZED)
+        );
         assert!(n.value("after-revoke").is_none());
     }
 

@@ -165,6 +165,7 @@ impl Replicator {
                     "anti-entropy done");
             }
         }
+        p.stats.anti_entropy_entries_received += run.entries_received;
         p.stats.last_anti_entropy = Some(run.clone());
         self.last_ae = Some(run);
         // Tags of this session still pending will be ignored when they come.

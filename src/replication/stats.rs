@@ -74,6 +74,9 @@ pub struct PeerStats {
     /// Anti-entropy sessions we ran against this peer, and their failures.
     pub anti_entropy_runs: u64,
     pub anti_entropy_failures: u64,
+    /// Entries this peer sent us in our anti-entropy sessions, all told (the
+    /// last session alone may be an in-sync one after a repair).
+    pub anti_entropy_entries_received: u64,
     pub last_anti_entropy: Option<AeRun>,
     /// Messages that failed validation (ignored).
     pub bad_messages: u64,
