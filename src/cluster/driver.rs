@@ -29,10 +29,10 @@ use tokio::sync::{mpsc, watch};
 use super::node_machine::{Input, NodeMachine, Now, Output, CONTACT_GRACE_MS};
 use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
 use crate::model::{Delta, NodeId};
+use crate::replication::{AeResult, ReplicationStats};
 use crate::store::commit::{wall_ms, CommitError, Committer, Pending};
 use crate::store::{Op, Outcome, Store};
 use crate::transport::{Incoming, Transport, TransportStats};
-use crate::replication::{AeResult, ReplicationStats};
 use crate::workers::{StatusSource, Worker, Workers};
 
 /// How often protocol timers run; the machine tolerates any finer tick.
