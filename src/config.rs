@@ -114,11 +114,15 @@ pub struct ConfigLayer {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_retention: Option<u64>,
-    /// Largest value accepted by PUT/POST /kv, in bytes. Default 1 MiB.
+    /// Largest value accepted (PUT/POST /kv, each reading of POST
+    /// /api/readings), in bytes; larger is 413. At most 16 MiB - 64 KiB
+    /// (one replication frame with its envelope). Default 1 MiB.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_value_bytes: Option<usize>,
-    /// Largest body of POST /api/readings, in bytes. Default 16 MiB.
+    /// Largest body of POST /api/readings, in bytes (its readings travel to
+    /// peers in as many messages as they need; each value is bounded by
+    /// max_value_bytes). Default 16 MiB.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_batch_bytes: Option<usize>,
@@ -152,7 +156,10 @@ pub struct ConfigLayer {
     #[arg(long, help_heading = "Cluster")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub certs: Option<PathBuf>,
-    /// A peer whose clock runs further ahead than this is refused. Default 500ms.
+    /// Largest tolerated distance of this node's clock from the cluster
+    /// median (measured from heartbeats); beyond it the node refuses local
+    /// writes (503 clock_skew) until its clock is fixed. Also the most a
+    /// peer's stamp may be ahead of ours to be adopted. Default 500ms.
     #[arg(long, value_parser = parse_duration, help_heading = "Cluster")]
     #[serde(
         default,
@@ -161,6 +168,14 @@ pub struct ConfigLayer {
         skip_serializing_if = "Option::is_none"
     )]
     pub max_clock_offset: Option<Duration>,
+    /// Write even though the persisted clock high-water mark is ahead of the
+    /// wall clock by more than max_clock_offset (the clock ran ahead before):
+    /// new writes then win over writes made elsewhere until real time passes
+    /// the mark. Default false (such a node refuses writes, 503
+    /// clock_ahead_at_start, until real time passes the mark).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accept_clock_ahead: Option<bool>,
     /// Peers each batch of new deltas is pushed to. Default 8.
     #[arg(long, help_heading = "Cluster")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -498,6 +513,7 @@ pub struct Config {
     /// Certificates directory; defaults to `certs` when `listen` is set.
     pub certs: Option<PathBuf>,
     pub max_clock_offset: Duration,
+    pub accept_clock_ahead: bool,
     pub commit_queue_len: usize,
     /// Validated membership settings (probe interval, detector, removal).
     pub membership: membership::Config,
@@ -620,6 +636,16 @@ impl Config {
             "max_batch_bytes",
             l.max_batch_bytes.unwrap_or(16 << 20) as u64,
         )? as usize;
+        if max_value_bytes > crate::transport::frame::MAX_VALUE_BYTES {
+            return Err(invalid(
+                "max_value_bytes",
+                format!(
+                    "{max_value_bytes} cannot be replicated: a value travels to peers in one frame of at most {} bytes with its envelope, so the limit is {} bytes",
+                    crate::transport::frame::DEFAULT_MAX_FRAME_BYTES,
+                    crate::transport::frame::MAX_VALUE_BYTES
+                ),
+            ));
+        }
         if max_batch_bytes < max_value_bytes {
             return Err(invalid(
                 "max_batch_bytes",
@@ -700,6 +726,7 @@ impl Config {
                 (None, false) => None,
             },
             max_clock_offset,
+            accept_clock_ahead: l.accept_clock_ahead.unwrap_or(false),
             commit_queue_len,
             membership,
             replication,

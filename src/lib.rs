@@ -2,6 +2,8 @@
 //!
 //! Layers, bottom up (each only calls the ones below it):
 //! - [`model`]: ids, hybrid logical clock, versions, entries, deltas (pure);
+//! - [`clock`]: clock offsets per peer and the clock fence (sans-IO) with
+//!   its shared gate;
 //! - [`merkle`]: the incremental Merkle tree used by anti-entropy (pure);
 //! - [`store`]: the durable LWW map, delta log and change feed on sled;
 //! - [`certs`]: cluster CA and node certificates (`hub certs`);
@@ -20,6 +22,7 @@
 pub mod auth;
 pub mod certs;
 pub mod client;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod discovery;

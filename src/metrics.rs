@@ -87,8 +87,8 @@ const PEER_STATS: [(&str, &str); 10] = [
         "Messages waiting in the send queue to the peer",
     ),
     (
-        "replication_clock_refusals",
-        "Messages refused: peer clock too far ahead",
+        "replication_clock_stamps_not_adopted",
+        "Message stamps from the peer too far ahead of this node's clock to be adopted (data still applied)",
     ),
     (
         "replication_bad_messages",
@@ -122,6 +122,8 @@ pub struct Metrics {
     pub http_connections: Gauge,
     http_auth_failures: Family<ReasonLabel, Counter>,
     http_refused: Family<ReasonLabel, Counter>,
+    /// The clock block (`hub_clock_*`), see `crate::clock::metrics`.
+    clock: crate::clock::metrics::ClockMetrics,
 }
 
 impl Default for Metrics {
@@ -146,6 +148,7 @@ impl Metrics {
             commit_groups: Gauge::default(),
             commit_flushes: Gauge::default(),
             commit_ops: Gauge::default(),
+            clock: Default::default(),
             peer_stats: PEER_STATS.iter().map(|_| Family::default()).collect(),
             member_status: Family::default(),
             handshake_rejections: Family::default(),
@@ -240,6 +243,7 @@ impl Metrics {
             "Connections and requests refused by the HTTP abuse limits, by reason",
             m.http_refused.clone(),
         );
+        m.clock.register(&mut registry);
         Metrics { registry, ..m }
     }
 
@@ -318,6 +322,9 @@ impl Metrics {
     }
 
     fn refresh_cluster(&self, view: &ClusterView) {
+        if let Some(v) = &view.clock {
+            self.clock.refresh(v);
+        }
         // Forgotten peers leave the exposition (bounded label sets).
         for fam in self.peer_stats.iter().chain([&self.member_status]) {
             fam.clear();
@@ -332,7 +339,7 @@ impl Metrics {
                 st.anti_entropy_runs,
                 st.anti_entropy_failures,
                 st.queue_len,
-                st.clock_refusals,
+                st.clock_stamps_not_adopted,
                 st.bad_messages,
             ];
             let label = PeerLabel { peer: peer.clone() };

@@ -473,5 +473,10 @@ async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterCo
         replication: config.replication.clone(),
         transport: config.transport.clone(),
         commit_queue_len: config.commit_queue_len,
+        clock: crate::clock::FenceConfig {
+            max_offset_us: config.max_clock_offset.as_micros() as u64,
+            grace_ms: crate::cluster::node_machine::CONTACT_GRACE_MS,
+            accept_clock_ahead: config.accept_clock_ahead,
+        },
     })
 }

@@ -161,6 +161,8 @@ impl Sim {
                 Effect::Forget { peer, .. } => {
                     self.nodes.get_mut(node).unwrap().persisted.remove(&peer);
                 }
+                // Clock offsets are the node machine's (tests/node_sim.rs).
+                Effect::ClockSample { .. } => {}
             }
         }
     }

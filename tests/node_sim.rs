@@ -49,6 +49,16 @@ fn membership_config() -> membership::Config {
     }
 }
 
+const MAX_OFFSET_MS: u64 = 500;
+
+fn clock_config() -> hub::clock::FenceConfig {
+    hub::clock::FenceConfig {
+        max_offset_us: MAX_OFFSET_MS * 1_000,
+        grace_ms: GRACE_MS,
+        accept_clock_ahead: false,
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Faults {
     link: Link,
@@ -79,8 +89,9 @@ struct Node {
     store_config: StoreConfig,
     /// `None` while killed.
     live: Option<Live>,
-    /// Wall clock skew of this node, well within the max offset.
-    skew: u64,
+    /// Wall clock skew of this node in ms (chaos runs: well within the max
+    /// offset; the clock tests set and step it).
+    skew: i64,
 }
 
 /// What a node serves: entries, Merkle root, version vector.
@@ -156,10 +167,8 @@ impl Sim {
     }
 
     fn now_of(&self, i: usize) -> Now {
-        Now {
-            mono_ms: self.now,
-            wall_ms: T0 + self.now + self.nodes[i].skew,
-        }
+        let wall = T0 as i64 + self.now as i64 + self.nodes[i].skew;
+        Now::from_millis(self.now, wall as u64)
     }
 
     fn alive(&self, i: usize) -> bool {
@@ -182,10 +191,11 @@ impl Sim {
         let mut machine = NodeMachine::new(
             node.id.clone(),
             node.addr,
-            now.wall_ms,
+            now.wall_ms(),
             membership_config(),
             sim_config(),
             GRACE_MS,
+            clock_config(),
             self.rng.gen(),
         )
         .unwrap();
@@ -270,7 +280,7 @@ impl Sim {
             let Some(live) = self.nodes[i].live.as_ref() else {
                 return;
             };
-            let outcomes = live.store.apply(ops.clone(), now.wall_ms).unwrap();
+            let outcomes = live.store.apply(ops.clone(), now.wall_ms()).unwrap();
             live.store.flush().unwrap();
             let fresh = fresh_deltas(&ops, &outcomes);
             let done = Input::CommitDone {
@@ -289,21 +299,35 @@ impl Sim {
         }
     }
 
-    /// A client write to node `i`; false if the node refused it (fenced).
+    /// Why node `i`'s clock may not stamp a write now, if so.
+    fn clock_refusal(&self, i: usize) -> Option<&'static str> {
+        let v = self.live(i).machine.clock_verdict()?;
+        v.refusal.as_ref().map(|r| r.code)
+    }
+
+    /// A client write to node `i`; false if the node refused it (fenced by
+    /// its own-origin check or its clock).
     fn write(&mut self, i: usize, key: &str, value: Option<Vec<u8>>) -> bool {
-        let now = self.now_of(i);
-        let live = self.live(i);
-        if live.machine.write_fence().is_some() {
+        if self.live(i).machine.write_fence().is_some() || self.clock_refusal(i).is_some() {
             self.events.writes_fenced += 1;
             return false;
         }
+        self.write_unchecked(i, key, value)
+    }
+
+    /// A write that bypasses the fences (what an operator's
+    /// `accept_clock_ahead`, or a clock that stepped between two checks,
+    /// lets through).
+    fn write_unchecked(&mut self, i: usize, key: &str, value: Option<Vec<u8>>) -> bool {
+        let now = self.now_of(i);
+        let live = self.live(i);
         let op = Op::Local {
             key: key.into(),
             value,
             meta: Default::default(),
             cond: Condition::Always,
         };
-        let outcomes = live.store.apply(vec![op], now.wall_ms).unwrap();
+        let outcomes = live.store.apply(vec![op], now.wall_ms()).unwrap();
         live.store.flush().unwrap();
         let written: Vec<Delta> = outcomes
             .into_iter()
@@ -609,4 +633,219 @@ fn lone_node_writes_after_the_grace_period_when_no_peer_answers() {
     }
     assert!(sim.now - started >= GRACE_MS);
     assert!(sim.write(1, "k", Some(b"v".to_vec())));
+}
+
+// ---- Clocks: skewed clocks cannot win or wedge the cluster ----
+
+/// Runs until node `i`'s clock fence reports `state`.
+fn run_until_clock_state(sim: &mut Sim, i: usize, state: hub::clock::FenceState) {
+    let start = sim.now;
+    loop {
+        let now = sim.live(i).machine.clock_verdict().map(|v| v.state);
+        if now == Some(state) {
+            return;
+        }
+        assert!(
+            sim.now - start < 20_000,
+            "n{i} never reached {state:?}, is {now:?}"
+        );
+        sim.step();
+    }
+}
+
+fn value_of(sim: &Sim, i: usize, key: &str) -> Option<Vec<u8>> {
+    sim.store(i).get(key).unwrap().and_then(|e| e.value)
+}
+
+/// Every node serves `want` for `key`.
+fn assert_everywhere(sim: &Sim, key: &str, want: &[u8]) {
+    for i in 0..sim.nodes.len() {
+        assert_eq!(
+            value_of(sim, i, key).as_deref(),
+            Some(want),
+            "n{i} serves another value for {key}"
+        );
+    }
+}
+
+fn skewed_sim(seed: u64, skews: &[i64]) -> Sim {
+    let mut sim = Sim::new(seed, 0, CALM, 1_000_000);
+    sim.nodes = skews
+        .iter()
+        .enumerate()
+        .map(|(i, &skew)| {
+            let id = NodeId::new(format!("n{i}")).unwrap();
+            Node {
+                store_config: StoreConfig {
+                    node_id: Some(id.clone()),
+                    cache_bytes: 4 << 20,
+                    ..StoreConfig::default()
+                },
+                id,
+                addr: SocketAddr::from(([10, 0, 0, i as u8 + 1], 7000)),
+                dir: temp_dir(),
+                live: None,
+                skew,
+            }
+        })
+        .collect();
+    sim.net = sim_net::Net::new(skews.len(), CALM.link);
+    for i in 0..skews.len() {
+        let join = if i == 0 {
+            vec![]
+        } else {
+            vec![sim.nodes[0].addr]
+        };
+        sim.start(i, &join);
+    }
+    sim
+}
+
+#[test]
+fn offset_estimates_are_within_the_network_delay_of_the_true_skew() {
+    let mut sim = skewed_sim(21, &[0, 137, -2_500]);
+    sim.run_for(3_000);
+    let v = sim.live(0).machine.clock_verdict().unwrap().clone();
+    for (peer, truth) in [("n1", 137.0), ("n2", -2_500.0)] {
+        let p = v
+            .peers
+            .iter()
+            .find(|p| p.peer == peer)
+            .expect("peer measured");
+        // CALM links delay each message 0..5 ms: error ≤ rtt/2 ≤ 5 ms.
+        assert!(
+            (p.offset_ms - truth).abs() <= 5.0,
+            "{peer}: estimated {} ms, true {truth} ms (rtt {} ms)",
+            p.offset_ms,
+            p.rtt_ms
+        );
+    }
+}
+
+#[test]
+fn node_running_ahead_is_fenced_and_every_later_healthy_write_wins() {
+    let mut sim = skewed_sim(22, &[0, 0, 20_000]);
+    run_until_clock_state(&mut sim, 2, hub::clock::FenceState::Skewed);
+    run_until_clock_state(&mut sim, 0, hub::clock::FenceState::Ok);
+    run_until_clock_state(&mut sim, 1, hub::clock::FenceState::Ok);
+    assert_eq!(sim.clock_refusal(2), Some("clock_skew"));
+    assert!(
+        !sim.write(2, "k", Some(b"skewed".to_vec())),
+        "the outlier must not write"
+    );
+    assert!(sim.write(0, "k", Some(b"healthy".to_vec())));
+    sim.run_until_converged(10_000);
+    assert_everywhere(&sim, "k", b"healthy");
+    // The fenced node still receives: its own store has the healthy write.
+    assert_eq!(value_of(&sim, 2, "k").as_deref(), Some(&b"healthy"[..]));
+}
+
+#[test]
+fn a_future_stamp_that_slipped_through_does_not_drag_healthy_clocks() {
+    let mut sim = skewed_sim(23, &[0, 0, 3_600_000]);
+    run_until_clock_state(&mut sim, 2, hub::clock::FenceState::Skewed);
+    // A write stamped an hour ahead (a fence bypassed) replicates...
+    assert!(sim.write_unchecked(2, "future", Some(b"x".to_vec())));
+    sim.run_until_converged(10_000);
+    assert_everywhere(&sim, "future", b"x");
+    // ...but no healthy clock adopted its stamp, so no healthy node's
+    // high-water mark runs ahead (which would fence it at its next start).
+    for i in 0..2 {
+        let hlc = sim.store(i).hlc().physical_ms();
+        let wall = sim.now_of(i).wall_ms();
+        assert!(
+            hlc <= wall + MAX_OFFSET_MS,
+            "n{i}'s clock was dragged {} ms ahead",
+            hlc - wall
+        );
+        let stats = sim.live(i).machine.replicator().stats();
+        assert!(stats.peers["n2"].clock_stamps_not_adopted > 0);
+    }
+}
+
+#[test]
+fn node_running_behind_is_fenced_but_keeps_converging_and_wedges_nobody() {
+    let mut sim = skewed_sim(24, &[0, 0, -60_000]);
+    run_until_clock_state(&mut sim, 2, hub::clock::FenceState::Skewed);
+    run_until_clock_state(&mut sim, 0, hub::clock::FenceState::Ok);
+    assert!(sim
+        .live(2)
+        .machine
+        .clock_verdict()
+        .unwrap()
+        .refusal
+        .as_ref()
+        .unwrap()
+        .message
+        .contains("behind"));
+    for k in 0..20 {
+        assert!(sim.write(k % 2, &format!("k{k}"), Some(vec![k as u8])));
+    }
+    sim.run_until_converged(10_000);
+    assert_eq!(sim.store(2).scan("k", None, 100).unwrap().len(), 20);
+}
+
+#[test]
+fn backward_step_during_operation_fences_until_fixed_and_later_healthy_writes_win() {
+    let mut sim = skewed_sim(25, &[0, 0, 0]);
+    for i in 0..3 {
+        run_until_clock_state(&mut sim, i, hub::clock::FenceState::Ok);
+    }
+    assert!(sim.write(2, "k", Some(b"before-step".to_vec())));
+    sim.run_until_converged(10_000);
+    // n2's wall clock steps back 60 s: noticed locally at once.
+    sim.nodes[2].skew = -60_000;
+    sim.run_for(TICK_MS);
+    assert!(
+        matches!(
+            sim.clock_refusal(2),
+            Some("clock_unverified" | "clock_skew")
+        ),
+        "a step must refuse writes at once"
+    );
+    run_until_clock_state(&mut sim, 2, hub::clock::FenceState::Skewed);
+    assert!(!sim.write(2, "k", Some(b"while-skewed".to_vec())));
+    assert!(sim.write(0, "k", Some(b"healthy".to_vec())));
+    sim.run_until_converged(10_000);
+    assert_everywhere(&sim, "k", b"healthy");
+    // Fixed: measured anew, writes accepted, and ordering is sound again.
+    sim.nodes[2].skew = 0;
+    run_until_clock_state(&mut sim, 2, hub::clock::FenceState::Ok);
+    assert!(sim.write(2, "k", Some(b"after-fix".to_vec())));
+    sim.run_for(50);
+    assert!(sim.write(1, "k", Some(b"latest".to_vec())));
+    sim.run_until_converged(10_000);
+    assert_everywhere(&sim, "k", b"latest");
+}
+
+#[test]
+fn replication_timers_keep_running_after_the_wall_clock_steps_back_an_hour() {
+    let mut sim = skewed_sim(26, &[0, 0, 0]);
+    sim.run_until_converged(10_000);
+    // n1's wall clock steps back an hour: its pull timer keeps firing
+    // (on a wall-clock timer it would wait an hour).
+    let pulls = |sim: &Sim| -> u64 {
+        let st = sim.live(1).machine.replicator().stats();
+        st.peers.values().map(|p| p.pulls_sent).sum()
+    };
+    sim.nodes[1].skew = -3_600_000;
+    let before = pulls(&sim);
+    sim.run_for(1_000);
+    assert!(
+        pulls(&sim) >= before + 3,
+        "pull timer stalled after a backward step"
+    );
+    // And its pushes get lost in a short partition (too short for anyone
+    // to be declared dead); pull and anti-entropy repair them.
+    sim.net.side = vec![0, 1, 0];
+    assert!(sim.write(0, "lost-push", Some(b"v".to_vec())));
+    sim.run_for(300);
+    sim.heal();
+    assert!(
+        value_of(&sim, 1, "lost-push").is_none(),
+        "the push was lost"
+    );
+    let took = sim.run_until_converged(5_000);
+    assert!(took <= 5_000);
+    assert_eq!(value_of(&sim, 1, "lost-push").as_deref(), Some(&b"v"[..]));
 }

@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::node_machine::{Input, NodeMachine, Now, Output, CONTACT_GRACE_MS};
 use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
+use crate::clock::ClockGate;
 use crate::model::{Delta, NodeId};
 use crate::replication::{AeResult, ReplicationStats};
 use crate::store::commit::{wall_ms, CommitError, Committer, Pending};
@@ -56,7 +57,9 @@ async fn next_of<T>(w: &mut Waiting<T>) -> T {
 
 pub(super) struct Driver {
     node: NodeId,
-    started: Instant,
+    /// The node's clock gate: the time source of every step, and where each
+    /// step's clock verdict is published for the write path.
+    clock: ClockGate,
     store: Arc<Store>,
     committer: Committer,
     transport: Transport<Message>,
@@ -125,11 +128,12 @@ impl Driver {
             config.membership.clone(),
             config.replication.clone(),
             CONTACT_GRACE_MS,
+            config.clock.clone(),
             rand::random(),
         )?;
         let mut driver = Driver {
             node: config.node_id.clone(),
-            started: Instant::now(),
+            clock: committer.clock_gate().clone(),
             store,
             committer,
             transport: transport.clone(),
@@ -146,10 +150,7 @@ impl Driver {
     }
 
     fn now(&self) -> Now {
-        Now {
-            mono_ms: self.started.elapsed().as_millis() as u64,
-            wall_ms: wall_ms(),
-        }
+        self.clock.now()
     }
 
     pub(super) async fn run(
@@ -307,12 +308,16 @@ impl Driver {
                 }
                 _ => true,
             });
-            (machine, out)
+            let verdict = machine.clock_verdict().cloned();
+            (machine, out, verdict)
         })
         .await;
         match ran {
-            Ok((machine, out)) => {
+            Ok((machine, out, verdict)) => {
                 self.machine = Some(machine);
+                if let Some(v) = verdict {
+                    self.clock.publish(v);
+                }
                 for o in out {
                     self.carry_out(o);
                 }
@@ -327,11 +332,7 @@ impl Driver {
 
     fn carry_out(&mut self, output: Output) {
         match output {
-            Output::Send { to, addr, msg } => {
-                if let Err(e) = self.transport.send(addr, to.clone(), &msg) {
-                    tracing::debug!(node = %self.node, peer = ?to, %addr, error = %e, "message dropped");
-                }
-            }
+            Output::Send { to, addr, msg } => self.send(addr, to, msg),
             Output::Commit { tag, ops } => self.to_submit.push_back((tag, ops)),
             Output::WriteFence(reason) => {
                 match &reason {
@@ -345,6 +346,57 @@ impl Driver {
             // The record is deleted in the blocking step.
             Output::Forget { addr, .. } => self.transport.remove_peer(addr),
             Output::Persist { .. } => {} // written in the blocking step
+        }
+    }
+
+    /// Sends `msg`; one that cannot be framed (too large) is split when it
+    /// carries several deltas, so the rest still flow, and a single delta
+    /// that cannot be sent is logged at warning level with its origin and
+    /// seq (anti-entropy carries its entry, as for any lost message).
+    fn send(&self, addr: SocketAddr, to: Option<NodeId>, msg: Message) {
+        use crate::replication::Msg;
+        use crate::transport::SendError;
+        let Err(e) = self.transport.send(addr, to.clone(), &msg) else {
+            return;
+        };
+        let peer = to
+            .as_ref()
+            .map_or_else(|| addr.to_string(), |t| t.to_string());
+        let (clock, mut deltas, rebuild): (_, _, fn(_, Vec<Delta>) -> Msg) = match (&e, msg) {
+            (SendError::Frame(_), Message::Replication(Msg::Push { clock, deltas })) => {
+                (clock, deltas, |clock, deltas| Msg::Push { clock, deltas })
+            }
+            // A pull answer goes as pushes (applied the same way); the
+            // unanswered pull times out and the puller asks again.
+            (
+                SendError::Frame(_),
+                Message::Replication(Msg::PullResponse { clock, deltas, .. }),
+            ) => (clock, deltas, |clock, deltas| Msg::Push { clock, deltas }),
+            (_, m) => {
+                let kind = match &m {
+                    Message::Membership(m) => m.kind(),
+                    Message::Replication(m) => m.kind(),
+                };
+                match e {
+                    SendError::Frame(_) => {
+                        tracing::warn!(node = %self.node, %peer, kind, error = %e, "message cannot be sent")
+                    }
+                    _ => {
+                        tracing::debug!(node = %self.node, %peer, kind, error = %e, "message dropped")
+                    }
+                }
+                return;
+            }
+        };
+        if deltas.len() == 1 {
+            let d = &deltas[0];
+            tracing::warn!(node = %self.node, %peer, origin = %d.origin, seq = d.seq, key = %d.key, error = %e,
+                "delta cannot be sent (larger than a frame); later deltas still flow, anti-entropy carries the entry");
+            return;
+        }
+        let tail = deltas.split_off(deltas.len() / 2);
+        for half in [deltas, tail] {
+            self.send(addr, to.clone(), Message::Replication(rebuild(clock, half)));
         }
     }
 
@@ -455,5 +507,6 @@ fn placeholder_view(node: &NodeId, transport: &Transport<Message>) -> ClusterVie
         membership: Default::default(),
         replication: Default::default(),
         transport: transport.stats(),
+        clock: None,
     }
 }

@@ -9,9 +9,9 @@
 //! machine runs on tokio's blocking pool, because its store reads share a
 //! lock with the commit thread; the async task itself never touches sled.
 //!
-//! Two clocks are fed: monotonic milliseconds since start for timers
-//! (failure detection must not jump with NTP), wall-clock milliseconds for
-//! HLC stamps and peers' clock checks.
+//! Two clocks are fed, both read through the node's [`crate::clock::ClockGate`]:
+//! monotonic time for every timer (failure detection, pulls, anti-entropy
+//! must not jump with NTP), wall-clock time for HLC stamps and clock offsets.
 
 mod driver;
 pub mod node_machine;
@@ -55,6 +55,8 @@ pub struct ClusterConfig {
     pub transport: TransportTuning,
     /// Replicated commits in flight to the store writer (see the driver).
     pub commit_queue_len: usize,
+    /// The clock fence's bound and start-up settings (see [`crate::clock`]).
+    pub clock: crate::clock::FenceConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +94,8 @@ pub struct ClusterView {
     pub membership: membership::Stats,
     pub replication: ReplicationStats,
     pub transport: TransportStats,
+    /// The clock fence's verdict: state, offsets per peer, refusal.
+    pub clock: Option<crate::clock::Verdict>,
 }
 
 pub struct Cluster {

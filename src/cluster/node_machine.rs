@@ -5,9 +5,16 @@
 //! a tick, a commit's outcome, a newly durable batch) come in with the time,
 //! outputs (messages to send, operations to commit, peer records to persist,
 //! fence changes) go out. Two clocks come in, kept apart on purpose:
-//! monotonic milliseconds drive every timer (membership's failure detector,
-//! the start-up grace period), wall-clock milliseconds only stamp and check
-//! hybrid logical clocks (replication). State is read through a
+//! monotonic time drives every timer (membership's failure detector,
+//! replication's pulls, anti-entropy and timeouts, the start-up grace
+//! period); wall-clock time only stamps pings for clock offsets and bounds
+//! which peer stamps our hybrid logical clock adopts.
+//!
+//! **Clock fence** ([`crate::clock::fence`]): membership's ping/ack round
+//! trips measure each peer's clock offset; the fence compares this node's
+//! clock with the cluster median and refuses local writes while it is the
+//! outlier, unverified at start, or its persisted HLC is ahead of its wall
+//! clock. Replicated data is never refused for a clock. State is read through a
 //! [`ReplicaReader`]; the machine never writes to disk itself. The tokio
 //! driver and the whole-node simulation (`tests/node_sim.rs`) both drive it.
 //!
@@ -41,6 +48,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 
 use super::{ClusterView, Message, SelfView};
+use crate::clock::{Fence, FenceConfig, FenceState, Verdict};
 use crate::membership::{self, Membership, Status};
 use crate::model::{Delta, NodeId};
 use crate::replication::{self, Msg, ReplicaReader, ReplicationConfig, Replicator};
@@ -51,14 +59,9 @@ use crate::transport::TransportStats;
 /// are accepted without it.
 pub const CONTACT_GRACE_MS: u64 = 3_000;
 
-/// The two clocks of one step.
-#[derive(Clone, Copy, Debug)]
-pub struct Now {
-    /// Monotonic milliseconds (any origin): timers and deadlines.
-    pub mono_ms: u64,
-    /// Wall-clock milliseconds since the Unix epoch: HLC stamps only.
-    pub wall_ms: u64,
-}
+/// The two clocks of one step (monotonic for timers, wall for HLC stamps
+/// and clock offsets).
+pub use crate::clock::Now;
 
 #[derive(Debug)]
 pub enum Input {
@@ -119,11 +122,17 @@ pub struct NodeMachine {
     rng: StdRng,
     own: OwnOrigin,
     contact_grace_ms: u64,
+    clock_config: FenceConfig,
+    /// Judges this node's clock against the cluster; made at `start`.
+    fence: Option<Fence>,
+    /// Monotonic ms of the last "writes still refused" reminder in the log.
+    clock_reminded_ms: u64,
 }
 
 impl NodeMachine {
     /// `incarnation` must grow across restarts (the node uses wall-clock
     /// milliseconds at start); `seed` seeds every random choice.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         node: NodeId,
         addr: SocketAddr,
@@ -131,6 +140,7 @@ impl NodeMachine {
         membership: membership::Config,
         replication: ReplicationConfig,
         contact_grace_ms: u64,
+        clock: FenceConfig,
         seed: u64,
     ) -> Result<NodeMachine, membership::ConfigError> {
         let membership = Membership::new(node.clone(), addr, incarnation, membership)?;
@@ -142,6 +152,9 @@ impl NodeMachine {
             rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             own: OwnOrigin::default(),
             contact_grace_ms,
+            clock_config: clock,
+            fence: None,
+            clock_reminded_ms: 0,
         })
     }
 
@@ -157,6 +170,11 @@ impl NodeMachine {
     /// Why local writes are refused right now, if they are.
     pub fn write_fence(&self) -> Option<&str> {
         self.own.fence.as_deref()
+    }
+
+    /// The clock fence's latest verdict (`None` before [`NodeMachine::start`]).
+    pub fn clock_verdict(&self) -> Option<&Verdict> {
+        self.fence.as_ref().map(|f| f.verdict())
     }
 
     pub fn replicator(&self) -> &Replicator {
@@ -178,32 +196,41 @@ impl NodeMachine {
         reader: &dyn ReplicaReader,
     ) -> Vec<Output> {
         let mut out = Vec::new();
+        self.set_clocks(now);
         // A fresh directory (no peer remembered) holds no writes of ours, so
         // only a restarted node waits; a fresh one is checked on first contact.
         let has_peers = remembered.iter().any(|(id, _)| *id != self.node);
-        let fx = self.membership.restore(remembered, now.mono_ms);
+        self.fence = Some(Fence::new(
+            self.clock_config.clone(),
+            now,
+            reader.clock(),
+            has_peers || !join.is_empty(),
+        ));
+        let fx = self.membership.restore(remembered, now.mono_ms());
         self.membership_effects(fx, now, reader, &mut out);
         if !join.is_empty() {
-            let fx = self.membership.join(join, now.mono_ms);
+            let fx = self.membership.join(join, now.mono_ms());
             self.membership_effects(fx, now, reader, &mut out);
         }
         if has_peers {
-            self.own.awaiting_contact = Some(now.mono_ms + self.contact_grace_ms);
+            self.own.awaiting_contact = Some(now.mono_ms() + self.contact_grace_ms);
         }
         self.update_fence(now, reader, &mut out);
+        self.update_clock(now);
         out
     }
 
     /// One input; everything it causes comes back as outputs.
     pub fn handle(&mut self, input: Input, now: Now, reader: &dyn ReplicaReader) -> Vec<Output> {
         let mut out = Vec::new();
+        self.set_clocks(now);
         match input {
             Input::Message {
                 from,
                 addr,
                 msg: Message::Membership(m),
             } => {
-                let fx = self.membership.on_message(&from, addr, m, now.mono_ms);
+                let fx = self.membership.on_message(&from, addr, m, now.mono_ms());
                 self.membership_effects(fx, now, reader, &mut out);
             }
             Input::Message {
@@ -211,12 +238,13 @@ impl NodeMachine {
                 msg: Message::Replication(m),
                 ..
             } => {
+                self.observe_stamp(&from, &m, now, reader);
                 self.check_own_origin(&from, &m, now, reader, &mut out);
-                let fx = self.replicator.on_message(&from, m, now.wall_ms, reader);
+                let fx = self.replicator.on_message(&from, m, now.mono_ms(), reader);
                 self.replication_effects(fx, &mut out);
             }
             Input::Committed(batch) => {
-                let fx = self.replicator.on_committed(&batch, now.wall_ms, reader);
+                let fx = self.replicator.on_committed(&batch, now.mono_ms(), reader);
                 self.replication_effects(fx, &mut out);
             }
             Input::CommitDone {
@@ -225,7 +253,7 @@ impl NodeMachine {
             } => {
                 let fx = self
                     .replicator
-                    .on_commit_outcomes(tag, &outcomes, now.wall_ms, reader);
+                    .on_commit_outcomes(tag, &outcomes, now.mono_ms(), reader);
                 self.replication_effects(fx, &mut out);
             }
             Input::CommitDone {
@@ -233,32 +261,34 @@ impl NodeMachine {
                 result: Err(e),
             } => {
                 tracing::error!(node = %self.node, tag, error = %e, "replicated write failed");
-                self.replicator.on_commit_failed(tag, now.wall_ms);
+                self.replicator.on_commit_failed(tag, now.mono_ms());
             }
             Input::Discovered { node_id, addr } => {
                 let known = NodeId::new(node_id.as_str())
                     .ok()
                     .and_then(|id| self.membership.status_of(&id));
                 if known != Some(Status::Alive) {
-                    let fx = self.membership.join(&[addr], now.mono_ms);
+                    let fx = self.membership.join(&[addr], now.mono_ms());
                     self.membership_effects(fx, now, reader, &mut out);
                 }
             }
             Input::Tick => {
-                let fx = self.membership.tick(now.mono_ms, &mut self.rng);
+                let fx = self.membership.tick(now.mono_ms(), &mut self.rng);
                 self.membership_effects(fx, now, reader, &mut out);
-                let fx = self.replicator.on_tick(now.wall_ms, reader);
+                let fx = self.replicator.on_tick(now.mono_ms(), reader);
                 self.replication_effects(fx, &mut out);
             }
         }
         self.update_fence(now, reader, &mut out);
+        self.update_clock(now);
         out
     }
 
     /// Tells peers we leave (clean shutdown).
     pub fn leave(&mut self, now: Now, reader: &dyn ReplicaReader) -> Vec<Output> {
         let mut out = Vec::new();
-        let fx = self.membership.leave(now.mono_ms);
+        self.set_clocks(now);
+        let fx = self.membership.leave(now.mono_ms());
         self.membership_effects(fx, now, reader, &mut out);
         out
     }
@@ -278,10 +308,70 @@ impl NodeMachine {
                 joined: self.membership.is_joined(),
                 writes_fenced: self.own.fence.clone(),
             },
-            members: self.membership.members(now.mono_ms),
+            members: self.membership.members(now.mono_ms()),
             membership: self.membership.stats(),
             replication: self.replicator.stats(),
             transport,
+            clock: self.clock_verdict().cloned(),
+        }
+    }
+
+    fn set_clocks(&mut self, now: Now) {
+        self.membership.set_clocks(membership::Stamp {
+            mono_us: now.mono_us,
+            wall_us: now.wall_us,
+        });
+    }
+
+    /// Lets our clock adopt the stamp a peer's message carries, unless it is
+    /// further ahead of our wall clock than the bound: a peer whose clock
+    /// runs ahead (the one the cluster fences) must not drag ours along.
+    /// The message itself is handled either way.
+    fn observe_stamp(&mut self, from: &NodeId, msg: &Msg, now: Now, reader: &dyn ReplicaReader) {
+        let stamp = msg.clock();
+        if !reader.observe_clock(stamp, now.wall_ms()) {
+            self.replicator.note_stamp_not_adopted(from);
+            tracing::debug!(node = %self.node, peer = %from, hlc = %stamp,
+                ahead_ms = stamp.physical_ms().saturating_sub(now.wall_ms()),
+                "peer's clock stamp far ahead of ours: not adopted (its data is still applied)");
+        }
+    }
+
+    /// Judges this node's clock against the cluster; logs changes loudly,
+    /// and reminds every 30 s while writes are refused.
+    fn update_clock(&mut self, now: Now) {
+        let alive = self
+            .membership
+            .table()
+            .iter()
+            .filter(|m| m.status == Status::Alive)
+            .count();
+        let Some(fence) = self.fence.as_mut() else {
+            return;
+        };
+        let changed = fence.evaluate(now, alive).is_some();
+        let v = fence.verdict();
+        let remind = v.refusal.is_some() && now.mono_ms() >= self.clock_reminded_ms + 30_000;
+        if !changed && !remind {
+            return;
+        }
+        self.clock_reminded_ms = now.mono_ms();
+        let offset_ms = v.cluster_offset_ms.unwrap_or(0.0);
+        let max_ms = v.max_clock_offset_ms;
+        match (&v.refusal, v.state) {
+            (Some(r), FenceState::Skewed | FenceState::AheadAtStart) => tracing::error!(
+                node = %self.node, state = v.state.as_str(), cluster_offset_ms = offset_ms,
+                max_clock_offset_ms = max_ms, peers = v.peers.len(), reason = %r.message,
+                "clock fence: local writes refused"),
+            (Some(r), _) => tracing::warn!(
+                node = %self.node, state = v.state.as_str(), reason = %r.message,
+                "clock fence: local writes wait for a clock measurement"),
+            (None, FenceState::Unverified) => tracing::warn!(
+                node = %self.node, peers = v.peers.len(),
+                "clock fence: no verdict on this node's clock (no peer measured); local writes accepted"),
+            (None, _) => tracing::info!(
+                node = %self.node, state = v.state.as_str(), cluster_offset_ms = offset_ms,
+                max_clock_offset_ms = max_ms, "clock fence: clock within bounds; local writes accepted"),
         }
     }
 
@@ -320,7 +410,7 @@ impl NodeMachine {
         tracing::warn!(node = %self.node, peer = %from, theirs, mine,
             "a peer holds newer writes of this node than its own store (restored from an old copy?); local writes wait until they are recovered");
         self.own.behind = Some((theirs, from.clone()));
-        let fx = self.replicator.pull_from(from, now.wall_ms, reader);
+        let fx = self.replicator.pull_from(from, now.mono_ms(), reader);
         self.replication_effects(fx, out);
     }
 
@@ -336,7 +426,7 @@ impl NodeMachine {
         if self
             .own
             .awaiting_contact
-            .is_some_and(|deadline| now.mono_ms >= deadline)
+            .is_some_and(|deadline| now.mono_ms() >= deadline)
         {
             self.own.awaiting_contact = None;
             tracing::warn!(node = %self.node, grace_ms = self.contact_grace_ms,
@@ -381,10 +471,13 @@ impl NodeMachine {
                 membership::Effect::StatusChanged { peer, from, to } => {
                     tracing::info!(node = %self.node, peer = %peer, from = ?from, to = ?to, "peer status changed");
                     if to == Status::Alive {
-                        let fx = self.replicator.peer_up(&peer, now.wall_ms, reader);
+                        let fx = self.replicator.peer_up(&peer, now.mono_ms(), reader);
                         self.replication_effects(fx, out);
                     } else if from == Some(Status::Alive) {
-                        self.replicator.peer_down(&peer, now.wall_ms);
+                        self.replicator.peer_down(&peer, now.mono_ms());
+                        if let Some(f) = self.fence.as_mut() {
+                            f.peer_gone(&peer);
+                        }
                     }
                 }
                 membership::Effect::Persist { peer, record } => {
@@ -392,6 +485,15 @@ impl NodeMachine {
                 }
                 membership::Effect::Forget { peer, addr } => {
                     out.push(Output::Forget { peer, addr })
+                }
+                membership::Effect::ClockSample {
+                    peer,
+                    sent_mono_ms,
+                    sample,
+                } => {
+                    if let Some(f) = self.fence.as_mut() {
+                        f.on_sample(&peer, sent_mono_ms, sample);
+                    }
                 }
                 membership::Effect::Refused { peer, reason } => {
                     tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
@@ -417,9 +519,6 @@ impl NodeMachine {
                 }
                 replication::Effect::Commit { tag, ops, .. } => {
                     out.push(Output::Commit { tag, ops })
-                }
-                replication::Effect::ClockRefused { peer, ahead_ms } => {
-                    tracing::error!(node = %self.node, peer = %peer, ahead_ms, "peer clock too far ahead; its messages are refused");
                 }
             }
         }

@@ -224,7 +224,7 @@ pub async fn readings(
             meta.insert("ts_ms".into(), ts.to_string());
         }
         if let Some(unit) = r.unit {
-            if unit.len() > 64 || unit.chars().any(char::is_control) {
+            if unit.is_empty() || unit.len() > 64 || unit.chars().any(char::is_control) {
                 return Err(ApiError::bad_request(
                     "bad_reading",
                     format!("[{i}].unit: 1-64 printable characters"),
@@ -232,11 +232,23 @@ pub async fn readings(
             }
             meta.insert("unit".into(), unit);
         }
+        let value = r.value.to_string().into_bytes();
+        if value.len() > state.max_value_bytes {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                format!(
+                    "[{i}].value is {} bytes; the limit is {} bytes (setting max_value_bytes)",
+                    value.len(),
+                    state.max_value_bytes
+                ),
+            ));
+        }
         let key = sensors::key(state.node_id.as_str(), &r.sensor);
         scope.check(&key)?;
         ops.push(Op::Local {
             key,
-            value: Some(r.value.to_string().into_bytes()),
+            value: Some(value),
             meta,
             cond: Condition::Always,
         });
@@ -333,6 +345,11 @@ pub async fn introspection(State(state): State<AppState>) -> ApiResult<Json<Valu
         o.insert("counters".into(), json!(counters));
         o.insert("max_value_bytes".into(), json!(state.max_value_bytes));
         o.insert("workers".into(), json!(state.workers.statuses()));
+        // The clock fence (state, offsets per peer, refusal): see crate::clock.
+        o.insert(
+            "clock".into(),
+            json!(state.committer.clock_gate().verdict()),
+        );
         if let Some(view) = state.cluster.as_ref().map(|w| w.borrow().clone()) {
             o.insert("cluster".into(), json!(*view));
         }

@@ -46,10 +46,14 @@ impl From<JsonRejection> for ApiError {
     /// Every malformed body is a 400 (axum would say 422 or 415 for some).
     fn from(r: JsonRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            // Only POST /api/readings takes a large JSON body.
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
-                r.body_text(),
+                format!(
+                    "{}: the body is larger than the limit (setting max_batch_bytes)",
+                    r.body_text()
+                ),
             );
         }
         ApiError::bad_request("bad_json", r.body_text())
@@ -71,12 +75,18 @@ impl From<PathRejection> for ApiError {
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
         let status = r.status();
-        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "value_too_large"
-        } else {
-            "bad_body"
-        };
-        ApiError::new(status, code, r.body_text())
+        // Only /kv takes a raw body; its limit is max_value_bytes.
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(
+                status,
+                "value_too_large",
+                format!(
+                    "{}: the value is larger than the limit (setting max_value_bytes)",
+                    r.body_text()
+                ),
+            );
+        }
+        ApiError::new(status, "bad_body", r.body_text())
     }
 }
 
@@ -101,6 +111,14 @@ impl From<CommitError> for ApiError {
             ),
             CommitError::Fenced(_) => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "recovering", e.to_string())
+            }
+            CommitError::ValueTooLarge { .. } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "value_too_large",
+                e.to_string(),
+            ),
+            CommitError::Clock(ref r) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, r.code, e.to_string())
             }
             CommitError::Store(_) => {
                 tracing::error!(error = %e, "commit failed");

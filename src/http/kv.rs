@@ -106,7 +106,7 @@ fn value_from(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResul
             StatusCode::PAYLOAD_TOO_LARGE,
             "value_too_large",
             format!(
-                "value is {} bytes; the limit is {}",
+                "value is {} bytes; the limit is {} bytes (setting max_value_bytes)",
                 body.len(),
                 state.max_value_bytes
             ),

@@ -78,7 +78,7 @@ use crate::model::NodeId;
 use crate::store::PeerRecord;
 
 pub use detector::{DetectorConfig, PhiAccrual};
-pub use msg::{MemberInfo, Msg, MsgTooLarge, MAX_GOSSIP_PER_MSG, MAX_MEMBERS_PER_MSG};
+pub use msg::{MemberInfo, Msg, MsgTooLarge, Stamp, MAX_GOSSIP_PER_MSG, MAX_MEMBERS_PER_MSG};
 pub use table::{Member, MemberView, Status, Table};
 
 /// Settings. Defaults suit a small fleet on a LAN: a dead peer is suspect
@@ -248,6 +248,13 @@ pub enum Effect {
     /// `peer` was dead or gone for `remove_dead_after_ms` and is no longer
     /// tracked: delete its record and drop its connection state.
     Forget { peer: NodeId, addr: SocketAddr },
+    /// A clock-offset measurement of `peer` from a ping sent at monotonic
+    /// `sent_mono_ms` (see [`crate::clock::offset`]).
+    ClockSample {
+        peer: NodeId,
+        sent_mono_ms: u64,
+        sample: crate::clock::Sample,
+    },
 }
 
 /// Counters for introspection/metrics.
@@ -287,6 +294,9 @@ pub struct Membership {
     left: bool,
     gossip_cursor: usize,
     stats: Stats,
+    /// Both clocks in microseconds as of the current step (see
+    /// [`Membership::set_clocks`]); pings carry them for offset estimates.
+    clocks: Stamp,
 }
 
 impl Membership {
@@ -310,7 +320,17 @@ impl Membership {
             left: false,
             gossip_cursor: 0,
             stats: Stats::default(),
+            clocks: Stamp::default(),
         })
+    }
+
+    /// The clocks of the step about to run, in microseconds: pings are
+    /// stamped with them and acks answered with the wall clock, so the
+    /// pinger can estimate its offset to us ([`Effect::ClockSample`]).
+    /// Never set (zero): no stamps, no samples; timers are unaffected
+    /// (they run on the `now_ms` each call takes).
+    pub fn set_clocks(&mut self, clocks: Stamp) {
+        self.clocks = clocks;
     }
 
     pub fn id(&self) -> &NodeId {
@@ -567,6 +587,7 @@ impl Membership {
                 addr,
                 msg: Msg::Ping {
                     sent_ms: now_ms,
+                    stamp: self.clocks,
                     gossip,
                 },
             });
@@ -673,7 +694,11 @@ impl Membership {
                     self.apply_gossip(m, now_ms, &mut fx);
                 }
             }
-            Msg::Ping { sent_ms, gossip } => {
+            Msg::Ping {
+                sent_ms,
+                stamp,
+                gossip,
+            } => {
                 let own = gossip.iter().find(|m| m.id == *from);
                 let addr = self.heard_from(from, from_addr, own, now_ms, &mut fx);
                 for m in gossip.iter().filter(|m| m.id != *from) {
@@ -685,13 +710,34 @@ impl Membership {
                     addr,
                     msg: Msg::Ack {
                         echo_ms: sent_ms,
+                        echo: stamp,
+                        wall_us: self.clocks.wall_us,
                         gossip,
                     },
                 });
             }
-            Msg::Ack { echo_ms, gossip } => {
+            Msg::Ack {
+                echo_ms,
+                echo,
+                wall_us,
+                gossip,
+            } => {
                 let own = gossip.iter().find(|m| m.id == *from);
                 self.heard_from(from, from_addr, own, now_ms, &mut fx);
+                // Only stamps of ours (both sides had clocks) give a sample.
+                let stamped =
+                    echo.wall_us > 0 && wall_us > 0 && self.clocks.mono_us >= echo.mono_us;
+                if stamped && echo.mono_us > 0 {
+                    fx.push(Effect::ClockSample {
+                        peer: from.clone(),
+                        sent_mono_ms: echo.mono_us / 1_000,
+                        sample: crate::clock::Sample::from_round_trip(
+                            echo.wall_us,
+                            self.clocks.mono_us - echo.mono_us,
+                            wall_us,
+                        ),
+                    });
+                }
                 self.stats.acks_received += 1;
                 if let Some(m) = self.table.get_mut(from) {
                     m.detector.heartbeat(now_ms);
@@ -1015,6 +1061,7 @@ mod tests {
             addr(9),
             Msg::Ping {
                 sent_ms: 0,
+                stamp: Stamp::default(),
                 gossip: vec![],
             },
             10,
@@ -1025,6 +1072,7 @@ mod tests {
             addr(2),
             Msg::Ping {
                 sent_ms: 0,
+                stamp: Stamp::default(),
                 gossip: vec![info("c", 3, 0, Status::Alive); MAX_GOSSIP_PER_MSG + 1],
             },
             10,
@@ -1097,6 +1145,7 @@ mod tests {
         let mut a = node("a", 1);
         let said = Msg::Ping {
             sent_ms: 0,
+            stamp: Stamp::default(),
             gossip: vec![
                 info("b", 2, 1, Status::Alive),
                 info("a", 1, 1, Status::Suspect),
@@ -1144,6 +1193,8 @@ mod tests {
             addr(2),
             Msg::Ack {
                 echo_ms: t - 30,
+                echo: Stamp::default(),
+                wall_us: 0,
                 gossip: vec![],
             },
             t,

@@ -28,6 +28,14 @@ pub struct MemberInfo {
     pub status: Status,
 }
 
+/// A ping's clocks in microseconds; zero when the sender has no clock
+/// (then no offset is measured from it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stamp {
+    pub mono_us: u64,
+    pub wall_us: u64,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
     /// "I am `member`, let me in." Sent to seeds (by address) on join and to
@@ -36,16 +44,23 @@ pub enum Msg {
     Hello { member: MemberInfo },
     /// Answer to `Hello`: the full member list, the answering node included.
     Welcome { members: Vec<MemberInfo> },
-    /// Heartbeat. `sent_ms` is the sender's own clock, echoed back so it can
-    /// measure RTT without synchronised clocks. Carries piggybacked gossip
-    /// (the sender's own entry first).
+    /// Heartbeat. `sent_ms` is the sender's own monotonic clock, echoed
+    /// back so it can measure RTT without synchronised clocks; `stamp` is
+    /// the sender's clocks in microseconds, echoed back with the answerer's
+    /// wall clock so the sender can estimate the clock offset
+    /// (`crate::clock::offset`). Carries piggybacked gossip (the sender's
+    /// own entry first).
     Ping {
         sent_ms: u64,
+        stamp: Stamp,
         gossip: Vec<MemberInfo>,
     },
-    /// Answer to `Ping`.
+    /// Answer to `Ping`: the ping's stamp, and the answerer's wall clock
+    /// (microseconds since the epoch) when it answered.
     Ack {
         echo_ms: u64,
+        echo: Stamp,
+        wall_us: u64,
         gossip: Vec<MemberInfo>,
     },
     /// Graceful departure of the sender.
@@ -116,10 +131,16 @@ mod tests {
             },
             Msg::Ping {
                 sent_ms: 42,
+                stamp: Stamp {
+                    mono_us: 42_000,
+                    wall_us: 1,
+                },
                 gossip: vec![info("c")],
             },
             Msg::Ack {
                 echo_ms: 42,
+                echo: Stamp::default(),
+                wall_us: 7,
                 gossip: vec![],
             },
             Msg::Leave { incarnation: 9 },
@@ -147,6 +168,7 @@ mod tests {
     fn oversized_lists_are_rejected() {
         let m = Msg::Ping {
             sent_ms: 0,
+            stamp: Stamp::default(),
             gossip: vec![info("a"); MAX_GOSSIP_PER_MSG + 1],
         };
         assert!(m.validate().is_err());

@@ -38,12 +38,6 @@ impl std::fmt::Display for Hlc {
     }
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ClockError {
-    #[error("remote clock is {ahead_ms} ms ahead of ours (max offset {max_offset_ms} ms); check NTP on that node")]
-    TooFarAhead { ahead_ms: u64, max_offset_ms: u64 },
-}
-
 /// The clock of one node. Wall time is passed in, so the clock is testable and
 /// simulation-friendly.
 #[derive(Clone, Debug)]
@@ -76,20 +70,21 @@ impl Clock {
         next
     }
 
-    /// Checks a remote timestamp against our wall clock without changing state.
-    pub fn check(&self, remote: Hlc, wall_ms: u64) -> Result<(), ClockError> {
-        let ahead = remote.physical_ms().saturating_sub(wall_ms);
-        if ahead > self.max_offset_ms {
-            return Err(ClockError::TooFarAhead {
-                ahead_ms: ahead,
-                max_offset_ms: self.max_offset_ms,
-            });
+    /// Adopts a peer's stamp (see [`Clock::observe`]) unless it is further
+    /// ahead of our wall clock than the max offset: a clock that ran ahead
+    /// must not drag ours (and, through our persisted high-water mark, our
+    /// next start) into the future. The data it stamped is still applied;
+    /// only our clock does not follow it. False when not adopted.
+    pub fn observe_remote(&mut self, remote: Hlc, wall_ms: u64) -> bool {
+        if remote.physical_ms() > wall_ms.saturating_add(self.max_offset_ms) {
+            return false;
         }
-        Ok(())
+        self.observe(remote);
+        true
     }
 
-    /// Merges a timestamp seen on a received message, so later local events
-    /// order after it.
+    /// Merges a timestamp, so later local events order after it (also used
+    /// to carry the clock between the store's own copies of it).
     pub fn observe(&mut self, remote: Hlc) {
         if remote > self.last {
             self.last = remote;
@@ -110,16 +105,17 @@ mod tests {
     }
 
     #[test]
-    fn clock_refuses_remote_too_far_ahead() {
-        let c = Clock::new(Hlc::ZERO, 500);
-        assert!(c.check(Hlc::new(10_400, 0), 10_000).is_ok());
+    fn clock_does_not_adopt_a_stamp_far_ahead_of_its_wall_clock() {
+        let mut c = Clock::new(Hlc::ZERO, 500);
+        assert!(c.observe_remote(Hlc::new(10_400, 0), 10_000));
+        assert_eq!(c.last(), Hlc::new(10_400, 0));
+        assert!(!c.observe_remote(Hlc::new(10_000 + 3_600_000, 0), 10_000));
         assert_eq!(
-            c.check(Hlc::new(10_600, 0), 10_000),
-            Err(ClockError::TooFarAhead {
-                ahead_ms: 600,
-                max_offset_ms: 500
-            })
+            c.last(),
+            Hlc::new(10_400, 0),
+            "an hour ahead is not adopted"
         );
+        assert_eq!(c.now(10_001), Hlc::new(10_400, 1));
     }
 
     #[test]

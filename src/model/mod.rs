@@ -11,7 +11,7 @@ mod node_id;
 mod version_vector;
 
 pub use entry::{Delta, Entry, Meta, Version};
-pub use hlc::{Clock, ClockError, Hlc};
+pub use hlc::{Clock, Hlc};
 pub use key::{
     is_internal, validate_key, validate_user_key, KeyError, INTERNAL_PREFIX, MAX_KEY_LEN,
 };

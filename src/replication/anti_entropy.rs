@@ -87,7 +87,7 @@ impl Replicator {
         }
         let id = self.next_id();
         let msg = Msg::AeBegin {
-            clock: store.now(now),
+            clock: store.clock(),
             session: id,
         };
         let mut session = Session {
@@ -271,7 +271,7 @@ impl Replicator {
                     }
                 }
                 if !want.is_empty() {
-                    self.send_wanted(from, id, want, now, store, out);
+                    self.send_wanted(from, id, want, store, out);
                 }
             }
             _ => return, // not what we wait for: a duplicate or out of order
@@ -285,7 +285,6 @@ impl Replicator {
         peer: &NodeId,
         session: u64,
         want: Vec<String>,
-        now: u64,
         store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
@@ -300,7 +299,7 @@ impl Replicator {
             }
         }
         let n = entries.len() as u64;
-        let clock = store.now(now);
+        let clock = store.clock();
         let mut bytes = 0;
         for chunk in chunks(
             entries,
@@ -340,7 +339,7 @@ impl Replicator {
         if s.waiting.is_some() {
             return;
         }
-        let clock = store.now(now);
+        let clock = store.clock();
         let msg = if !s.frontier.is_empty() {
             let take = s.frontier.len().min(MAX_NODES);
             let nodes: Vec<NodeRef> = s.frontier.drain(..take).collect();
@@ -514,7 +513,7 @@ impl Replicator {
                     store.merkle_children(NodeRef::ROOT).unwrap_or_default()
                 };
                 vec![Msg::AeRoot {
-                    clock: store.now(now),
+                    clock: store.clock(),
                     session,
                     vv,
                     root,
@@ -537,7 +536,7 @@ impl Replicator {
                     })
                     .collect();
                 vec![Msg::AeDigests {
-                    clock: store.now(now),
+                    clock: store.clock(),
                     session,
                     req,
                     children,
@@ -550,7 +549,7 @@ impl Replicator {
                 ..
             } => match self.leaf_diff(from, buckets, store) {
                 Ok((entries, want)) => {
-                    let clock = store.now(now);
+                    let clock = store.clock();
                     let mut parts = chunks(
                         entries,
                         self.config.max_items_per_msg,

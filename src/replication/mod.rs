@@ -29,10 +29,12 @@
 //!   vector; once it has durably merged everything the responder had newer, it
 //!   commits `AdvanceVv(snapshot)`: sound, because the responder's state at any
 //!   later moment covers every delta its vector counted.
-//! - **Clock**: every message carries the sender's HLC; a message whose clock
-//!   or any carried version is further ahead of our wall clock than the max
-//!   offset is refused (counted, reported as [`Effect::ClockRefused`]), and
-//!   nothing of it is applied. Otherwise our clock advances past it.
+//! - **Clock**: every message carries the sender's HLC high-water mark; no
+//!   message is refused for its clock (a receiver cannot tell from its own
+//!   clock alone which of the two is wrong, and refusing would stall the
+//!   origin's stream). Whether a stamp is adopted by our clock is the node
+//!   machine's decision (`crate::clock`); the replicator reads no wall
+//!   clock: `now` everywhere is monotonic milliseconds, for timers.
 //! - **Bad input**: every message is validated (caps, keys, Merkle nodes,
 //!   parts); a bad one is counted and ignored, never a panic.
 //! - Tombstones are ordinary LWW entries and never collected, so a deleted
@@ -53,7 +55,7 @@
 //!
 //! One task owns the `Replicator` (it is `Send`; no lock needed), created with
 //! `Replicator::new(node_id, config, rand::random())`. Every call takes
-//! `now = store::commit::wall_ms()` and a [`ReplicaReader`] (sync reads; the
+//! `now` = monotonic milliseconds and a [`ReplicaReader`] (sync reads; the
 //! node runs each step off the async executor, see `cluster::driver`).
 //! Events to feed:
 //! - each `Arc<Vec<Delta>>` from the `Committer`'s delta sink →
@@ -74,7 +76,6 @@
 //!   [`Replicator::on_commit_failed`]`(tag, …)`. Hand commits to the
 //!   committer in the order they were emitted when you can (out of order
 //!   is still correct, it only turns into a gap and a re-pull).
-//! - [`Effect::ClockRefused`] → already logged here; raise the alert metric.
 //!
 //! [`Replicator::stats`] is what `/api/introspection` and `/metrics` show.
 
@@ -91,7 +92,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::model::{ClockError, NodeId};
+use crate::model::NodeId;
 use crate::store::{Op, Outcome};
 
 pub use msg::{ItemVersion, Msg, MsgError};
@@ -243,9 +244,6 @@ pub enum Effect {
         tag: u64,
         ops: Vec<Op>,
     },
-    /// A peer's clock runs too far ahead of ours: its message was refused.
-    /// Log it loudly and raise the alert metric.
-    ClockRefused { peer: NodeId, ahead_ms: u64 },
 }
 
 /// What a commit handed to the shell was for.
@@ -374,6 +372,15 @@ impl Replicator {
             .collect()
     }
 
+    /// Counts a message stamp of `peer` that our clock did not adopt.
+    pub fn note_stamp_not_adopted(&mut self, peer: &NodeId) {
+        self.peers
+            .entry(peer.clone())
+            .or_default()
+            .stats
+            .clock_stamps_not_adopted += 1;
+    }
+
     /// Records the transport's send-queue length to `peer`, for stats.
     pub fn note_queue_len(&mut self, peer: &NodeId, len: u64) {
         self.peers.entry(peer.clone()).or_default().stats.queue_len = len;
@@ -400,28 +407,10 @@ impl Replicator {
                 .bad_messages += 1;
             return out;
         }
-        let newest = msg.clock().max(msg.max_version_hlc());
-        if let Err(ClockError::TooFarAhead {
-            ahead_ms,
-            max_offset_ms,
-        }) = store.check_clock(newest, now)
-        {
-            tracing::error!(node = %self.node, peer = %from, ahead_ms, max_offset_ms, kind = msg.kind(),
-                "peer clock too far ahead: message refused; check NTP on that node");
-            let p = self.peers.entry(from.clone()).or_default();
-            p.stats.clock_refusals += 1;
-            p.stats.last_clock_ahead_ms = Some(ahead_ms);
-            out.push(Effect::ClockRefused {
-                peer: from.clone(),
-                ahead_ms,
-            });
-            return out;
-        }
-        store.observe_clock(msg.clock());
         match msg {
             Msg::Push { deltas, .. } => self.on_push(from, deltas, now, &mut out),
             Msg::PullRequest { req, vv, .. } => {
-                self.on_pull_request(from, req, vv, now, store, &mut out)
+                self.on_pull_request(from, req, vv, store, &mut out)
             }
             Msg::PullResponse {
                 req,

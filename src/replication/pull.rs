@@ -35,7 +35,7 @@ impl Replicator {
         p.pull_again = false;
         p.stats.pulls_sent += 1;
         let msg = Msg::PullRequest {
-            clock: store.now(now),
+            clock: store.clock(),
             req,
             vv: store.version_vector(),
         };
@@ -50,7 +50,6 @@ impl Replicator {
         from: &NodeId,
         req: u64,
         theirs: VersionVector,
-        now: u64,
         store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
@@ -70,7 +69,10 @@ impl Replicator {
                 break;
             }
             match store.deltas_after(origin, after, max_items - deltas.len()) {
-                Ok(LogRead::Deltas(ds)) => {
+                Ok(LogRead::Deltas(mut ds)) => {
+                    // Never more than the receiver accepts (`msg::MAX_ITEMS`
+                    // bounds `max_items_per_msg`), whatever the log returns.
+                    ds.truncate(max_items - deltas.len());
                     let last = ds.last().map_or(after, |d| d.seq);
                     for d in ds {
                         let size = approx_size(&d.key, &d.entry);
@@ -105,7 +107,7 @@ impl Replicator {
             p.stats.pulls_we_answered_unavailable += 1;
         }
         let msg = Msg::PullResponse {
-            clock: store.now(now),
+            clock: store.clock(),
             req,
             deltas,
             unavailable,

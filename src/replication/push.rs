@@ -71,7 +71,7 @@ impl Replicator {
         if per_peer.is_empty() {
             return out;
         }
-        let clock = store.now(now);
+        let clock = store.clock();
         for (peer, ds) in per_peer {
             let n = ds.len() as u64;
             for chunk in chunks(

@@ -6,20 +6,21 @@
 //! because [`Store`]'s in-memory state shares a lock with the apply thread,
 //! which holds it through a whole commit group), and a simulation can serve
 //! them from any store it likes. Every method answers from durable-or-applied
-//! state at the moment of the call; none writes to disk. `now` and
-//! `observe_clock` advance the node's hybrid logical clock (memory only).
+//! state at the moment of the call; none writes to disk. Outgoing messages
+//! carry `clock()` (the node's HLC high-water mark; reading it does not
+//! advance it); the node machine, not the replicator, decides whether to
+//! adopt a peer's stamp (memory only).
 
 use crate::merkle::{Digest, NodeRef};
-use crate::model::{ClockError, Entry, Hlc, NodeId, Version, VersionVector};
+use crate::model::{Entry, Hlc, NodeId, Version, VersionVector};
 use crate::store::{LogRead, Result, Store};
 
 pub trait ReplicaReader {
-    /// A fresh HLC stamp for an outgoing message.
-    fn now(&self, wall_ms: u64) -> Hlc;
-    /// Advances the clock past a peer's stamp.
-    fn observe_clock(&self, remote: Hlc);
-    /// Refuses a stamp further ahead of `wall_ms` than the max offset.
-    fn check_clock(&self, remote: Hlc, wall_ms: u64) -> std::result::Result<(), ClockError>;
+    /// The node's HLC high-water mark, for an outgoing message.
+    fn clock(&self) -> Hlc;
+    /// Adopts a peer's stamp unless it is further ahead of `wall_ms` than
+    /// the max offset; false if not adopted.
+    fn observe_clock(&self, remote: Hlc, wall_ms: u64) -> bool;
     fn version_vector(&self) -> VersionVector;
     fn merkle_root(&self) -> Digest;
     fn merkle_children(&self, node: NodeRef) -> Option<Vec<Digest>>;
@@ -31,14 +32,11 @@ pub trait ReplicaReader {
 }
 
 impl ReplicaReader for Store {
-    fn now(&self, wall_ms: u64) -> Hlc {
-        Store::now(self, wall_ms)
+    fn clock(&self) -> Hlc {
+        Store::hlc(self)
     }
-    fn observe_clock(&self, remote: Hlc) {
-        Store::observe_clock(self, remote)
-    }
-    fn check_clock(&self, remote: Hlc, wall_ms: u64) -> std::result::Result<(), ClockError> {
-        Store::check_clock(self, remote, wall_ms)
+    fn observe_clock(&self, remote: Hlc, wall_ms: u64) -> bool {
+        Store::observe_clock(self, remote, wall_ms)
     }
     fn version_vector(&self) -> VersionVector {
         Store::version_vector(self)

@@ -80,9 +80,9 @@ pub struct PeerStats {
     pub last_anti_entropy: Option<AeRun>,
     /// Messages that failed validation (ignored).
     pub bad_messages: u64,
-    /// Messages refused because the peer's clock is too far ahead.
-    pub clock_refusals: u64,
-    pub last_clock_ahead_ms: Option<u64>,
+    /// Message stamps from the peer too far ahead of our wall clock to be
+    /// adopted by our clock (the data is still applied).
+    pub clock_stamps_not_adopted: u64,
     /// Length of the transport's send queue to this peer, as last reported
     /// by the shell (`Replicator::note_queue_len`).
     pub queue_len: u64,

@@ -1,6 +1,7 @@
 //! Ticks each configured sensor on its period and writes the reading through
 //! the committer. One tokio task per sensor; a slow disk delays readings
-//! (the committer pushes back) instead of queueing them without bound.
+//! (the committer pushes back) instead of queueing them without bound. A
+//! sensor pauses while the node's clock gate refuses local writes.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,10 +57,26 @@ pub fn spawn(
                 let mut tick = tokio::time::interval(Duration::from_millis(spec.period_ms));
                 tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
                 let mut n = 0u64;
+                let mut paused = false;
                 loop {
                     tokio::select! {
                         _ = tick.tick() => {}
                         _ = shutdown.wait_for(|stop| *stop) => break,
+                    }
+                    // Paused while this node's clock may not stamp writes
+                    // (skewed, ahead at start, unverified): no reading is
+                    // taken, none is lost to an error, and the log says so
+                    // once per pause.
+                    if let Err(r) = committer.clock_gate().check() {
+                        if !paused {
+                            paused = true;
+                            worker.error(wall_ms(), &format_args!("paused: {}", r.code));
+                            tracing::warn!(node = %node, sensor = %spec.name, code = r.code, reason = %r.message, "sensor paused: this node's clock may not stamp readings");
+                        }
+                        continue;
+                    }
+                    if std::mem::take(&mut paused) {
+                        tracing::info!(node = %node, sensor = %spec.name, "sensor resumed: clock within bounds");
                     }
                     n += 1;
                     let t = started.elapsed().as_secs_f64();

@@ -40,6 +40,7 @@ pub struct Committer {
     tx: mpsc::Sender<Job>,
     stats: Arc<CommitStats>,
     fence: WriteFence,
+    clock: crate::clock::ClockGate,
 }
 
 /// How long a local write waits for a closed [`WriteFence`] to open before
@@ -121,6 +122,34 @@ pub enum CommitError {
     Stopped,
     #[error("local writes are paused: {0}")]
     Fenced(String),
+    #[error("local writes are refused: {}", .0.message)]
+    Clock(crate::clock::Refusal),
+    #[error("value of {key:?} is {len} bytes; no value above {max} bytes can be replicated (one frame with its envelope)")]
+    ValueTooLarge { key: String, len: usize, max: usize },
+}
+
+/// The backstop behind every ingest path's own limit (`max_value_bytes`):
+/// a local value that could not travel in one frame is refused before it
+/// is stamped, so every accepted write can be replicated.
+fn check_replicable(ops: &[Op]) -> Result<(), CommitError> {
+    let max = crate::transport::frame::MAX_VALUE_BYTES;
+    for op in ops {
+        if let Op::Local {
+            key,
+            value: Some(v),
+            ..
+        } = op
+        {
+            if v.len() > max {
+                return Err(CommitError::ValueTooLarge {
+                    key: key.clone(),
+                    len: v.len(),
+                    max,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 pub fn wall_ms() -> u64 {
@@ -156,6 +185,7 @@ impl Committer {
             tx,
             stats,
             fence: WriteFence::default(),
+            clock: crate::clock::ClockGate::new(),
         })
     }
 
@@ -164,15 +194,29 @@ impl Committer {
         &self.fence
     }
 
+    /// The clock gate (see [`crate::clock::gate`]), shared by every clone:
+    /// local writes are refused while this node's clock may not stamp them.
+    pub fn clock_gate(&self) -> &crate::clock::ClockGate {
+        &self.clock
+    }
+
     /// Applies `ops` atomically and durably; resolves after the flush.
-    /// Local writes wait briefly for a closed [`WriteFence`], then are
-    /// refused with [`CommitError::Fenced`] and change nothing.
+    /// Local writes wait briefly for a closed [`WriteFence`] or an
+    /// unverified clock, then are refused with [`CommitError::Fenced`] or
+    /// [`CommitError::Clock`] and change nothing.
     pub async fn commit(&self, ops: Vec<Op>) -> Result<Vec<Outcome>, CommitError> {
-        if ops.iter().any(|op| matches!(op, Op::Local { .. })) && self.fence.reason().is_some() {
-            self.fence
-                .wait_open(FENCE_WAIT)
+        if ops.iter().any(|op| matches!(op, Op::Local { .. })) {
+            check_replicable(&ops)?;
+            if self.fence.reason().is_some() {
+                self.fence
+                    .wait_open(FENCE_WAIT)
+                    .await
+                    .map_err(CommitError::Fenced)?;
+            }
+            self.clock
+                .check_waiting(FENCE_WAIT)
                 .await
-                .map_err(CommitError::Fenced)?;
+                .map_err(CommitError::Clock)?;
         }
         let (reply, rx) = oneshot::channel();
         self.tx

@@ -545,21 +545,10 @@ impl Store {
         self.served().clock.last()
     }
 
-    /// A fresh timestamp, for messages that carry our clock.
-    pub fn now(&self, wall_ms: u64) -> Hlc {
-        self.served().clock.now(wall_ms)
-    }
-
-    pub fn observe_clock(&self, remote: Hlc) {
-        self.served().clock.observe(remote);
-    }
-
-    pub fn check_clock(
-        &self,
-        remote: Hlc,
-        wall_ms: u64,
-    ) -> std::result::Result<(), crate::model::ClockError> {
-        self.served().clock.check(remote, wall_ms)
+    /// Adopts a peer's message stamp unless it is far ahead of `wall_ms`
+    /// (see [`crate::model::Clock::observe_remote`]); false if not adopted.
+    pub fn observe_clock(&self, remote: Hlc, wall_ms: u64) -> bool {
+        self.served().clock.observe_remote(remote, wall_ms)
     }
 
     pub fn merkle_root(&self) -> Digest {
@@ -634,8 +623,8 @@ impl Store {
                 break; // a gap: the log does not hold `expect`
             }
             for (key, entry) in run.items.into_iter().skip((expect - first) as usize) {
-                if expect > known {
-                    break; // applied, not yet durable
+                if expect > known || out.len() >= limit {
+                    break; // applied, not yet durable; or the caller's cap
                 }
                 out.push(Delta {
                     origin: origin.clone(),

@@ -89,6 +89,11 @@ pub enum Outcome {
 
 struct Builder<'a> {
     kv: &'a Kv,
+    /// This node, and the wall clock of the group: a received stamp is
+    /// adopted by our clock only if it is not far ahead of it (own-origin
+    /// stamps always are: our own later writes must order after them).
+    node: &'a NodeId,
+    wall_ms: u64,
     st: &'a mut Writer,
     /// What the served state must do once this group is durable.
     staged: Staged,
@@ -114,6 +119,8 @@ pub(super) fn build(
 ) -> Result<(WriteBatch, Staged, Vec<Outcome>)> {
     let mut b = Builder {
         kv,
+        node,
+        wall_ms,
         st,
         staged: Staged::default(),
         config,
@@ -197,11 +204,20 @@ impl Builder<'_> {
         if d.seq != have + 1 {
             return Ok(Outcome::Gap { expected: have + 1 });
         }
-        self.st.clock.observe(d.entry.version.hlc);
+        self.observe(&d.entry.version);
         let cur = self.current(&d.key)?;
         let won = d.entry.supersedes(cur.as_ref());
         self.log_delta(&d, cur);
         Ok(Outcome::Applied { won })
+    }
+
+    fn observe(&mut self, version: &Version) {
+        if version.node == *self.node {
+            self.st.clock.observe(version.hlc);
+        } else if !self.st.clock.observe_remote(version.hlc, self.wall_ms) {
+            tracing::debug!(origin = %version.node, hlc = %version.hlc,
+                "stamp far ahead of this node's wall clock applied but not adopted by its clock");
+        }
     }
 
     /// Logs a delta as the next of its origin, and merges its entry.
@@ -224,7 +240,7 @@ impl Builder<'_> {
     }
 
     fn sync_entry(&mut self, key: String, entry: Entry) -> Result<Outcome> {
-        self.st.clock.observe(entry.version.hlc);
+        self.observe(&entry.version);
         let cur = self.current(&key)?;
         if !entry.supersedes(cur.as_ref()) {
             return Ok(Outcome::EntryMerged { won: false });

@@ -16,10 +16,23 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// Version of the frame payload; bump on any incompatible message change.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// 2: membership pings and acks carry clock stamps (`crate::clock`).
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Default hard limit on one frame's payload.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;
+
+/// Room a frame needs around one value: the protocol version, the message
+/// and delta envelope (origin, seq, HLC, node id), a key of at most
+/// `model::MAX_KEY_LEN` (1 KiB) and the meta of a reading (a few short
+/// fields). 64 KiB is far more than they take (about 1.2 KiB at most).
+pub const ENVELOPE_HEADROOM_BYTES: usize = 64 * 1024;
+
+/// The largest value that is guaranteed to fit one frame with its
+/// envelope: the bound on `max_value_bytes` (checked at config
+/// validation) and the backstop every local write is checked against, so
+/// every accepted write can be replicated.
+pub const MAX_VALUE_BYTES: usize = DEFAULT_MAX_FRAME_BYTES - ENVELOPE_HEADROOM_BYTES;
 
 const HEADER: usize = 4;
 
@@ -190,7 +203,10 @@ mod tests {
         let mut p = bincode::serde::encode_to_vec(PROTOCOL_VERSION + 1, cfg).unwrap();
         p.extend(bincode::serde::encode_to_vec(Msg::Ping(1), cfg).unwrap());
         let e = decode_payload::<Msg>(&p).unwrap_err();
-        assert!(matches!(e, FrameError::Version { got: 2, ours: 1 }), "{e}");
+        assert!(
+            matches!(e, FrameError::Version { got, ours } if got == ours + 1 && ours == PROTOCOL_VERSION),
+            "{e}"
+        );
     }
 
     #[test]
