@@ -316,7 +316,13 @@ impl Driver {
             Ok((machine, out, verdict)) => {
                 self.machine = Some(machine);
                 if let Some(v) = verdict {
+                    // A new fence state reaches the HTTP snapshot (and so
+                    // /metrics) at once, not at the next periodic refresh.
+                    let changed = self.clock.verdict().map(|old| old.state) != Some(v.state);
                     self.clock.publish(v);
+                    if changed {
+                        self.publish_view();
+                    }
                 }
                 for o in out {
                     self.carry_out(o);

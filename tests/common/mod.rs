@@ -339,10 +339,16 @@ impl Proc {
     /// Starts the binary with `args` (after `serve`) and waits for its
     /// "serving http://ADDR" line.
     pub fn start(args: &[String]) -> Proc {
+        Proc::start_env(args, &[])
+    }
+
+    /// [`Proc::start`] with extra environment variables (libfaketime's).
+    pub fn start_env(args: &[String], env: &[(String, String)]) -> Proc {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
             .arg("serve")
             .args(args)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
