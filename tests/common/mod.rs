@@ -208,6 +208,13 @@ impl TestNode {
         }
     }
 
+    /// Stops the node; its config and directory, to start it again later.
+    pub async fn stop(self) -> (Config, tempfile::TempDir) {
+        let config = self.node.config().clone();
+        self.node.shutdown().await;
+        (config, self._dir)
+    }
+
     /// Stops the node and starts it again on the same directory and config.
     pub async fn restart(self) -> TestNode {
         let TestNode {
