@@ -118,7 +118,7 @@ impl Driver {
         let advertised = config.advertise.unwrap_or(quic_addr);
         // Wall-clock milliseconds at start: grows across restarts, so peers
         // prefer what this incarnation says over a previous one.
-        let machine = NodeMachine::new(
+        let mut machine = NodeMachine::new(
             config.node_id.clone(),
             advertised,
             wall_ms(),
@@ -127,6 +127,7 @@ impl Driver {
             CONTACT_GRACE_MS,
             rand::random(),
         )?;
+        machine.set_http(config.http_url.clone());
         let mut driver = Driver {
             node: config.node_id.clone(),
             started: Instant::now(),
@@ -449,6 +450,7 @@ fn placeholder_view(node: &NodeId, transport: &Transport<Message>) -> ClusterVie
             addr: String::new(),
             incarnation: 0,
             joined: false,
+            http: None,
             writes_fenced: None,
         },
         members: Vec::new(),

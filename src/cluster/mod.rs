@@ -55,6 +55,8 @@ pub struct ClusterConfig {
     pub transport: TransportTuning,
     /// Replicated commits in flight to the store writer (see the driver).
     pub commit_queue_len: usize,
+    /// The client (HTTP) base URL advertised to peers.
+    pub http_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +82,8 @@ pub struct SelfView {
     pub addr: String,
     pub incarnation: u64,
     pub joined: bool,
+    /// The client URL this node advertises to peers.
+    pub http: Option<String>,
     /// Why local writes are refused right now (own-origin recovery), if so.
     pub writes_fenced: Option<String>,
 }

@@ -119,6 +119,9 @@ pub struct NodeMachine {
     rng: StdRng,
     own: OwnOrigin,
     contact_grace_ms: u64,
+    /// [`NodeMachine::start`] ran: before it, a node that will join has not
+    /// begun to, so it must not look joined.
+    started: bool,
 }
 
 impl NodeMachine {
@@ -142,6 +145,7 @@ impl NodeMachine {
             rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             own: OwnOrigin::default(),
             contact_grace_ms,
+            started: false,
         })
     }
 
@@ -167,6 +171,11 @@ impl NodeMachine {
         &self.membership
     }
 
+    /// The client URL this node advertises in membership.
+    pub fn set_http(&mut self, url: Option<String>) {
+        self.membership.set_http(url);
+    }
+
     /// Restores remembered peers and joins through `join`. A node that
     /// remembers peers (a restart) starts with local writes fenced until the
     /// first peer's vector shows it is not behind on its own origin.
@@ -178,6 +187,7 @@ impl NodeMachine {
         reader: &dyn ReplicaReader,
     ) -> Vec<Output> {
         let mut out = Vec::new();
+        self.started = true;
         // A fresh directory (no peer remembered) holds no writes of ours, so
         // only a restarted node waits; a fresh one is checked on first contact.
         let has_peers = remembered.iter().any(|(id, _)| *id != self.node);
@@ -245,6 +255,8 @@ impl NodeMachine {
                 }
             }
             Input::Tick => {
+                self.membership
+                    .set_head(reader.version_vector().get(&self.node));
                 let fx = self.membership.tick(now.mono_ms, &mut self.rng);
                 self.membership_effects(fx, now, reader, &mut out);
                 let fx = self.replicator.on_tick(now.wall_ms, reader);
@@ -275,7 +287,8 @@ impl NodeMachine {
                 node_id: self.node.to_string(),
                 addr: self.membership.addr().to_string(),
                 incarnation: self.membership.incarnation(),
-                joined: self.membership.is_joined(),
+                joined: self.started && self.membership.is_joined(),
+                http: self.membership.http().map(str::to_string),
                 writes_fenced: self.own.fence.clone(),
             },
             members: self.membership.members(now.mono_ms),
