@@ -148,6 +148,12 @@ pub struct ConfigLayer {
     #[arg(long, help_heading = "Cluster")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub advertise: Option<String>,
+    /// Client URL (scheme://host:port) peers, `hub status` and the dashboard
+    /// use to reach this node's HTTP API. Default: the bound HTTP address, or
+    /// for a 0.0.0.0 bind the QUIC advertise/listen IP, else the host name.
+    #[arg(long, help_heading = "Cluster")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub advertise_http: Option<String>,
     /// Peers to contact at start, host:port (repeatable, or comma-separated).
     #[arg(long, value_delimiter = ',', help_heading = "Cluster")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -509,6 +515,8 @@ pub struct Config {
     pub history_scan_limit: usize,
     pub listen: Option<SocketAddr>,
     pub advertise: Option<SocketAddr>,
+    /// Advertised client URL, when set (see `node::advertised_http`).
+    pub advertise_http: Option<String>,
     pub join: Vec<String>,
     /// Certificates directory; defaults to `certs` when `listen` is set.
     pub certs: Option<PathBuf>,
@@ -675,6 +683,11 @@ impl Config {
                 "needs `listen` (the QUIC address) too",
             ));
         }
+        let advertise_http = l
+            .advertise_http
+            .as_deref()
+            .map(parse_http_url)
+            .transpose()?;
         let join = l.join.clone().unwrap_or_default();
         for (i, peer) in join.iter().enumerate() {
             if peer.trim().is_empty() || !peer.contains(':') {
@@ -719,6 +732,7 @@ impl Config {
             history_scan_limit,
             listen,
             advertise,
+            advertise_http,
             join,
             certs: match (l.certs, listen.is_some() || l.http_tls == Some(true)) {
                 (Some(dir), _) => Some(dir),
@@ -739,6 +753,26 @@ impl Config {
             http_limits,
         })
     }
+}
+
+/// `http(s)://host:port` without a path, at most 256 bytes.
+fn parse_http_url(url: &str) -> Result<String, ConfigError> {
+    let bad = |why: &str| invalid("advertise_http", format!("{url:?} {why}"));
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| bad("must start with http:// or https://"))?;
+    let rest = rest.trim_end_matches('/');
+    if url.len() > 256 || rest.is_empty() || rest.contains(['/', '?', '#', ' ', '@']) {
+        return Err(bad(
+            "must be scheme://host:port (no path, at most 256 bytes)",
+        ));
+    }
+    let port = rest.rsplit_once(':').map(|(_, p)| p);
+    if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+        return Err(bad("needs a port (scheme://host:port)"));
+    }
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 fn discovery_config(

@@ -2,15 +2,28 @@
 //!
 //! Each node owns its own `Registry` (no global recorder), so several nodes
 //! can run in one process (tests, the demo) without mixing their numbers.
-//! Counters are bumped where things happen; gauges that mirror store state
-//! are refreshed when `/metrics` is scraped.
+//! Live counters and histograms are bumped where things happen; figures that
+//! mirror store, cluster and worker state are read from snapshots when
+//! `/metrics` is scraped ([`scrape`]).
+//!
+//! Conventions (checked by `promtool check metrics` in `tests/metrics.rs`):
+//! counters end in `_total`, units are in names (`_seconds`, `_bytes`),
+//! every family has help text, per-peer figures carry a `peer` label and
+//! member status is a label (`status`), one series per possible status
+//! with value 1 for the current one.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+pub mod scrape;
+
+use crate::store::commit::wall_ms;
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Mutex;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::cluster::ClusterView;
@@ -18,6 +31,12 @@ use crate::membership::Status;
 use crate::store::commit::CommitStats;
 use crate::store::Summary;
 use crate::workers::{WorkerState, WorkerStatus};
+use scrape::Family as Fam;
+
+/// Content type of the Prometheus text format 0.0.4.
+pub const TEXT_004: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// Content type of OpenMetrics 1.0 text.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
@@ -25,76 +44,48 @@ pub struct StatusLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PeerLabel {
-    pub peer: String,
+pub struct RouteLabel {
+    /// The matched route template (`/kv/{*key}`), never the raw path.
+    pub route: String,
+    pub class: &'static str,
 }
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct WorkerLabel {
-    pub worker: String,
-}
-
-/// Per-worker figures (`hub_worker_*{worker=…}`), from [`WorkerStatus`].
-const WORKER_STATS: [(&str, &str); 6] = [
-    ("worker_queue", "Items waiting for the worker"),
-    ("worker_runs", "Runs of the worker"),
-    ("worker_errors", "Runs that failed"),
-    (
-        "worker_consecutive_errors",
-        "Failed runs since the last one that succeeded",
-    ),
-    (
-        "worker_failing",
-        "1 when the worker's last run failed, else 0",
-    ),
-    (
-        "worker_last_run_timestamp_ms",
-        "Wall-clock time of the last run, in ms since the epoch",
-    ),
-];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
 }
 
-/// Per-peer replication figures exported from the cluster snapshot.
-const PEER_STATS: [(&str, &str); 10] = [
-    (
-        "replication_deltas_sent",
-        "Deltas sent to the peer (push and pull answers)",
-    ),
-    (
-        "replication_deltas_received",
-        "Deltas received from the peer",
-    ),
-    ("replication_deltas_applied", "Received deltas logged here"),
-    ("replication_deltas_stale", "Received deltas already held"),
-    (
-        "replication_pulls_unavailable",
-        "Our pulls the peer answered unavailable",
-    ),
-    (
-        "replication_anti_entropy_runs",
-        "Anti-entropy sessions run against the peer",
-    ),
-    (
-        "replication_anti_entropy_failures",
-        "Anti-entropy sessions that failed",
-    ),
-    (
-        "replication_queue_len",
-        "Messages waiting in the send queue to the peer",
-    ),
-    (
-        "replication_clock_stamps_not_adopted",
-        "Message stamps from the peer too far ahead of this node's clock to be adopted (data still applied)",
-    ),
-    (
-        "replication_bad_messages",
-        "Messages from the peer that failed validation",
-    ),
-];
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+    node: String,
+}
+
+/// Latency buckets: 0.25 ms to ~8 s, doubling.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// The status class of an HTTP status code.
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
+
+/// The last replicated delta applied here from one origin.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Applied {
+    /// Origin HLC (physical part) to applied here, in seconds.
+    pub delay_s: f64,
+    /// Wall-clock ms when it was applied.
+    pub at_ms: u64,
+}
 
 pub struct Metrics {
     registry: Registry,
@@ -105,23 +96,21 @@ pub struct Metrics {
     pub readings_ingested: Counter,
     pub sensor_readings: Counter,
     pub responses: Family<StatusLabel, Counter>,
-    entries: Gauge,
-    tombstones: Gauge,
-    log_len: Gauge,
-    disk_bytes: Gauge,
-    commit_groups: Gauge,
-    commit_flushes: Gauge,
-    commit_ops: Gauge,
-    peer_stats: Vec<Family<PeerLabel, Gauge>>,
-    /// 1 alive, 2 suspect, 3 dead, 4 left.
-    member_status: Family<PeerLabel, Gauge>,
-    handshake_rejections: Family<ReasonLabel, Gauge>,
-    bad_frames: Gauge,
-    worker_stats: Vec<Family<WorkerLabel, Gauge>>,
+    http_duration: Family<RouteLabel, Histogram, fn() -> Histogram>,
+    /// Origin HLC to applied here, for deltas of other origins.
+    replication_delay: Histogram,
+    applied: Mutex<BTreeMap<String, Applied>>,
     /// Open HTTP connections.
     pub http_connections: Gauge,
     http_auth_failures: Family<ReasonLabel, Counter>,
     http_refused: Family<ReasonLabel, Counter>,
+    /// Open `/api/watch` streams.
+    pub watch_streams: Gauge,
+    /// Events sent to watchers.
+    pub watch_events: Counter,
+    /// Watchers cut off for falling behind.
+    pub watch_cutoffs: Counter,
+    node: String,
     /// The clock block (`hub_clock_*`), see `crate::clock::metrics`.
     clock: crate::clock::metrics::ClockMetrics,
 }
@@ -134,6 +123,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::for_node("")
+    }
+
+    pub fn for_node(node: &str) -> Metrics {
         let mut registry = Registry::with_prefix("hub");
         let m = Metrics {
             writes: Counter::default(),
@@ -141,44 +134,31 @@ impl Metrics {
             readings_ingested: Counter::default(),
             sensor_readings: Counter::default(),
             responses: Family::default(),
-            entries: Gauge::default(),
-            tombstones: Gauge::default(),
-            log_len: Gauge::default(),
-            disk_bytes: Gauge::default(),
-            commit_groups: Gauge::default(),
-            commit_flushes: Gauge::default(),
-            commit_ops: Gauge::default(),
-            clock: Default::default(),
-            peer_stats: PEER_STATS.iter().map(|_| Family::default()).collect(),
-            member_status: Family::default(),
-            handshake_rejections: Family::default(),
-            bad_frames: Gauge::default(),
-            worker_stats: WORKER_STATS.iter().map(|_| Family::default()).collect(),
+            http_duration: Family::new_with_constructor(latency_histogram),
+            replication_delay: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            applied: Mutex::new(BTreeMap::new()),
             http_connections: Gauge::default(),
             http_auth_failures: Family::default(),
             http_refused: Family::default(),
+            watch_streams: Gauge::default(),
+            watch_events: Counter::default(),
+            watch_cutoffs: Counter::default(),
+            node: node.to_string(),
             registry: Registry::default(),
+            clock: Default::default(),
         };
-        for ((name, help), fam) in WORKER_STATS.iter().zip(&m.worker_stats) {
-            registry.register(*name, *help, fam.clone());
-        }
-        for ((name, help), fam) in PEER_STATS.iter().zip(&m.peer_stats) {
-            registry.register(*name, *help, fam.clone());
-        }
+        m.clock.register(&mut registry);
+        let build: Family<BuildLabel, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+                node: node.to_string(),
+            })
+            .set(1);
         registry.register(
-            "member_status",
-            "Membership status per peer: 1 alive, 2 suspect, 3 dead, 4 left",
-            m.member_status.clone(),
-        );
-        registry.register(
-            "transport_handshake_rejections",
-            "QUIC handshakes refused, by reason",
-            m.handshake_rejections.clone(),
-        );
-        registry.register(
-            "transport_bad_frames",
-            "Connections closed for a malformed or oversized frame",
-            m.bad_frames.clone(),
+            "build_info",
+            "Always 1; labels name the hub version and node",
+            build,
         );
         registry.register(
             "http_writes",
@@ -187,7 +167,7 @@ impl Metrics {
         );
         registry.register(
             "http_rejected",
-            "Requests refused as bad input",
+            "Requests refused as bad input (4xx)",
             m.rejected.clone(),
         );
         registry.register(
@@ -205,29 +185,16 @@ impl Metrics {
             "HTTP responses by status class",
             m.responses.clone(),
         );
-        registry.register("entries", "Live keys", m.entries.clone());
         registry.register(
-            "tombstones",
-            "Deleted keys kept as tombstones",
-            m.tombstones.clone(),
-        );
-        registry.register("log_len", "Retained deltas, all origins", m.log_len.clone());
-        registry.register(
-            "disk_bytes",
-            "Size of the data directory",
-            m.disk_bytes.clone(),
+            "http_request_duration_seconds",
+            "Time to answer an HTTP request (to the response head), by route template and status class",
+            m.http_duration.clone(),
         );
         registry.register(
-            "commit_groups",
-            "Group commits performed",
-            m.commit_groups.clone(),
+            "replication_delay_seconds",
+            "Delay from a delta's origin HLC to its being applied and durable here (other origins only; includes clock offset)",
+            m.replication_delay.clone(),
         );
-        registry.register(
-            "commit_flushes",
-            "Successful flushes to disk",
-            m.commit_flushes.clone(),
-        );
-        registry.register("commit_ops", "Operations committed", m.commit_ops.clone());
         registry.register(
             "http_connections",
             "Open HTTP connections",
@@ -243,21 +210,58 @@ impl Metrics {
             "Connections and requests refused by the HTTP abuse limits, by reason",
             m.http_refused.clone(),
         );
-        m.clock.register(&mut registry);
+        registry.register(
+            "watch_streams",
+            "Open /api/watch change streams",
+            m.watch_streams.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "Change events sent to /api/watch streams",
+            m.watch_events.clone(),
+        );
+        registry.register(
+            "watch_cutoffs",
+            "Watchers cut off for falling behind the change feed",
+            m.watch_cutoffs.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     pub fn count_status(&self, status: u16) {
-        let class = match status {
-            200..=299 => "2xx",
-            400..=499 => "4xx",
-            500..=599 => "5xx",
-            _ => "other",
-        };
+        let class = status_class(status);
         self.responses.get_or_create(&StatusLabel { class }).inc();
         if (400..500).contains(&status) {
             self.rejected.inc();
         }
+    }
+
+    /// Records one answered request under its route template.
+    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
+        self.http_duration
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+                class: status_class(status),
+            })
+            .observe(seconds);
+    }
+
+    /// Records a replicated delta of `origin` made durable here at `now_ms`.
+    pub fn observe_applied(&self, origin: &str, origin_ms: u64, now_ms: u64) {
+        let delay_s = now_ms.saturating_sub(origin_ms) as f64 / 1000.0;
+        self.replication_delay.observe(delay_s);
+        let mut a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
+        let e = a.entry(origin.to_string()).or_default();
+        e.delay_s = delay_s;
+        e.at_ms = now_ms;
+    }
+
+    /// The last replicated delta applied from each origin.
+    pub fn applied(&self) -> BTreeMap<String, Applied> {
+        self.applied
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Counts a request refused by authentication or authorisation.
@@ -278,95 +282,309 @@ impl Metrics {
             .inc();
     }
 
-    /// Prometheus text exposition, with store and cluster gauges refreshed first.
+    /// The exposition: OpenMetrics 1.0 text when `openmetrics`, else the
+    /// Prometheus text format 0.0.4 (see [`scrape`]).
     pub fn render(
         &self,
         summary: Option<&Summary>,
         commit: &CommitStats,
         cluster: Option<&ClusterView>,
         workers: &[WorkerStatus],
+        openmetrics: bool,
     ) -> String {
+        let now_ms = wall_ms();
+        let mut families = store_families(summary, commit);
+        families.extend(worker_families(workers));
         if let Some(view) = cluster {
-            self.refresh_cluster(view);
-        }
-        for w in workers {
-            let values = [
-                w.queue as i64,
-                w.runs as i64,
-                w.errors as i64,
-                w.consecutive_errors as i64,
-                i64::from(w.state == WorkerState::Failing),
-                w.last_run_ms.unwrap_or(0) as i64,
-            ];
-            let label = WorkerLabel {
-                worker: w.name.clone(),
-            };
-            for (fam, v) in self.worker_stats.iter().zip(values) {
-                fam.get_or_create(&label).set(v);
+            families.extend(cluster_families(view, summary, &self.applied(), now_ms));
+            if let Some(v) = &view.clock {
+                self.clock.refresh(v);
             }
         }
-        if let Some(s) = summary {
-            self.entries.set(s.entries as i64);
-            self.tombstones.set(s.tombstones as i64);
-            self.log_len.set(s.log_len as i64);
-            self.disk_bytes.set(s.disk_bytes as i64);
-        }
-        let get = |a: &AtomicU64| a.load(Relaxed) as i64;
-        self.commit_groups.set(get(&commit.groups));
-        self.commit_flushes.set(get(&commit.flushes));
-        self.commit_ops.set(get(&commit.ops));
+        let mut snapshot = Registry::with_prefix("hub");
+        snapshot.register_collector(Box::new(scrape::Snapshot(families)));
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
-        out
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &snapshot);
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
+        if openmetrics {
+            out
+        } else {
+            scrape::to_text_004(&out)
+        }
     }
 
-    fn refresh_cluster(&self, view: &ClusterView) {
-        if let Some(v) = &view.clock {
-            self.clock.refresh(v);
-        }
-        // Forgotten peers leave the exposition (bounded label sets).
-        for fam in self.peer_stats.iter().chain([&self.member_status]) {
-            fam.clear();
-        }
-        for (peer, st) in &view.replication.peers {
-            let values = [
-                st.deltas_sent,
-                st.deltas_received,
-                st.deltas_applied,
-                st.deltas_stale,
-                st.pulls_answered_unavailable,
-                st.anti_entropy_runs,
-                st.anti_entropy_failures,
-                st.queue_len,
-                st.clock_stamps_not_adopted,
-                st.bad_messages,
-            ];
-            let label = PeerLabel { peer: peer.clone() };
-            for (fam, v) in self.peer_stats.iter().zip(values) {
-                fam.get_or_create(&label).set(v as i64);
-            }
-        }
-        for m in &view.members {
-            let code = match m.status {
-                Status::Alive => 1,
-                Status::Suspect => 2,
-                Status::Dead => 3,
-                Status::Left => 4,
-            };
-            self.member_status
-                .get_or_create(&PeerLabel {
-                    peer: m.node_id.to_string(),
-                })
-                .set(code);
-        }
-        for (reason, n) in &view.transport.handshake_rejections {
-            self.handshake_rejections
-                .get_or_create(&ReasonLabel {
-                    reason: reason.clone(),
-                })
-                .set(*n as i64);
-        }
-        self.bad_frames.set(view.transport.bad_frames as i64);
+    /// The node this registry belongs to (the `build_info` label).
+    pub fn node(&self) -> &str {
+        &self.node
     }
+}
+
+fn store_families(summary: Option<&Summary>, commit: &CommitStats) -> Vec<Fam> {
+    let mut f = Vec::new();
+    if let Some(s) = summary {
+        f.push(Fam::gauge("entries", "Live keys").with(&[], s.entries as f64));
+        f.push(
+            Fam::gauge("tombstones", "Deleted keys kept as tombstones")
+                .with(&[], s.tombstones as f64),
+        );
+        f.push(Fam::gauge("log_len", "Retained deltas, all origins").with(&[], s.log_len as f64));
+        f.push(
+            Fam::gauge("disk_bytes", "Size of the data directory").with(&[], s.disk_bytes as f64),
+        );
+    }
+    let get = |a: &std::sync::atomic::AtomicU64| a.load(Relaxed) as f64;
+    f.push(Fam::counter("commit_groups", "Group commits performed").with(&[], get(&commit.groups)));
+    f.push(
+        Fam::counter("commit_flushes", "Successful flushes to disk")
+            .with(&[], get(&commit.flushes)),
+    );
+    f.push(Fam::counter("commit_ops", "Operations committed").with(&[], get(&commit.ops)));
+    f.push(
+        Fam::counter(
+            "commit_failures",
+            "Commit groups that failed (apply or flush)",
+        )
+        .with(&[], get(&commit.failures)),
+    );
+    f.push(Fam::histogram(
+        "commit_duration_seconds",
+        "Time from a write's submission to the committer until it is durable and answered",
+        commit.commit_latency.clone(),
+    ));
+    f.push(Fam::histogram(
+        "flush_duration_seconds",
+        "Time of one flush of a commit group to disk",
+        commit.flush_latency.clone(),
+    ));
+    f
+}
+
+fn worker_families(workers: &[WorkerStatus]) -> Vec<Fam> {
+    let mut queue = Fam::gauge("worker_queue", "Items waiting for the worker");
+    let mut runs = Fam::counter("worker_runs", "Runs of the worker");
+    let mut errors = Fam::counter("worker_errors", "Runs that failed");
+    let mut consecutive = Fam::gauge(
+        "worker_consecutive_errors",
+        "Failed runs since the last one that succeeded",
+    );
+    let mut failing = Fam::gauge(
+        "worker_failing",
+        "1 when the worker's last run failed, else 0",
+    );
+    let mut last = Fam::gauge(
+        "worker_last_run_timestamp_seconds",
+        "Wall-clock time of the worker's last run, in seconds since the epoch (0: never ran)",
+    );
+    for w in workers {
+        let l = [("worker", w.name.as_str())];
+        queue.push(&l, w.queue as f64);
+        runs.push(&l, w.runs as f64);
+        errors.push(&l, w.errors as f64);
+        consecutive.push(&l, w.consecutive_errors as f64);
+        failing.push(&l, f64::from(u8::from(w.state == WorkerState::Failing)));
+        last.push(&l, w.last_run_ms.unwrap_or(0) as f64 / 1000.0);
+    }
+    vec![queue, runs, errors, consecutive, failing, last]
+}
+
+/// A per-peer replication counter: name, help, and where to read it.
+type PeerCounter = (
+    &'static str,
+    &'static str,
+    fn(&crate::replication::stats::PeerStats) -> u64,
+);
+
+const STATUSES: [Status; 4] = [Status::Alive, Status::Suspect, Status::Dead, Status::Left];
+
+fn cluster_families(
+    view: &ClusterView,
+    summary: Option<&Summary>,
+    applied: &BTreeMap<String, Applied>,
+    now_ms: u64,
+) -> Vec<Fam> {
+    // Per-peer replication counters.
+    let counters: [PeerCounter; 9] = [
+        (
+            "replication_deltas_sent",
+            "Deltas sent to the peer (push and pull answers)",
+            |s| s.deltas_sent,
+        ),
+        (
+            "replication_deltas_received",
+            "Deltas received from the peer",
+            |s| s.deltas_received,
+        ),
+        (
+            "replication_deltas_applied",
+            "Received deltas logged here",
+            |s| s.deltas_applied,
+        ),
+        (
+            "replication_deltas_stale",
+            "Received deltas already held",
+            |s| s.deltas_stale,
+        ),
+        (
+            "replication_pulls_unavailable",
+            "Our pulls the peer answered unavailable",
+            |s| s.pulls_answered_unavailable,
+        ),
+        (
+            "replication_anti_entropy_runs",
+            "Anti-entropy sessions run against the peer",
+            |s| s.anti_entropy_runs,
+        ),
+        (
+            "replication_anti_entropy_failures",
+            "Anti-entropy sessions that failed",
+            |s| s.anti_entropy_failures,
+        ),
+        (
+            "replication_clock_stamps_not_adopted",
+            "Message stamps from the peer too far ahead of this node's clock to be adopted (its data is still applied)",
+            |s| s.clock_stamps_not_adopted,
+        ),
+        (
+            "replication_bad_messages",
+            "Messages from the peer that failed validation",
+            |s| s.bad_messages,
+        ),
+    ];
+    let mut out: Vec<Fam> = counters
+        .iter()
+        .map(|(name, help, get)| {
+            let mut f = Fam::counter(name, help);
+            for (peer, st) in &view.replication.peers {
+                f.push(&[("peer", peer)], get(st) as f64);
+            }
+            f
+        })
+        .collect();
+    let mut queue = Fam::gauge(
+        "replication_queue_messages",
+        "Messages waiting in the send queue to the peer",
+    );
+    let mut ae_age = Fam::gauge(
+        "peer_anti_entropy_age_seconds",
+        "Time since the last anti-entropy session with the peer finished",
+    );
+    let mut ae_moved = Fam::gauge(
+        "peer_anti_entropy_last_entries",
+        "Entries exchanged (both ways) in the last anti-entropy session with the peer",
+    );
+    for (peer, st) in &view.replication.peers {
+        queue.push(&[("peer", peer)], st.queue_len as f64);
+        if let Some(run) = &st.last_anti_entropy {
+            ae_age.push(
+                &[("peer", peer)],
+                now_ms.saturating_sub(run.finished_ms) as f64 / 1000.0,
+            );
+            ae_moved.push(
+                &[("peer", peer)],
+                (run.entries_received + run.entries_sent) as f64,
+            );
+        }
+    }
+    out.extend([queue, ae_age, ae_moved]);
+
+    let mut status = Fam::gauge(
+        "member_status",
+        "1 for the member's current status as this node sees it, 0 for the others",
+    );
+    let mut rtt = Fam::gauge(
+        "peer_rtt_seconds",
+        "Smoothed membership ping round trip to the peer",
+    );
+    let mut phi = Fam::gauge(
+        "peer_phi",
+        "Failure-detector suspicion of the peer (suspect at the threshold)",
+    );
+    let mut seen = Fam::gauge(
+        "peer_last_seen_seconds",
+        "Time since the peer was last heard from directly",
+    );
+    let mut lag_d = Fam::gauge(
+        "peer_replication_lag_deltas",
+        "Deltas the peer has written (as it last told us) that are not yet applied here",
+    );
+    let mut lag_s = Fam::gauge(
+        "peer_replication_lag_seconds",
+        "Delay from origin HLC to applied here of the peer's last delta applied",
+    );
+    let mut applied_age = Fam::gauge(
+        "peer_last_applied_age_seconds",
+        "Time since a delta of the peer's origin was last applied here",
+    );
+    for m in &view.members {
+        let peer = m.node_id.as_str();
+        for s in STATUSES {
+            status.push(
+                &[("peer", peer), ("status", &s.to_string())],
+                f64::from(u8::from(s == m.status)),
+            );
+        }
+        if let Some(r) = m.rtt_ms {
+            rtt.push(&[("peer", peer)], r / 1000.0);
+        }
+        phi.push(
+            &[("peer", peer)],
+            if m.phi.is_finite() { m.phi } else { f64::MAX },
+        );
+        if let Some(s) = m.last_seen_ms_ago {
+            seen.push(&[("peer", peer)], s as f64 / 1000.0);
+        }
+        if let (Some(head), Some(s)) = (m.head, summary) {
+            let have = s.version_vector.get(peer).copied().unwrap_or(0);
+            lag_d.push(&[("peer", peer)], head.saturating_sub(have) as f64);
+        }
+        if let Some(a) = applied.get(peer) {
+            lag_s.push(&[("peer", peer)], a.delay_s);
+            applied_age.push(
+                &[("peer", peer)],
+                now_ms.saturating_sub(a.at_ms) as f64 / 1000.0,
+            );
+        }
+    }
+    out.extend([status, rtt, phi, seen, lag_d, lag_s, applied_age]);
+
+    let mut sent = Fam::counter(
+        "peer_sent_bytes",
+        "Bytes of frames sent to the peer over QUIC",
+    );
+    let mut received = Fam::counter(
+        "peer_received_bytes",
+        "Bytes of frames received from the peer over QUIC",
+    );
+    let mut by_peer: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for p in &view.transport.peers {
+        if let Some(id) = &p.node_id {
+            let e = by_peer.entry(id.as_str()).or_default();
+            e.0 += p.bytes_sent;
+            e.1 += p.bytes_received;
+        }
+    }
+    for (peer, (s, r)) in by_peer {
+        sent.push(&[("peer", peer)], s as f64);
+        received.push(&[("peer", peer)], r as f64);
+    }
+    let mut rejections = Fam::counter(
+        "transport_handshake_rejections",
+        "QUIC handshakes refused, by reason",
+    );
+    for (reason, n) in &view.transport.handshake_rejections {
+        rejections.push(&[("reason", reason)], *n as f64);
+    }
+    out.extend([
+        sent,
+        received,
+        rejections,
+        Fam::counter(
+            "transport_bad_frames",
+            "Connections closed for a malformed or oversized frame",
+        )
+        .with(&[], view.transport.bad_frames as f64),
+    ]);
+    out
 }

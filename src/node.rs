@@ -51,12 +51,15 @@ pub enum NodeError {
 pub struct Node {
     config: Config,
     http_addr: SocketAddr,
+    http_url: String,
     store: Arc<Store>,
     committer: Committer,
     metrics: Arc<Metrics>,
     stop: watch::Sender<bool>,
     http_task: JoinHandle<()>,
     sensor_tasks: Vec<JoinHandle<()>>,
+    /// The change-stream reader (`/api/watch`); holds the store until it ends.
+    changes_task: JoinHandle<()>,
     cluster: Option<Cluster>,
     workers: Arc<Workers>,
     discovery: Option<crate::discovery::lan::Lan>,
@@ -98,6 +101,11 @@ impl Node {
             addr: config.http,
             source,
         })?;
+        let http_url = advertised_http(&config, http_addr);
+        let cluster_config = cluster_config.map(|cc| ClusterConfig {
+            http_url: Some(http_url.clone()),
+            ..cc
+        });
         let fresh = FreshDir::prepare(&dir)?;
         let store_config = StoreConfig {
             node_id: Some(config.node_id.clone()),
@@ -178,7 +186,7 @@ impl Node {
             },
             _ => None,
         };
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_node(config.node_id.as_str()));
         let keys = config
             .auth
             .then(|| Arc::new(crate::auth::KeyTable::new(store.clone())));
@@ -202,6 +210,12 @@ impl Node {
                 "HTTP connection cap lowered to leave file descriptors for the store and peers"
             );
         }
+        let (changes, changes_task) = http::watch::ChangeHub::start(
+            store.clone(),
+            metrics.clone(),
+            config.node_id.clone(),
+            stop_rx.clone(),
+        );
         let shared = Arc::new(Shared {
             node_id: config.node_id.clone(),
             store: store.clone(),
@@ -214,6 +228,8 @@ impl Node {
             cluster: cluster.as_ref().map(Cluster::view_watch),
             workers: workers.clone(),
             keys,
+            http_url: http_url.clone(),
+            changes,
         });
         let app = http::router(shared);
         let http_task = tokio::spawn(http::server::serve(
@@ -246,12 +262,14 @@ impl Node {
         Ok(Node {
             config,
             http_addr,
+            http_url,
             store,
             committer,
             metrics,
             stop,
             http_task,
             sensor_tasks,
+            changes_task,
             cluster,
             workers,
             discovery,
@@ -280,6 +298,11 @@ impl Node {
             "http"
         };
         format!("{scheme}://{}", self.http_addr)
+    }
+
+    /// The client URL this node advertises to peers (see [`advertised_http`]).
+    pub fn http_url(&self) -> &str {
+        &self.http_url
     }
 
     pub fn config(&self) -> &Config {
@@ -313,6 +336,7 @@ impl Node {
             stop,
             http_task,
             sensor_tasks,
+            changes_task,
             metrics,
             cluster,
             discovery,
@@ -337,6 +361,7 @@ impl Node {
         {
             abort.abort();
         }
+        let _ = changes_task.await;
         drop(committer);
         drop(metrics);
         // The writer thread holds the last other reference; it exits once
@@ -478,5 +503,47 @@ async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterCo
             grace_ms: crate::cluster::node_machine::CONTACT_GRACE_MS,
             accept_clock_ahead: config.accept_clock_ahead,
         },
+        http_url: None,
     })
+}
+
+/// The client URL peers, `hub status` and the dashboard use for this node:
+/// `advertise_http` when set, else the bound HTTP address; a wildcard bind
+/// (0.0.0.0, ::) is replaced by the QUIC advertise or listen IP when that is
+/// specific, else by the host name (what container networks resolve).
+pub fn advertised_http(config: &Config, bound: SocketAddr) -> String {
+    if let Some(url) = &config.advertise_http {
+        return url.clone();
+    }
+    let scheme = if config.http_tls { "https" } else { "http" };
+    let port = bound.port();
+    if !bound.ip().is_unspecified() {
+        return format!("{scheme}://{bound}");
+    }
+    let specific = [config.advertise, config.listen]
+        .into_iter()
+        .flatten()
+        .map(|a| a.ip())
+        .find(|ip| !ip.is_unspecified());
+    match specific {
+        Some(ip) => format!("{scheme}://{}", SocketAddr::new(ip, port)),
+        None => format!("{scheme}://{}:{port}", host_name()),
+    }
+}
+
+fn host_name() -> String {
+    #[cfg(unix)]
+    {
+        let mut buf = [0u8; 256];
+        // SAFETY: gethostname writes at most buf.len() bytes into buf.
+        if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            if let Ok(name) = std::str::from_utf8(&buf[..end]) {
+                if !name.is_empty() {
+                    return name.to_string();
+                }
+            }
+        }
+    }
+    "localhost".to_string()
 }

@@ -215,7 +215,19 @@ impl Cluster {
             "no per-peer offset gauge"
         );
         assert!(text.contains("hub_clock_writes_refused 1"));
+        assert_not_ready(&self.http, self.base(2), "clock_skew").await;
     }
+}
+
+/// `/ready` is 503 with the clock check failing for `code`.
+async fn assert_not_ready(http: &HttpClient, base: &str, code: &str) {
+    let (status, body) = call(http, Method::GET, &format!("{base}/ready"), "")
+        .await
+        .unwrap();
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let reasons = body["reasons"].to_string();
+    assert!(reasons.contains(&format!("clock: {code}")), "{body}");
 }
 
 /// n3 runs `offset` ahead: fenced; healthy writes win; fixed, it writes
@@ -349,6 +361,7 @@ async fn high_water_mark_ahead_at_start_refuses_writes_until_the_operator_accept
         .await
         .unwrap();
     assert_eq!(intro["clock"]["state"], "ahead_at_start");
+    assert_not_ready(&http, &n1.base, "clock_ahead_at_start").await;
     drop(n1);
     // The operator accepts the risk.
     let mut accepted = args.clone();

@@ -22,11 +22,7 @@ const MESH: Duration = Duration::from_secs(15);
 const CONVERGE: Duration = Duration::from_secs(15);
 
 async fn three(certs: &Certs) -> (TestNode, TestNode, TestNode) {
-    let a = TestNode::start(Spec::new("a", certs.path())).await;
-    let b = TestNode::start(Spec::new("b", certs.path()).join(&[a.quic()])).await;
-    let c = TestNode::start(Spec::new("c", certs.path()).join(&[a.quic()])).await;
-    wait_full_mesh(&[&a, &b, &c], MESH).await;
-    (a, b, c)
+    three_nodes(certs, MESH).await
 }
 
 async fn shutdown(nodes: impl IntoIterator<Item = TestNode>) {
@@ -662,6 +658,8 @@ async fn node_presenting_another_nodes_id_is_refused() {
             addr: raw.local_addr().unwrap(),
             incarnation: u64::MAX / 2,
             status: Status::Alive,
+            http: None,
+            head: 0,
         },
     });
     raw.send(a.quic(), Some(id("a")), &hello).unwrap();

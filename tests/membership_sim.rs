@@ -525,6 +525,8 @@ fn hello_from_an_impostor_is_refused_and_changes_nothing() {
                 addr: n3_addr,
                 incarnation: 999,
                 status: Status::Alive,
+                http: None,
+                head: 0,
             },
         },
     );

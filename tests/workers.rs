@@ -74,8 +74,8 @@ async fn every_worker_reports_runs_in_introspection_metrics_and_inspect() {
     let metrics = String::from_utf8_lossy(&metrics);
     for name in WORKERS {
         assert!(
-            metrics.contains(&format!("hub_worker_runs{{worker=\"{name}\"}}")),
-            "no hub_worker_runs for {name}"
+            metrics.contains(&format!("hub_worker_runs_total{{worker=\"{name}\"}}")),
+            "no hub_worker_runs_total for {name}"
         );
     }
 

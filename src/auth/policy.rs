@@ -22,14 +22,18 @@ pub fn required(method: &axum::http::Method, path: &str) -> Access {
     let reading = *method == Method::GET || *method == Method::HEAD;
     let role = |role, node_wide| Access::Role { role, node_wide };
     match path {
-        "/health" if reading => Access::Public,
+        // The dashboard's static files hold no data; the API calls they make
+        // carry the tab's token.
+        "/health" | "/ready" | "/" | "/dashboard/app.js" | "/dashboard/style.css" if reading => {
+            Access::Public
+        }
         "/api/sync" => role(Role::Admin, true),
         p if p == "/api/keys" || p.starts_with("/api/keys/") => role(Role::Admin, true),
         p if p == "/kv" || p.starts_with("/kv/") => {
             role(if reading { Role::Read } else { Role::Write }, false)
         }
         "/api/readings" => role(if reading { Role::Read } else { Role::Write }, false),
-        "/api/state" | "/api/updates" => role(Role::Read, false),
+        "/api/state" | "/api/updates" | "/api/watch" => role(Role::Read, false),
         p if p.starts_with("/api/sensors/") || p.starts_with("/api/entry/") => {
             role(Role::Read, false)
         }
@@ -46,6 +50,7 @@ mod tests {
     fn routes_need_the_roles_of_the_issue() {
         let cases = [
             (Method::GET, "/health", Access::Public),
+            (Method::GET, "/ready", Access::Public),
             (
                 Method::GET,
                 "/kv/a",

@@ -7,6 +7,7 @@ pub mod keys;
 pub mod probe;
 pub mod remote;
 pub mod serve;
+pub mod status;
 
 use std::process::ExitCode;
 
@@ -49,6 +50,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Create, list and revoke API keys (offline on --data-dir, or live on --node).
     Keys(keys::KeysArgs),
+    /// One table of every cluster member; exit 0 only when all are alive and in step.
+    Status(status::StatusArgs),
     /// Exit 0 when this host's node answers /health (the image's HEALTHCHECK).
     Probe(probe::ProbeArgs),
 }
@@ -91,6 +94,7 @@ pub fn main() -> ExitCode {
             Command::Bench(args) => bench::run(args).await,
             Command::Keys(args) => keys::run(args).await,
             Command::Probe(args) => probe::run(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     match result {

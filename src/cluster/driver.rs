@@ -121,7 +121,7 @@ impl Driver {
         let advertised = config.advertise.unwrap_or(quic_addr);
         // Wall-clock milliseconds at start: grows across restarts, so peers
         // prefer what this incarnation says over a previous one.
-        let machine = NodeMachine::new(
+        let mut machine = NodeMachine::new(
             config.node_id.clone(),
             advertised,
             wall_ms(),
@@ -131,6 +131,7 @@ impl Driver {
             config.clock.clone(),
             rand::random(),
         )?;
+        machine.set_http(config.http_url.clone());
         let mut driver = Driver {
             node: config.node_id.clone(),
             clock: committer.clock_gate().clone(),
@@ -507,6 +508,7 @@ fn placeholder_view(node: &NodeId, transport: &Transport<Message>) -> ClusterVie
             addr: String::new(),
             incarnation: 0,
             joined: false,
+            http: None,
             writes_fenced: None,
         },
         members: Vec::new(),

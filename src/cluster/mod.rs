@@ -57,6 +57,8 @@ pub struct ClusterConfig {
     pub commit_queue_len: usize,
     /// The clock fence's bound and start-up settings (see [`crate::clock`]).
     pub clock: crate::clock::FenceConfig,
+    /// The client (HTTP) base URL advertised to peers.
+    pub http_url: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,8 @@ pub struct SelfView {
     pub addr: String,
     pub incarnation: u64,
     pub joined: bool,
+    /// The client URL this node advertises to peers.
+    pub http: Option<String>,
     /// Why local writes are refused right now (own-origin recovery), if so.
     pub writes_fenced: Option<String>,
 }

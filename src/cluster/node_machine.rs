@@ -127,6 +127,9 @@ pub struct NodeMachine {
     fence: Option<Fence>,
     /// Monotonic ms of the last "writes still refused" reminder in the log.
     clock_reminded_ms: u64,
+    /// [`NodeMachine::start`] ran: before it, a node that will join has not
+    /// begun to, so it must not look joined.
+    started: bool,
 }
 
 impl NodeMachine {
@@ -155,6 +158,7 @@ impl NodeMachine {
             clock_config: clock,
             fence: None,
             clock_reminded_ms: 0,
+            started: false,
         })
     }
 
@@ -185,6 +189,11 @@ impl NodeMachine {
         &self.membership
     }
 
+    /// The client URL this node advertises in membership.
+    pub fn set_http(&mut self, url: Option<String>) {
+        self.membership.set_http(url);
+    }
+
     /// Restores remembered peers and joins through `join`. A node that
     /// remembers peers (a restart) starts with local writes fenced until the
     /// first peer's vector shows it is not behind on its own origin.
@@ -197,6 +206,7 @@ impl NodeMachine {
     ) -> Vec<Output> {
         let mut out = Vec::new();
         self.set_clocks(now);
+        self.started = true;
         // A fresh directory (no peer remembered) holds no writes of ours, so
         // only a restarted node waits; a fresh one is checked on first contact.
         let has_peers = remembered.iter().any(|(id, _)| *id != self.node);
@@ -273,6 +283,8 @@ impl NodeMachine {
                 }
             }
             Input::Tick => {
+                self.membership
+                    .set_head(reader.version_vector().get(&self.node));
                 let fx = self.membership.tick(now.mono_ms(), &mut self.rng);
                 self.membership_effects(fx, now, reader, &mut out);
                 let fx = self.replicator.on_tick(now.mono_ms(), reader);
@@ -305,7 +317,8 @@ impl NodeMachine {
                 node_id: self.node.to_string(),
                 addr: self.membership.addr().to_string(),
                 incarnation: self.membership.incarnation(),
-                joined: self.membership.is_joined(),
+                joined: self.started && self.membership.is_joined(),
+                http: self.membership.http().map(str::to_string),
                 writes_fenced: self.own.fence.clone(),
             },
             members: self.membership.members(now.mono_ms()),

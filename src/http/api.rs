@@ -35,7 +35,15 @@ pub async fn health(State(state): State<AppState>) -> Response {
     }
 }
 
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// `GET /metrics`: OpenMetrics 1.0 text when the scraper accepts it
+/// (Prometheus asks for it), else the Prometheus text format 0.0.4 (what
+/// `promtool check metrics` and curl get); each with its own content type.
+pub async fn metrics(State(state): State<AppState>, headers: header::HeaderMap) -> Response {
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
     let summary = state.store.summary().ok();
     let view = state.cluster.as_ref().map(|w| w.borrow().clone());
     let text = state.metrics.render(
@@ -43,15 +51,14 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.committer.stats(),
         view.as_deref(),
         &state.workers.statuses(),
+        openmetrics,
     );
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    let content_type = if openmetrics {
+        crate::metrics::OPENMETRICS
+    } else {
+        crate::metrics::TEXT_004
+    };
+    ([(header::CONTENT_TYPE, content_type)], text).into_response()
 }
 
 /// A stored value as JSON: sensor readings are JSON text, so parse it; any

@@ -6,11 +6,14 @@ pub mod api;
 pub mod auth;
 pub mod canned;
 mod cluster;
+pub mod dashboard;
 pub mod error;
 pub mod keys;
 pub mod kv;
+pub mod ready;
 pub mod server;
 pub mod tls;
+pub mod watch;
 
 use std::sync::Arc;
 
@@ -46,6 +49,10 @@ pub struct Shared {
     pub workers: Arc<crate::workers::Workers>,
     /// The API key table when `auth` is on; `None` serves without tokens.
     pub keys: Option<Arc<crate::auth::KeyTable>>,
+    /// This node's advertised client URL.
+    pub http_url: String,
+    /// The change streams' fan-out (`/api/watch`).
+    pub changes: Arc<watch::ChangeHub>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -69,10 +76,15 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(DefaultBodyLimit::max(state.max_value_bytes));
     let api_routes = Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard/app.js", get(dashboard::app_js))
+        .route("/dashboard/style.css", get(dashboard::style_css))
         .route("/health", get(api::health))
+        .route("/ready", get(ready::ready))
         .route("/metrics", get(api::metrics))
         .route("/api/state", get(api::state))
         .route("/api/updates", get(api::updates))
+        .route("/api/watch", get(watch::watch))
         .route(
             "/api/readings",
             post(api::readings).layer(DefaultBodyLimit::max(state.max_batch_bytes)),
@@ -101,9 +113,20 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Counts responses by status class, and 4xx as rejected inputs.
+/// Counts responses by status class, and 4xx as rejected inputs; times
+/// each request under its route template (`unmatched` when no route
+/// matched, so probes of random paths cannot grow the label set).
 async fn count_responses(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let started = std::time::Instant::now();
     let resp = next.run(req).await;
-    state.metrics.count_status(resp.status().as_u16());
+    let status = resp.status().as_u16();
+    state.metrics.count_status(status);
+    state
+        .metrics
+        .observe_request(&route, status, started.elapsed().as_secs_f64());
     resp
 }

@@ -297,6 +297,9 @@ pub struct Membership {
     /// Both clocks in microseconds as of the current step (see
     /// [`Membership::set_clocks`]); pings carry them for offset estimates.
     clocks: Stamp,
+    /// What we advertise about ourselves besides the QUIC address.
+    my_http: Option<String>,
+    my_head: u64,
 }
 
 impl Membership {
@@ -321,6 +324,8 @@ impl Membership {
             gossip_cursor: 0,
             stats: Stats::default(),
             clocks: Stamp::default(),
+            my_http: None,
+            my_head: 0,
         })
     }
 
@@ -331,6 +336,20 @@ impl Membership {
     /// (they run on the `now_ms` each call takes).
     pub fn set_clocks(&mut self, clocks: Stamp) {
         self.clocks = clocks;
+    }
+
+    /// The client URL this node advertises to peers.
+    pub fn set_http(&mut self, url: Option<String>) {
+        self.my_http = url;
+    }
+
+    pub fn http(&self) -> Option<&str> {
+        self.my_http.as_deref()
+    }
+
+    /// The highest seq of this node's own origin, advertised to peers.
+    pub fn set_head(&mut self, seq: u64) {
+        self.my_head = self.my_head.max(seq);
     }
 
     pub fn id(&self) -> &NodeId {
@@ -390,6 +409,8 @@ impl Membership {
             } else {
                 Status::Alive
             },
+            http: self.my_http.clone(),
+            head: self.my_head,
         }
     }
 
@@ -805,6 +826,9 @@ impl Membership {
                     self.config.detector(),
                 );
                 m.last_seen_ms = Some(now_ms);
+                if let Some(o) = own {
+                    m.learn(o, true);
+                }
                 self.table.insert(m);
                 info!(node = %self.me, peer = %from, %addr, incarnation, "new peer");
                 fx.push(Effect::StatusChanged {
@@ -816,6 +840,9 @@ impl Membership {
             }
             Some(m) => {
                 m.last_seen_ms = Some(now_ms);
+                if let Some(o) = own {
+                    m.learn(o, o.incarnation >= m.incarnation);
+                }
                 let changed = own.is_some() && (m.addr != addr || incarnation > m.incarnation);
                 if changed {
                     m.addr = addr;
@@ -877,7 +904,7 @@ impl Membership {
                     // that forgot a peer teach it back to each other forever.)
                     Status::Dead | Status::Left => return,
                 };
-                let m = Member::new(
+                let mut m = Member::new(
                     g.id.clone(),
                     g.addr,
                     g.incarnation,
@@ -885,6 +912,7 @@ impl Membership {
                     now_ms,
                     self.config.detector(),
                 );
+                m.learn(g, true);
                 self.table.insert(m);
                 debug!(node = %self.me, peer = %g.id, addr = %g.addr, %status, "peer learned from gossip");
                 fx.push(Effect::StatusChanged {
@@ -895,6 +923,7 @@ impl Membership {
                 fx.push(persist(&g.id, g.addr, g.incarnation));
             }
             Some(m) => {
+                m.learn(g, g.incarnation > m.incarnation);
                 if g.incarnation > m.incarnation {
                     m.incarnation = g.incarnation;
                     if !g.addr.ip().is_unspecified() {
@@ -985,6 +1014,8 @@ mod tests {
             addr: addr(port),
             incarnation: inc,
             status,
+            http: None,
+            head: 0,
         }
     }
 

@@ -26,6 +26,13 @@ pub struct MemberInfo {
     pub incarnation: u64,
     /// The sender's own view of that member.
     pub status: Status,
+    /// The member's client (HTTP) base URL, as it advertises it; `None`
+    /// when unknown. At most [`MAX_HTTP_URL_BYTES`].
+    pub http: Option<String>,
+    /// Highest seq of the member's own origin it has written (as last
+    /// reported by the member): peers compare it with their version
+    /// vector to know how far behind they are.
+    pub head: u64,
 }
 
 /// A ping's clocks in microseconds; zero when the sender has no clock
@@ -35,6 +42,8 @@ pub struct Stamp {
     pub mono_us: u64,
     pub wall_us: u64,
 }
+/// Longest advertised HTTP URL accepted in a [`MemberInfo`].
+pub const MAX_HTTP_URL_BYTES: usize = 512;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
@@ -90,6 +99,23 @@ impl Msg {
     /// Checks the list bounds; the transport should also check them (or the
     /// frame size) before decoding.
     pub fn validate(&self) -> Result<(), MsgTooLarge> {
+        let infos: &[MemberInfo] = match self {
+            Msg::Hello { member } => std::slice::from_ref(member),
+            Msg::Welcome { members } => members,
+            Msg::Ping { gossip, .. } | Msg::Ack { gossip, .. } => gossip,
+            Msg::Leave { .. } => &[],
+        };
+        if let Some(long) = infos
+            .iter()
+            .filter_map(|i| i.http.as_ref())
+            .find(|u| u.len() > MAX_HTTP_URL_BYTES)
+        {
+            return Err(MsgTooLarge {
+                kind: "http url",
+                len: long.len(),
+                max: MAX_HTTP_URL_BYTES,
+            });
+        }
         let (len, max) = match self {
             Msg::Welcome { members } => (members.len(), MAX_MEMBERS_PER_MSG),
             Msg::Ping { gossip, .. } | Msg::Ack { gossip, .. } => {
@@ -118,6 +144,8 @@ mod tests {
             addr: "127.0.0.1:7000".parse().unwrap(),
             incarnation: 3,
             status: Status::Suspect,
+            http: Some("https://a.example:8443".into()),
+            head: 7,
         }
     }
 

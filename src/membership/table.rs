@@ -56,6 +56,10 @@ pub struct Member {
     pub rtt_ms: Option<f64>,
     pub detector: PhiAccrual,
     pub next_probe_ms: u64,
+    /// Its advertised client URL, when known.
+    pub http: Option<String>,
+    /// Highest seq of its own origin it reported.
+    pub head: Option<u64>,
 }
 
 impl Member {
@@ -82,6 +86,8 @@ impl Member {
             rtt_ms: None,
             detector: d,
             next_probe_ms: now_ms,
+            http: None,
+            head: None,
         }
     }
 
@@ -96,6 +102,19 @@ impl Member {
             addr: self.addr,
             incarnation,
             status: self.status,
+            http: self.http.clone(),
+            head: self.head.unwrap_or(0),
+        }
+    }
+
+    /// Takes the client URL and head from what a member (or gossip about
+    /// it) says; heads only grow, a URL is replaced only by a newer one.
+    pub fn learn(&mut self, info: &MemberInfo, newer: bool) {
+        if info.http.is_some() && (newer || self.http.is_none()) {
+            self.http = info.http.clone();
+        }
+        if info.head > 0 {
+            self.head = Some(self.head.unwrap_or(0).max(info.head));
         }
     }
 
@@ -117,6 +136,8 @@ impl Member {
             rtt_ms: self.rtt_ms,
             phi: self.detector.phi(now_ms),
             incarnation: self.incarnation,
+            http: self.http.clone(),
+            head: self.head,
         }
     }
 }
@@ -133,6 +154,10 @@ pub struct MemberView {
     /// Failure-detector value now (suspect at `phi_threshold`).
     pub phi: f64,
     pub incarnation: u64,
+    /// Advertised client URL (`hub status` and the dashboard reach it there).
+    pub http: Option<String>,
+    /// Highest seq of its own origin it reported.
+    pub head: Option<u64>,
 }
 
 /// All known peers (never this node itself), ordered by id.

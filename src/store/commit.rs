@@ -81,8 +81,12 @@ impl WriteFence {
     }
 }
 
-#[derive(Default, Debug)]
+#[derive(Debug)]
 pub struct CommitStats {
+    /// Submission to durable answer of [`Committer::commit`] calls, seconds.
+    pub commit_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Duration of each flush, seconds.
+    pub flush_latency: prometheus_client::metrics::histogram::Histogram,
     pub groups: std::sync::atomic::AtomicU64,
     pub ops: std::sync::atomic::AtomicU64,
     pub flushes: std::sync::atomic::AtomicU64,
@@ -95,6 +99,30 @@ pub struct CommitStats {
     pub last_error: std::sync::Mutex<Option<String>>,
     /// Wall-clock ms when the last group was answered.
     pub last_run_ms: std::sync::atomic::AtomicU64,
+}
+
+/// 0.25 ms to ~8 s, doubling (the buckets of every latency histogram).
+fn latency_histogram() -> prometheus_client::metrics::histogram::Histogram {
+    use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            commit_latency: latency_histogram(),
+            flush_latency: latency_histogram(),
+            groups: Default::default(),
+            ops: Default::default(),
+            flushes: Default::default(),
+            flush_micros: Default::default(),
+            apply_micros: Default::default(),
+            failures: Default::default(),
+            consecutive_failures: Default::default(),
+            last_error: Default::default(),
+            last_run_ms: Default::default(),
+        }
+    }
 }
 
 impl CommitStats {
@@ -218,12 +246,17 @@ impl Committer {
                 .await
                 .map_err(CommitError::Clock)?;
         }
+        let started = std::time::Instant::now();
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Job { ops, reply })
             .await
             .map_err(|_| CommitError::Stopped)?;
-        Ok(rx.await.map_err(|_| CommitError::Stopped)??)
+        let answer = rx.await.map_err(|_| CommitError::Stopped)??;
+        self.stats
+            .commit_latency
+            .observe(started.elapsed().as_secs_f64());
+        Ok(answer)
     }
 
     /// Queues `ops` at once (keeping the order of calls) when the queue has
@@ -392,6 +425,7 @@ fn flush_loop(
         let started = std::time::Instant::now();
         let flushed = store.flush();
         if flushed.is_ok() {
+            stats.flush_latency.observe(started.elapsed().as_secs_f64());
             stats.flushes.fetch_add(1, Relaxed);
             stats
                 .flush_micros

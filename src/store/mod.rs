@@ -164,6 +164,9 @@ pub struct Store {
     /// Bumped after every applied group that touched the internal keyspace,
     /// so caches of it (the API key table) know when to reload.
     internal_generation: std::sync::atomic::AtomicU64,
+    /// The change-feed position served (one past the last durable change),
+    /// published after every flush so change streams wake without polling.
+    feed_tip: tokio::sync::watch::Sender<u64>,
 }
 
 /// A point-in-time description of the store for `hub inspect` and introspection.
@@ -246,6 +249,7 @@ impl Store {
             path: identity::path(dir).display().to_string(),
             reason: e.to_string(),
         })?;
+        let feed_tip = tokio::sync::watch::Sender::new(derived.next_change);
         let served = Served {
             state: derived,
             clock: writer.clock.clone(),
@@ -264,7 +268,14 @@ impl Store {
             identity_written: Mutex::new(std::time::Instant::now()),
             skip_checkpoint: std::sync::atomic::AtomicBool::new(false),
             internal_generation: std::sync::atomic::AtomicU64::new(0),
+            feed_tip,
         })
+    }
+
+    /// Watches the served change-feed position (see [`Store::changes`]):
+    /// it moves after each flush that made changes durable.
+    pub fn feed_tip(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.feed_tip.subscribe()
     }
 
     /// Opens an existing directory read-mostly for inspection, refusing to
@@ -363,6 +374,13 @@ impl Store {
                 .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         served.failing = None;
+        let tip = served.state.next_change;
+        drop(served);
+        self.feed_tip.send_if_modified(|t| {
+            let moved = *t != tip;
+            *t = tip;
+            moved
+        });
     }
 
     /// Records the durable commit number in the identity file, at most every
@@ -464,6 +482,7 @@ impl Store {
         w.clock = clock;
         w.state.commit = highest;
         served.state = derived;
+        self.feed_tip.send_replace(served.state.next_change);
         served.unavailable = None;
         *kv = fresh;
         tracing::warn!(

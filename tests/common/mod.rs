@@ -334,6 +334,15 @@ pub async fn wait_full_mesh(nodes: &[&TestNode], within: Duration) {
     .await;
 }
 
+/// Nodes a, b, c (b and c join through a), once every one sees the others.
+pub async fn three_nodes(certs: &Certs, within: Duration) -> (TestNode, TestNode, TestNode) {
+    let a = TestNode::start(Spec::new("a", certs.path())).await;
+    let b = TestNode::start(Spec::new("b", certs.path()).join(&[a.quic()])).await;
+    let c = TestNode::start(Spec::new("c", certs.path()).join(&[a.quic()])).await;
+    wait_full_mesh(&[&a, &b, &c], within).await;
+    (a, b, c)
+}
+
 // ---------------------------------------------------------------- processes
 
 /// A `hub serve` process, killed on drop so a failing test leaves none behind.
