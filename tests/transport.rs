@@ -294,14 +294,23 @@ async fn oversized_or_malformed_frames_close_the_connection_and_the_node_keeps_w
     let conn = raw_connection(&ids[1], addr(&a), "a").await;
     let mut s = conn.open_uni().await.unwrap();
     let mut f = 6u32.to_be_bytes().to_vec();
-    f.extend([1, 0xff, 0xff, 0xff, 0xff, 0xff]);
+    // Our protocol version (one bincode byte), then garbage.
+    f.extend([
+        hub::transport::frame::PROTOCOL_VERSION as u8,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+        0xff,
+    ]);
     s.write_all(&f).await.unwrap();
     assert_eq!(closed_with_code(&conn).await, codes::BAD_FRAME as u64);
 
     // A frame from a future protocol version.
     let conn = raw_connection(&ids[1], addr(&a), "a").await;
     let mut s = conn.open_uni().await.unwrap();
-    s.write_all(&[0, 0, 0, 2, 2, 0]).await.unwrap();
+    let future = hub::transport::frame::PROTOCOL_VERSION as u8 + 1;
+    s.write_all(&[0, 0, 0, 2, future, 0]).await.unwrap();
     assert_eq!(closed_with_code(&conn).await, codes::BAD_VERSION as u64);
 
     assert_eq!(a.0.stats().bad_frames, 3);
