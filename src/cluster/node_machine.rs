@@ -323,7 +323,7 @@ impl NodeMachine {
             },
             members: self.membership.members(now.mono_ms()),
             membership: self.membership.stats(),
-            replication: self.replicator.stats(),
+            replication: replication_stats_on_wall_clock(self.replicator.stats(), now),
             transport,
             clock: self.clock_verdict().cloned(),
         }
@@ -536,4 +536,27 @@ impl NodeMachine {
             }
         }
     }
+}
+
+/// The replicator keeps times on the monotonic clock; the snapshot shows
+/// them as wall-clock ms since the epoch (what readers compare with now).
+fn replication_stats_on_wall_clock(
+    mut stats: replication::ReplicationStats,
+    now: Now,
+) -> replication::ReplicationStats {
+    let to_wall = |mono_ms: u64| {
+        now.wall_ms()
+            .saturating_sub(now.mono_ms().saturating_sub(mono_ms))
+    };
+    let runs = stats.last_anti_entropy.iter_mut().chain(
+        stats
+            .peers
+            .values_mut()
+            .filter_map(|p| p.last_anti_entropy.as_mut()),
+    );
+    for run in runs {
+        run.started_ms = to_wall(run.started_ms);
+        run.finished_ms = to_wall(run.finished_ms);
+    }
+    stats
 }

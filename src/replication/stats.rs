@@ -32,6 +32,8 @@ pub enum AeResult {
 pub struct AeRun {
     pub peer: String,
     pub trigger: AeTrigger,
+    /// Monotonic ms inside the replicator; the node's snapshot
+    /// (`ClusterView`) shows them as wall-clock ms since the epoch.
     pub started_ms: u64,
     pub finished_ms: u64,
     /// Inner Merkle nodes whose children were compared.
