@@ -344,7 +344,7 @@ async fn high_water_mark_ahead_at_start_refuses_writes_until_the_operator_accept
         stamped_ms > real_ms + 3_500_000,
         "the write was not stamped an hour ahead: {body}"
     );
-    drop(n1);
+    n1.stop();
     // Back on real time, its persisted high-water mark is an hour ahead.
     let n1 = Proc::start(&args);
     let url = format!("{}/kv/k", n1.base);

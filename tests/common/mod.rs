@@ -385,6 +385,13 @@ impl Proc {
         Proc { child, base }
     }
 
+    /// SIGTERM, then waits for the clean shutdown.
+    pub fn stop(mut self) {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+
     /// SIGKILL: no goodbye to peers, no final flush.
     pub fn kill_9(&mut self) {
         self.child.kill().unwrap();
