@@ -178,7 +178,11 @@ async fn watchers_part(node: &Proc, args: &Args) {
         args.duration,
         loadavg()
     );
+    let pid = node.child.id();
+    let cpu = |from: f64| (cpu_seconds(pid) - from) / args.duration.as_secs_f64();
+    let c0 = cpu_seconds(pid);
     let r0 = write_load(&base, args.writers, args.duration, "a").await;
+    let n0 = cpu(c0);
     println!(
         "  no watcher:            {r0:>9.0} writes/s   (load {})",
         loadavg()
@@ -232,7 +236,9 @@ async fn watchers_part(node: &Proc, args: &Args) {
             times
         })
     };
+    let c1 = cpu_seconds(pid);
     let r1 = write_load(&base, args.writers, args.duration, "b").await;
+    let n1 = cpu(c1);
     let times = probe.await.unwrap_or_default();
     // Let the last events arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -245,11 +251,14 @@ async fn watchers_part(node: &Proc, args: &Args) {
         args.watchers,
         loadavg()
     );
+    let c2 = cpu_seconds(pid);
     let r2 = write_load(&base, args.writers, args.duration, "c").await;
+    let n2 = cpu(c2);
     println!(
         "  no watcher again:      {r2:>9.0} writes/s   (load {})",
         loadavg()
     );
+    println!("  node CPU (cores) without / with / without watchers: {n0:.2} / {n1:.2} / {n2:.2}");
     let ratio = r1 / ((r0 + r2) / 2.0);
     println!(
         "  with/without watchers: {:>9.1} %   (target >= 90 %)",
