@@ -632,3 +632,44 @@ async fn hub_status_shows_every_member_and_exits_non_zero_once_one_is_down() {
     assert!(err.contains("not healthy") && err.contains('c'), "{err}");
     drop((a, b));
 }
+
+// ---------------------------------------------------------------- dashboard over HTTPS with auth
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_page_is_served_over_https_without_a_token_but_its_data_needs_one() {
+    let certs = Certs::new(&["n1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let node = secure_node(&certs, &dir.path().join("data")).await;
+    let base = node.base_url();
+    assert!(base.starts_with("https://"));
+    let anon = https_client(&certs.path().join("ca.pem"), None);
+    let page = anon
+        .request(Method::GET, &format!("{base}/"), "", None)
+        .await
+        .unwrap();
+    assert_eq!(page.status, StatusCode::OK);
+    assert_eq!(page.headers["content-type"], "text/html; charset=utf-8");
+    assert!(String::from_utf8_lossy(&page.body).contains("/dashboard/app.js"));
+    for (path, _) in hub::http::dashboard::ASSETS {
+        let r = anon
+            .request(Method::GET, &format!("{base}{path}"), "", None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::OK, "{path}");
+    }
+    for path in ["/api/introspection", "/api/watch", "/api/state"] {
+        let r = anon
+            .request(Method::GET, &format!("{base}{path}"), "", None)
+            .await
+            .unwrap();
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{path}");
+    }
+    let token = mint_key(&node, hub::auth::Role::Read, None).await;
+    let reader = https_client(&certs.path().join("ca.pem"), Some(&token));
+    let v = reader
+        .get_json(&format!("{base}/api/introspection"))
+        .await
+        .unwrap();
+    assert_eq!(v["node_id"], "n1");
+    node.shutdown().await;
+}

@@ -312,12 +312,5 @@ pub fn table(report: &Report) -> String {
     } else {
         format!("NOT HEALTHY: {}\n", report.problems.join("; "))
     });
-    for r in report.members.iter().filter(|r| r.error.is_some()) {
-        out.push_str(&format!(
-            "  {}: {}\n",
-            r.node_id,
-            r.error.as_deref().unwrap_or("")
-        ));
-    }
     out
 }

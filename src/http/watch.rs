@@ -46,6 +46,8 @@ use crate::store::{Change, Store};
 const READ_BATCH: usize = 512;
 /// Batches the ring holds; a watcher further behind is cut off.
 const RING: usize = 256;
+/// A watcher's chunk stops growing past this many bytes.
+const MAX_CHUNK: usize = 256 << 10;
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
@@ -282,6 +284,18 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
+    /// Appends the frames of `batch` this watcher wants and has not had.
+    fn take(&mut self, batch: &Batch, chunk: &mut Vec<u8>, n: &mut u64) {
+        let from = self.next;
+        self.next = self.next.max(batch.end);
+        for e in &batch.events {
+            if e.idx >= from && self.wanted(&e.key) {
+                chunk.extend_from_slice(&e.frame);
+                *n += 1;
+            }
+        }
+    }
+
     fn wanted(&self, key: &str) -> bool {
         key.starts_with(self.prefix.as_str()) && !is_internal(key)
     }
@@ -347,17 +361,29 @@ impl Watcher {
                 self.catching_up = true;
                 continue;
             }
-            let from = self.next;
-            self.next = batch.end;
             let mut chunk = Vec::new();
             let mut n = 0;
-            for e in &batch.events {
-                if e.idx >= from && self.wanted(&e.key) {
-                    chunk.extend_from_slice(&e.frame);
-                    n += 1;
+            self.take(&batch, &mut chunk, &mut n);
+            // Whatever else is already in the ring goes in the same chunk:
+            // one socket write per wake-up, however many groups committed.
+            while chunk.len() < MAX_CHUNK {
+                match self.rx.try_recv() {
+                    Ok(b) if b.start <= self.next => self.take(&b, &mut chunk, &mut n),
+                    Ok(_) => {
+                        // A gap: send what we have, then read the store.
+                        self.catching_up = true;
+                        break;
+                    }
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        chunk.extend_from_slice(&self.cutoff(
+                            "this watcher fell behind the change feed; reconnect with since=resume",
+                        ));
+                        break;
+                    }
+                    Err(_) => break,
                 }
             }
-            if n > 0 {
+            if n > 0 || self.done {
                 self.metrics.watch_events.inc_by(n);
                 return Some(Bytes::from(chunk));
             }

@@ -193,6 +193,20 @@ mod tests {
     }
 
     #[test]
+    fn an_oversized_advertised_url_is_rejected() {
+        let mut m = info("a");
+        m.http = Some(format!("http://{}:1", "h".repeat(MAX_HTTP_URL_BYTES)));
+        assert!(Msg::Hello { member: m.clone() }.validate().is_err());
+        assert!(Msg::Ping {
+            sent_ms: 0,
+            gossip: vec![info("b"), m]
+        }
+        .validate()
+        .is_err());
+        assert!(Msg::Hello { member: info("a") }.validate().is_ok());
+    }
+
+    #[test]
     fn oversized_lists_are_rejected() {
         let m = Msg::Ping {
             sent_ms: 0,

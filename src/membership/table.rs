@@ -113,9 +113,7 @@ impl Member {
         if info.http.is_some() && (newer || self.http.is_none()) {
             self.http = info.http.clone();
         }
-        if info.head > 0 {
-            self.head = Some(self.head.unwrap_or(0).max(info.head));
-        }
+        self.head = Some(self.head.unwrap_or(0).max(info.head));
     }
 
     /// Folds in an RTT sample (EWMA, 1/8 weight like TCP's SRTT).
