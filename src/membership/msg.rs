@@ -199,6 +199,7 @@ mod tests {
         assert!(Msg::Hello { member: m.clone() }.validate().is_err());
         assert!(Msg::Ping {
             sent_ms: 0,
+            stamp: Stamp::default(),
             gossip: vec![info("b"), m]
         }
         .validate()
