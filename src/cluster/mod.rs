@@ -155,7 +155,7 @@ impl Cluster {
             discovered_rx,
             quorum_inbox,
         ));
-        tracing::info!(node = %config.node_id, quic = %quic_addr, join = ?config.join, "cluster started");
+        tracing::info!(node = %config.node_id, quic = %quic_addr, join = %crate::logfields::list(&config.join), joins = config.join.len(), "cluster started");
         Ok(Cluster {
             view,
             stop,

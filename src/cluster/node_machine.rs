@@ -656,7 +656,7 @@ impl NodeMachine {
                     msg: Message::Membership(msg),
                 }),
                 membership::Effect::StatusChanged { peer, from, to } => {
-                    tracing::info!(node = %self.node, peer = %peer, from = ?from, to = ?to, "peer status changed");
+                    tracing::info!(node = %self.node, peer = %peer, from = %crate::logfields::opt(from), to = %to, "peer status changed");
                     if to == Status::Left {
                         let done = self.writes.peer_left(&peer);
                         out.extend(done.into_iter().map(Output::WriteDone));
@@ -689,7 +689,7 @@ impl NodeMachine {
                     }
                 }
                 membership::Effect::Refused { peer, reason } => {
-                    tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
+                    tracing::warn!(node = %self.node, peer = %peer, reason = %reason, "membership message refused");
                 }
             }
         }
