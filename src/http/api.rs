@@ -212,8 +212,10 @@ fn check_sensor_name(name: &str) -> Result<(), String> {
 pub async fn readings(
     State(state): State<AppState>,
     scope: Scope,
+    q: Result<Query<super::kv::WriteQuery>, QueryRejection>,
     body: Result<Json<Vec<ReadingIn>>, JsonRejection>,
 ) -> ApiResult<Response> {
+    let level = super::kv::write_level(q)?;
     let Json(batch) = match body {
         Ok(b) => b,
         // The body limit stopped reading: name the limit and its setting.
@@ -273,12 +275,30 @@ pub async fn readings(
         });
     }
     let n = ops.len();
+    let pending = super::quorum::begin_write(&state, level);
+    let mut last = None;
     if n > 0 {
-        state.committer.commit(ops).await?;
+        let outcomes = state.committer.commit(ops).await?;
         state.metrics.readings_ingested.inc_by(n as u64);
         state.metrics.writes.inc_by(n as u64);
+        // One ack covers the batch: acks are cumulative per origin.
+        last = outcomes
+            .into_iter()
+            .filter_map(|o| match o {
+                crate::store::Outcome::Written(d) => Some(d),
+                _ => None,
+            })
+            .max_by_key(|d| d.seq);
     }
-    Ok((StatusCode::OK, Json(json!({ "accepted": n }))).into_response())
+    let resp = (StatusCode::OK, Json(json!({ "accepted": n }))).into_response();
+    let acks = match last {
+        Some(d) => match pending.wait(&state, &d.key, d.seq).await {
+            Ok(acks) => acks,
+            Err(unavailable) => return Ok(unavailable),
+        },
+        None => 1,
+    };
+    Ok(super::quorum::with_acks(resp, acks))
 }
 
 #[derive(Deserialize)]
