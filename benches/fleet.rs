@@ -66,7 +66,7 @@ fn main() {
         "memb m/s", "memb B/s", "repl m/s", "repl B/s", "formed ms",
     );
     for n in sizes {
-        let f = measure(n, seed, 10);
+        let f = measure(n, seed, 15_000, 10);
         let per_node_s = |v: u64| v as f64 / f.n as f64 / f.idle_secs as f64;
         println!(
             "{:>6} {:>6.2} | {:>9} {:>5} | {:>8} {:>6} | {:>10} {:>6} | {:>8} {:>6} | {:>9.1} {:>9.0} | {:>9.1} {:>9.0} | {:>9}   ({:.1?} to simulate)",

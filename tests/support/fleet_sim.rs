@@ -34,7 +34,7 @@ use sim_net::Net;
 /// Wall clock at simulated time 0.
 const T0: u64 = 1_700_000_000_000;
 /// How often each machine's timers run (the driver's tick).
-pub const TICK_MS: u64 = 25;
+pub const TICK_MS: u64 = 50;
 pub const LINK: Link = Link {
     drop: 0.0,
     dup: 0.0,
@@ -239,14 +239,19 @@ impl Sim {
         }
     }
 
-    /// Runs until `done` holds (checked every tick) or `limit_ms` passed;
-    /// the simulated ms it took.
-    fn run_until(&mut self, limit_ms: u64, mut done: impl FnMut(&Sim) -> bool) -> Option<u64> {
+    /// Runs until `done` holds (checked every `every_ms` of simulated
+    /// time; 1: at every step) or `limit_ms` passed; the simulated ms it took.
+    fn run_until(
+        &mut self,
+        limit_ms: u64,
+        every_ms: u64,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<u64> {
         let start = self.now;
         let mut last_check = u64::MAX;
         while self.now - start <= limit_ms {
-            if self.now / TICK_MS != last_check {
-                last_check = self.now / TICK_MS;
+            if self.now / every_ms != last_check {
+                last_check = self.now / every_ms;
                 if done(self) {
                     return Some(self.now - start);
                 }
@@ -276,6 +281,15 @@ impl Sim {
             .status_of(&self.nodes[peer].id)
     }
 
+    /// `i` and every one of `members` know each other alive.
+    fn knows_and_known(&self, i: usize, members: &[usize]) -> bool {
+        members.iter().all(|&j| {
+            i == j
+                || (self.status(i, j) == Some(Status::Alive)
+                    && self.status(j, i) == Some(Status::Alive))
+        })
+    }
+
     fn knows_all_alive(&self, members: &[usize]) -> bool {
         members.iter().all(|&i| {
             members
@@ -299,10 +313,10 @@ pub struct Figures {
 }
 
 /// Forms a fleet of `n` (each joins through a random earlier node), lets
-/// it settle, counts `idle_secs` of idle traffic, then times a write at a
-/// random node, a join through a random member and the crash of a random
-/// member until every node knows.
-pub fn measure(n: usize, seed: u64, idle_secs: u64) -> Figures {
+/// it settle for `settle_ms`, counts `idle_secs` of idle traffic, then
+/// times a write at a random node, a join through a random member and the
+/// crash of a random member until every node knows.
+pub fn measure(n: usize, seed: u64, settle_ms: u64, idle_secs: u64) -> Figures {
     let started = Instant::now();
     // n members, plus one spare (no machine until it joins).
     let mut sim = Sim::new(seed, n + 1);
@@ -313,9 +327,9 @@ pub fn measure(n: usize, seed: u64, idle_secs: u64) -> Figures {
         sim.start(i, Some(via));
     }
     let members: Vec<usize> = (0..n).collect();
-    let formed_ms = sim.run_until(600_000, |s| s.knows_all_alive(&members));
+    let formed_ms = sim.run_until(600_000, 100, |s| s.knows_all_alive(&members));
     // Let join pulls and anti-entropy settle, then count an idle window.
-    sim.run_for(15_000);
+    sim.run_for(settle_ms);
     let before = sim.traffic;
     sim.run_for(idle_secs * 1_000);
     let after = sim.traffic;
@@ -338,7 +352,7 @@ pub fn measure(n: usize, seed: u64, idle_secs: u64) -> Figures {
     sim.inputs
         .push_back((origin, Input::Committed(Arc::new(vec![d]))));
     sim.drain_inputs();
-    let write_ms = sim.run_until(120_000, |s| {
+    let write_ms = sim.run_until(120_000, 1, |s| {
         members.iter().all(|&i| s.nodes[i].store.has(&key))
     });
     let write_hops = sim.hops.values().copied().max().unwrap_or(0);
@@ -349,7 +363,7 @@ pub fn measure(n: usize, seed: u64, idle_secs: u64) -> Figures {
     sim.start(n, Some(via));
     let mut all: Vec<usize> = members.clone();
     all.push(n);
-    let join_ms = sim.run_until(300_000, |s| s.knows_all_alive(&all));
+    let join_ms = sim.run_until(300_000, 1, |s| s.knows_and_known(n, &all));
     sim.run_for(5_000);
 
     // A crash of a random member until every live node knows.
@@ -357,13 +371,13 @@ pub fn measure(n: usize, seed: u64, idle_secs: u64) -> Figures {
     sim.crash(victim);
     let survivors: Vec<usize> = all.iter().copied().filter(|&i| i != victim).collect();
     let t0 = sim.now;
-    let suspect_ms = sim.run_until(600_000, |s| {
+    let suspect_ms = sim.run_until(600_000, 1, |s| {
         survivors
             .iter()
             .all(|&i| s.status(i, victim) != Some(Status::Alive))
     });
     let dead_ms = sim
-        .run_until(600_000, |s| {
+        .run_until(600_000, 1, |s| {
             survivors
                 .iter()
                 .all(|&i| s.status(i, victim) == Some(Status::Dead))
