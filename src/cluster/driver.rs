@@ -37,6 +37,9 @@ use crate::transport::{Incoming, Transport, TransportStats};
 use crate::workers::{StatusSource, Worker, Workers};
 
 /// How often protocol timers run; the machine tolerates any finer tick.
+/// Start-up wait of a node restored under its own id: in effect forever (a
+/// year), since writing without the check could reuse a sequence number.
+const RESTORED_GRACE_MS: u64 = 365 * 24 * 3600 * 1000;
 const TICK: Duration = Duration::from_millis(20);
 /// How often the snapshot for the HTTP API is refreshed.
 const VIEW_EVERY: Duration = Duration::from_millis(200);
@@ -119,6 +122,17 @@ impl Driver {
         workers: &Workers,
     ) -> Result<(Driver, watch::Receiver<Arc<ClusterView>>), ClusterError> {
         let advertised = config.advertise.unwrap_or(quic_addr);
+        // Restored from a snapshot under its own id: writes it made after
+        // the snapshot may live on peers, so no grace period — local writes
+        // wait for a peer's vector however long that takes (see
+        // `crate::snapshot::restore`).
+        let restored = store.restored();
+        let contact_grace_ms = if restored {
+            tracing::warn!(node = %config.node_id, "restored from a snapshot: local writes wait until a peer has shown which of this node's writes it holds");
+            RESTORED_GRACE_MS
+        } else {
+            CONTACT_GRACE_MS
+        };
         // Wall-clock milliseconds at start: grows across restarts, so peers
         // prefer what this incarnation says over a previous one.
         let mut machine = NodeMachine::new(
@@ -127,7 +141,7 @@ impl Driver {
             wall_ms(),
             config.membership.clone(),
             config.replication.clone(),
-            CONTACT_GRACE_MS,
+            contact_grace_ms,
             config.clock.clone(),
             rand::random(),
         )?;
@@ -347,6 +361,16 @@ impl Driver {
                         tracing::warn!(node = %self.node, reason = %r, "local writes paused")
                     }
                     None => tracing::info!(node = %self.node, "local writes accepted"),
+                }
+                if reason.is_none() && self.store.restored() {
+                    // Checked against a peer: the next start is a plain restart.
+                    let store = self.store.clone();
+                    let node = self.node.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.clear_restored() {
+                            tracing::warn!(node = %node, error = %e, "cannot clear the restored-from-snapshot mark");
+                        }
+                    });
                 }
                 self.committer.fence().set(reason);
             }

@@ -149,7 +149,7 @@ impl Cluster {
             config.join.clone(),
             discovered_rx,
         ));
-        tracing::info!(node = %config.node_id, quic = %quic_addr, join = ?config.join, "cluster started");
+        tracing::info!(node = %config.node_id, quic = %quic_addr, join = %crate::logfields::list(&config.join), joins = config.join.len(), "cluster started");
         Ok(Cluster {
             view,
             stop,

@@ -482,7 +482,7 @@ impl NodeMachine {
                     msg: Message::Membership(msg),
                 }),
                 membership::Effect::StatusChanged { peer, from, to } => {
-                    tracing::info!(node = %self.node, peer = %peer, from = ?from, to = ?to, "peer status changed");
+                    tracing::info!(node = %self.node, peer = %peer, from = %crate::logfields::opt(from), to = %to, "peer status changed");
                     if to == Status::Alive {
                         let fx = self.replicator.peer_up(&peer, now.mono_ms(), reader);
                         self.replication_effects(fx, out);
@@ -509,7 +509,7 @@ impl NodeMachine {
                     }
                 }
                 membership::Effect::Refused { peer, reason } => {
-                    tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
+                    tracing::warn!(node = %self.node, peer = %peer, reason = %reason, "membership message refused");
                 }
             }
         }

@@ -133,7 +133,7 @@ pub async fn state(State(state): State<AppState>, scope: Scope) -> ApiResult<Jso
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct UpdatesQuery {
     since: Option<String>,
     limit: Option<usize>,
@@ -214,7 +214,19 @@ pub async fn readings(
     scope: Scope,
     body: Result<Json<Vec<ReadingIn>>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(batch) = body?;
+    let Json(batch) = match body {
+        Ok(b) => b,
+        // The body limit stopped reading: name the limit and its setting.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::over_limit(
+                "body_too_large",
+                "body",
+                state.max_batch_bytes,
+                "max_batch_bytes",
+            ))
+        }
+        Err(r) => return Err(r.into()),
+    };
     let mut ops = Vec::with_capacity(batch.len());
     for (i, r) in batch.into_iter().enumerate() {
         check_sensor_name(&r.sensor)
@@ -270,7 +282,7 @@ pub async fn readings(
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct HistoryQuery {
     limit: Option<usize>,
     before: Option<u64>,
@@ -365,7 +377,7 @@ pub async fn introspection(State(state): State<AppState>) -> ApiResult<Json<Valu
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct MerkleQuery {
     level: Option<u8>,
     index: Option<u32>,

@@ -100,7 +100,19 @@ fn written(status: StatusCode, d: Delta) -> Response {
 }
 
 fn value_from(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult<Vec<u8>> {
-    let body = body?;
+    let body = match body {
+        Ok(b) => b,
+        // The body limit stopped reading: name the limit and its setting.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::over_limit(
+                "value_too_large",
+                "value",
+                state.max_value_bytes,
+                "max_value_bytes",
+            ))
+        }
+        Err(r) => return Err(r.into()),
+    };
     if body.len() > state.max_value_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -221,7 +233,7 @@ pub async fn empty_key() -> ApiError {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct ListQuery {
     prefix: Option<String>,
     after: Option<String>,

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod kv;
 pub mod ready;
 pub mod server;
+pub mod snapshot;
 pub mod tls;
 pub mod watch;
 
@@ -94,6 +95,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/membership", get(cluster::membership))
         .route("/api/sync", get(cluster::sync))
         .route("/api/merkle", get(api::merkle))
+        .route("/api/snapshot", get(snapshot::snapshot))
         .route("/api/entry/{*key}", get(api::entry))
         .route("/api/keys", get(keys::list).post(keys::create))
         .route("/api/keys/{id}", axum::routing::delete(keys::revoke));

@@ -181,7 +181,7 @@ impl ChangeHub {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct WatchQuery {
     prefix: Option<String>,
     since: Option<String>,

@@ -345,6 +345,22 @@ pub async fn three_nodes(certs: &Certs, within: Duration) -> (TestNode, TestNode
 
 // ---------------------------------------------------------------- processes
 
+/// Runs `hub ARGS` with extra environment variables to its end.
+pub fn run_hub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// Output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// A `hub serve` process, killed on drop so a failing test leaves none behind.
 pub struct Proc {
     pub child: Child,
