@@ -200,7 +200,11 @@ impl Sim {
                             .push_back((i, Input::Committed(Arc::new(fresh))));
                     }
                 }
-                Output::Persist { .. } | Output::Forget { .. } | Output::WriteFence(_) => {}
+                Output::Persist { .. }
+                | Output::Forget { .. }
+                | Output::WriteFence(_)
+                | Output::WriteDone(_)
+                | Output::ReadDone(_) => {}
             }
         }
     }
