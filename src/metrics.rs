@@ -55,6 +55,19 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A quorum request's level (`quorum`, `all`) and how it ended
+/// (`reached`, `unavailable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuorumLabel {
+    pub level: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabel {
+    pub level: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabel {
     version: &'static str,
@@ -121,6 +134,11 @@ pub struct Metrics {
     pub watch_events: Counter,
     /// Watchers cut off for falling behind.
     pub watch_cutoffs: Counter,
+    /// Writes with `w` above 1, and reads with `r` above 1, by outcome.
+    pub quorum_writes: Family<QuorumLabel, Counter>,
+    pub quorum_reads: Family<QuorumLabel, Counter>,
+    /// Commit start to quorum verdict of `w` above 1 writes.
+    pub quorum_write_duration: Family<LevelLabel, Histogram, fn() -> Histogram>,
     node: String,
     /// The clock block (`hub_clock_*`), see `crate::clock::metrics`.
     clock: crate::clock::metrics::ClockMetrics,
@@ -154,6 +172,9 @@ impl Metrics {
             watch_streams: Gauge::default(),
             watch_events: Counter::default(),
             watch_cutoffs: Counter::default(),
+            quorum_writes: Family::default(),
+            quorum_reads: Family::default(),
+            quorum_write_duration: Family::new_with_constructor(latency_histogram),
             node: node.to_string(),
             registry: Registry::default(),
             clock: Default::default(),
@@ -235,6 +256,21 @@ impl Metrics {
             "watch_cutoffs",
             "Watchers cut off for falling behind the change feed",
             m.watch_cutoffs.clone(),
+        );
+        registry.register(
+            "quorum_writes",
+            "Writes with w=quorum or w=all, by level and outcome (reached, unavailable)",
+            m.quorum_writes.clone(),
+        );
+        registry.register(
+            "quorum_reads",
+            "Reads with r=quorum or r=all, by level and outcome (reached, unavailable)",
+            m.quorum_reads.clone(),
+        );
+        registry.register(
+            "quorum_write_duration_seconds",
+            "Time from a w=quorum or w=all write's commit to its quorum verdict (reached or not), by level",
+            m.quorum_write_duration.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -423,7 +459,7 @@ fn cluster_families(
     now_ms: u64,
 ) -> Vec<Fam> {
     // Per-peer replication counters.
-    let counters: [PeerCounter; 9] = [
+    let counters: [PeerCounter; 12] = [
         (
             "replication_deltas_sent",
             "Deltas sent to the peer (push and pull answers)",
@@ -463,6 +499,21 @@ fn cluster_families(
             "replication_clock_stamps_not_adopted",
             "Message stamps from the peer too far ahead of this node's clock to be adopted (its data is still applied)",
             |s| s.clock_stamps_not_adopted,
+        ),
+        (
+            "replication_acks_sent",
+            "Durable acks sent to the peer for its quorum writes",
+            |s| s.acks_sent,
+        ),
+        (
+            "read_repairs_sent",
+            "Read repairs sent to the peer (it answered a quorum read with an older entry)",
+            |s| s.read_repairs_sent,
+        ),
+        (
+            "read_repairs_received",
+            "Read repairs the peer sent this node",
+            |s| s.read_repairs_received,
         ),
         (
             "replication_bad_messages",

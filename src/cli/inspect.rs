@@ -14,9 +14,10 @@ use hub::model::validate_key;
 use hub::store::Store;
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["data_dir", "node"])))]
 pub struct InspectArgs {
     /// A stopped node's data directory.
-    #[arg(long, conflicts_with = "node", required_unless_present = "node")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// A running node's address, e.g. http://127.0.0.1:8080 or https://10.0.0.5:8080.
     #[arg(long)]

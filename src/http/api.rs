@@ -133,7 +133,7 @@ pub async fn state(State(state): State<AppState>, scope: Scope) -> ApiResult<Jso
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct UpdatesQuery {
     since: Option<String>,
     limit: Option<usize>,
@@ -237,9 +237,23 @@ fn check_sensor_name(name: &str) -> Result<(), String> {
 pub async fn readings(
     State(state): State<AppState>,
     scope: Scope,
+    q: Result<Query<super::kv::WriteQuery>, QueryRejection>,
     body: Result<Json<Vec<ReadingIn>>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(batch) = body?;
+    let level = super::kv::write_level(q)?;
+    let Json(batch) = match body {
+        Ok(b) => b,
+        // The body limit stopped reading: name the limit and its setting.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::over_limit(
+                "body_too_large",
+                "body",
+                state.max_batch_bytes,
+                "max_batch_bytes",
+            ))
+        }
+        Err(r) => return Err(r.into()),
+    };
     let mut ops = Vec::with_capacity(batch.len());
     for (i, r) in batch.into_iter().enumerate() {
         check_sensor_name(&r.sensor)
@@ -286,16 +300,34 @@ pub async fn readings(
         });
     }
     let n = ops.len();
+    let pending = super::quorum::begin_write(&state, level);
+    let mut last = None;
     if n > 0 {
-        state.committer.commit(ops).await?;
+        let outcomes = state.committer.commit(ops).await?;
         state.metrics.readings_ingested.inc_by(n as u64);
         state.metrics.writes.inc_by(n as u64);
+        // One ack covers the batch: acks are cumulative per origin.
+        last = outcomes
+            .into_iter()
+            .filter_map(|o| match o {
+                crate::store::Outcome::Written(d) => Some(d),
+                _ => None,
+            })
+            .max_by_key(|d| d.seq);
     }
-    Ok((StatusCode::OK, Json(json!({ "accepted": n }))).into_response())
+    let resp = (StatusCode::OK, Json(json!({ "accepted": n }))).into_response();
+    let acks = match last {
+        Some(d) => match pending.wait(&state, &d.key, d.seq).await {
+            Ok(acks) => acks,
+            Err(unavailable) => return Ok(unavailable),
+        },
+        None => 1,
+    };
+    Ok(super::quorum::with_acks(resp, acks))
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct HistoryQuery {
     limit: Option<usize>,
     before: Option<u64>,
@@ -390,7 +422,7 @@ pub async fn introspection(State(state): State<AppState>) -> ApiResult<Json<Valu
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct MerkleQuery {
     level: Option<u8>,
     index: Option<u32>,

@@ -288,7 +288,7 @@ fn peer_offsets(clock: &ClockGate) -> HashMap<String, f64> {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct WatchQuery {
     prefix: Option<String>,
     since: Option<String>,

@@ -83,7 +83,10 @@ mod anti_entropy;
 pub mod msg;
 mod pull;
 mod push;
+pub mod quorum;
+pub mod read_quorum;
 mod reader;
+mod replica;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -255,7 +258,7 @@ enum PendingKind {
     SessionEntries { session: u64 },
     /// The final version-vector advance of our session.
     SessionVv { session: u64 },
-    /// Entries a peer sent us in its session.
+    /// Entries a peer sent us in its session, or by read repair.
     ServedEntries,
 }
 
@@ -275,6 +278,11 @@ struct Peer {
     pull_again: bool,
     /// When to start the post-(re)connect anti-entropy.
     ae_due_ms: Option<u64>,
+    /// Until when this peer waits for acks of its own deltas (it asked in a
+    /// push): deltas of its origin that become durable here are acked.
+    ack_until_ms: u64,
+    /// The highest seq of its origin we acked to it.
+    acked_to: u64,
 }
 
 /// The replication state machine of one node. See the module docs.
@@ -408,7 +416,14 @@ impl Replicator {
             return out;
         }
         match msg {
-            Msg::Push { deltas, .. } => self.on_push(from, deltas, now, &mut out),
+            Msg::Push { deltas, ack, .. } => self.on_push(from, deltas, ack, now, store, &mut out),
+            // Quorum bookkeeping of the node machine (see `quorum`): it
+            // routes these to its trackers before they get here.
+            Msg::Ack { .. } | Msg::ReadReply { .. } => {}
+            Msg::ReadRequest { req, key, .. } => {
+                self.on_read_request(from, req, key, store, &mut out)
+            }
+            Msg::Repair { key, entry, .. } => self.on_repair(from, key, entry, now, &mut out),
             Msg::PullRequest { req, vv, .. } => {
                 self.on_pull_request(from, req, vv, store, &mut out)
             }
@@ -445,6 +460,7 @@ impl Replicator {
         let peer = pending.peer;
         match pending.kind {
             PendingKind::Deltas { pull, more } => {
+                self.send_acks(now, store, &mut out);
                 self.deltas_committed(&peer, pull, more, outcomes, now, store, &mut out)
             }
             PendingKind::SessionEntries { session } => {

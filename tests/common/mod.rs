@@ -345,6 +345,22 @@ pub async fn three_nodes(certs: &Certs, within: Duration) -> (TestNode, TestNode
 
 // ---------------------------------------------------------------- processes
 
+/// Runs `hub ARGS` with extra environment variables to its end.
+pub fn run_hub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// Output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// `hub serve` arguments for node `id` on loopback: HTTP on a free port,
 /// QUIC on `port`, no simulated sensors, joining `join` if given.
 pub fn serve_args(
