@@ -213,6 +213,7 @@ impl Node {
         let (changes, changes_task) = http::watch::ChangeHub::start(
             store.clone(),
             metrics.clone(),
+            committer.clock_gate().clone(),
             config.node_id.clone(),
             stop_rx.clone(),
         );

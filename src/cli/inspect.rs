@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use hub::http::api::{change_json, entry_json, merkle_json};
+use hub::http::api::{change_json, changes_after, entry_json, merkle_json};
 use hub::merkle::NodeRef;
 use hub::model::validate_key;
 use hub::store::Store;
@@ -131,8 +131,7 @@ fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
             }
         }
         View::Log { since, limit } => {
-            let changes = store.changes(*since, *limit)?;
-            let next = changes.last().map(|(i, _)| *i).or(*since).unwrap_or(0);
+            let (changes, next) = changes_after(&store, since.unwrap_or(0), *limit)?;
             let updates: Vec<Value> = changes.iter().map(|(i, c)| change_json(*i, c)).collect();
             json!({ "updates": updates, "next": next.to_string() })
         }

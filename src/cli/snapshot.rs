@@ -102,9 +102,12 @@ fn ticker(what: &'static str, progress: &Arc<Progress>) -> Ticker {
     let p = progress.clone();
     Ticker::start(move |elapsed| {
         let mb = p.bytes.load(Ordering::Relaxed) as f64 / 1e6;
+        let records = match p.records.load(Ordering::Relaxed) {
+            0 => String::new(), // a download counts bytes only
+            n => format!("{n} records, "),
+        };
         format!(
-            "{what}: {} records, {mb:.1} MB in {:.0} s ({:.1} MB/s)",
-            p.records.load(Ordering::Relaxed),
+            "{what}: {records}{mb:.1} MB in {:.0} s ({:.1} MB/s)",
             elapsed.as_secs_f64(),
             mb / elapsed.as_secs_f64().max(1e-3)
         )

@@ -164,6 +164,7 @@ impl Driver {
             rand::random(),
         )?;
         machine.set_http(config.http_url.clone());
+        committer.clock_gate().expect_verdict();
         let mut driver = Driver {
             node: config.node_id.clone(),
             clock: committer.clock_gate().clone(),

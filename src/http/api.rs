@@ -139,6 +139,31 @@ pub struct UpdatesQuery {
     limit: Option<usize>,
 }
 
+/// The cursor of the change at feed position `idx`: the position right
+/// after it, so "everything after cursor C" is "from position C" and
+/// cursor 0 is "from the oldest change the node still holds", with no
+/// change that could be confused with it. Shared by `/api/updates`,
+/// `/api/watch` (event ids, `Last-Event-ID`) and `hub inspect log`.
+pub fn cursor_of(idx: u64) -> u64 {
+    idx + 1
+}
+
+/// Up to `limit` changes after cursor `since` (0: from the oldest held),
+/// each with its cursor, and the cursor to ask from next time.
+pub fn changes_after(
+    store: &crate::store::Store,
+    since: u64,
+    limit: usize,
+) -> crate::store::Result<(Vec<(u64, Change)>, u64)> {
+    let changes = store.changes(since.checked_sub(1), limit)?;
+    let page: Vec<(u64, Change)> = changes
+        .into_iter()
+        .map(|(idx, c)| (cursor_of(idx), c))
+        .collect();
+    let next = page.last().map_or(since, |(c, _)| *c);
+    Ok((page, next))
+}
+
 pub fn change_json(cursor: u64, c: &Change) -> Value {
     let (origin, seq) = match &c.origin {
         Some((o, s)) => (Value::String(o.to_string()), json!(s)),
@@ -158,9 +183,10 @@ pub fn change_json(cursor: u64, c: &Change) -> Value {
 }
 
 /// `GET /api/updates?since=&limit=`: the change feed in apply order. Reading
-/// consumes nothing; cursors are positions in the persisted feed. Changes of
-/// the internal keyspace, and outside a limited token's prefix, are left out
-/// (the cursor still moves past them).
+/// consumes nothing; cursors are positions in the persisted feed (see
+/// [`cursor_of`]); no `since`, or `since=0`, starts at the oldest change the
+/// node holds. Changes of the internal keyspace, and outside a limited
+/// token's prefix, are left out (the cursor still moves past them).
 pub async fn updates(
     State(state): State<AppState>,
     scope: Scope,
@@ -169,16 +195,15 @@ pub async fn updates(
     let Query(q) = q?;
     let limit = limit_from(q.limit)?;
     let since = match q.since.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+        None | Some("") => 0,
+        Some(s) => s.parse::<u64>().map_err(|_| {
             ApiError::bad_request(
                 "bad_cursor",
                 format!("cursor {s:?} is not one this API returned"),
             )
-        })?),
+        })?,
     };
-    let changes = state.store.changes(since, limit)?;
-    let next = changes.last().map(|(i, _)| *i).or(since).unwrap_or(0);
+    let (changes, next) = changes_after(&state.store, since, limit)?;
     let updates: Vec<Value> = changes
         .iter()
         .filter(|(_, c)| !is_internal(&c.key) && scope.allows(&c.key))

@@ -14,7 +14,7 @@
 //! the vector does not cover.
 //!
 //! Cost: one pass over the keyspace, read in chunks of [`CHUNK`] records
-//! without holding the database lock between chunks. `duty` paces it: after
+//! (4 MiB at most) without holding the database lock between chunks. `duty` paces it: after
 //! each chunk the dump sleeps so that it works only that share of the time,
 //! leaving the cores to the node's writes.
 
@@ -26,6 +26,8 @@ use crate::model::{Entry, NodeId, VersionVector};
 
 /// Records read per chunk (one short hold of the database read lock).
 pub const CHUNK: usize = 2048;
+/// Bytes copied per chunk at most (log runs of large groups are big).
+const CHUNK_BYTES: usize = 4 << 20;
 
 /// The point in time a dump is consistent with.
 #[derive(Clone, Debug)]
@@ -188,8 +190,10 @@ impl Store {
         Ok(totals)
     }
 
-    /// Every record under `prefix`, read in chunks; the read lock is let go
-    /// between chunks so a reopen after an error is never held up.
+    /// Every record under `prefix`, read in chunks. A chunk is copied out
+    /// under the read lock and handed to `each` after it is let go, so
+    /// neither a slow consumer (a client reading the snapshot slowly) nor
+    /// the pacing ever holds up a reopen after an error.
     fn dump_table(
         &self,
         prefix: &[u8],
@@ -198,16 +202,23 @@ impl Store {
     ) -> std::result::Result<(), DumpError> {
         let mut from = prefix.to_vec();
         loop {
-            let mut last = None;
+            let mut chunk = Vec::new();
+            let mut bytes = 0;
             {
                 let kv = self.kv();
-                for item in kv.scan_from(prefix, &from).take(CHUNK) {
+                for item in kv.scan_from(prefix, &from) {
                     let (k, v) = item?;
-                    each(&k, &v)?;
-                    last = Some(k);
+                    bytes += k.len() + v.len();
+                    chunk.push((k, v));
+                    if chunk.len() >= CHUNK || bytes >= CHUNK_BYTES {
+                        break;
+                    }
                 }
             }
-            let Some(mut k) = last else {
+            for (k, v) in &chunk {
+                each(k, v)?;
+            }
+            let Some((mut k, _)) = chunk.pop() else {
                 return Ok(());
             };
             k.push(0); // the next key after `k`
