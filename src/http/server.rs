@@ -297,8 +297,17 @@ where
         let mut router = router.clone();
         async move {
             let resp = router.call(req.map(axum::body::Body::new)).await;
-            drop(busy);
-            resp
+            // Busy until the body is sent, not just until the handler
+            // returns: a streamed answer (a snapshot, a change stream) is a
+            // request in flight, never an idle connection to time out.
+            resp.map(|r| {
+                r.map(|body| {
+                    axum::body::Body::new(http_body_util::BodyExt::map_frame(body, move |f| {
+                        let _in_flight = &busy;
+                        f
+                    }))
+                })
+            })
         }
     });
     let conn = http1::Builder::new()
