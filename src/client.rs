@@ -218,6 +218,21 @@ impl Client {
                 url: url.to_string(),
                 reason: e.to_string(),
             })?;
+        self.send(req, url).await
+    }
+
+    /// Sends a request built by the caller (its headers as they are: no
+    /// token added) to `url` (for errors) and reads the whole answer.
+    pub async fn send(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+        url: &str,
+    ) -> Result<Reply, ClientError> {
+        if url.starts_with("https://") && !self.has_ca {
+            return Err(ClientError::NeedCaCert {
+                url: url.to_string(),
+            });
+        }
         let exchange = async {
             let resp = self
                 .inner

@@ -33,6 +33,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod placement;
 pub mod replication;
 pub mod sensors;
 pub mod store;

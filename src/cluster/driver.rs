@@ -111,6 +111,7 @@ impl DriverWorkers {
 
 impl Driver {
     pub(super) fn new(
+        placement: Arc<crate::placement::PlacementHandle>,
         config: &ClusterConfig,
         quic_addr: SocketAddr,
         store: Arc<Store>,
@@ -132,6 +133,7 @@ impl Driver {
             rand::random(),
         )?;
         machine.set_http(config.http_url.clone());
+        machine.set_placement(placement);
         let mut driver = Driver {
             node: config.node_id.clone(),
             clock: committer.clock_gate().clone(),
@@ -514,6 +516,7 @@ fn placeholder_view(node: &NodeId, transport: &Transport<Message>) -> ClusterVie
         members: Vec::new(),
         membership: Default::default(),
         replication: Default::default(),
+        placement: Default::default(),
         transport: transport.stats(),
         clock: None,
     }

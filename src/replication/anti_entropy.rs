@@ -66,6 +66,9 @@ pub(super) struct Session {
     pub(super) commits: BTreeSet<u64>,
     vv_tag: Option<u64>,
     pub(super) run: AeRun,
+    /// Partitions compared (`crate::placement`): all, or those both sides
+    /// store. A partial session does not advance our vector.
+    scope: crate::placement::Owned,
 }
 
 impl Replicator {
@@ -85,6 +88,10 @@ impl Replicator {
         {
             return false;
         }
+        let scope = self.scope_with(peer);
+        if scope.is_empty() {
+            return false;
+        }
         let id = self.next_id();
         let msg = Msg::AeBegin {
             clock: store.clock(),
@@ -101,6 +108,7 @@ impl Replicator {
             waiting: Some(Waiting::Root),
             commits: BTreeSet::new(),
             vv_tag: None,
+            scope,
             run: AeRun {
                 peer: peer.to_string(),
                 trigger,
@@ -164,6 +172,10 @@ impl Replicator {
                     bytes = run.bytes_sent + run.bytes_received, ms = now.saturating_sub(run.started_ms),
                     "anti-entropy done");
             }
+        }
+        if run.trigger == AeTrigger::Handoff {
+            self.progress.handoff_sessions += 1;
+            self.progress.handoff_entries_sent += run.entries_sent;
         }
         p.stats.anti_entropy_entries_received += run.entries_received;
         p.stats.last_anti_entropy = Some(run.clone());
@@ -474,6 +486,12 @@ impl Replicator {
         if !done || !s.commits.is_empty() || s.vv_tag.is_some() {
             return;
         }
+        if !s.scope.is_full() {
+            // Compared only some partitions: the peer's vector counts deltas
+            // of others we did not check, so it must not become ours.
+            self.finish_session(peer, now, None);
+            return;
+        }
         let Some(vv) = s.peer_vv.clone() else { return };
         let id = s.id;
         let tag = self.commit(
@@ -640,6 +658,9 @@ impl Replicator {
                 mine.insert(key, version);
             }
             for (key, version) in &theirs {
+                if !crate::placement::stores(&self.mine, key) {
+                    continue; // not ours to store
+                }
                 if !matches!(mine.get(key), Some(m) if m >= version) {
                     want.push(key.clone());
                 }
@@ -669,7 +690,7 @@ fn enqueue_differing(
     let Some(kids) = node.children() else { return };
     for (i, child) in kids.enumerate() {
         let (a, b) = (mine.get(i), theirs.get(i));
-        if a == b {
+        if a == b || !super::sharding::in_scope(&s.scope, child) {
             continue;
         }
         if child.is_leaf() {

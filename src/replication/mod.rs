@@ -84,6 +84,7 @@ pub mod msg;
 mod pull;
 mod push;
 mod reader;
+mod sharding;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -133,6 +134,10 @@ pub struct ReplicationConfig {
     /// A commit whose outcome is not reported within this time is forgotten.
     /// Default 60 s.
     pub commit_timeout_ms: u64,
+    /// Copies of each key (`crate::placement`); `None`: every node.
+    pub replication_factor: Option<usize>,
+    /// A member dead this long loses its partitions. Default 30 s.
+    pub rebalance_after_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -149,6 +154,8 @@ impl Default for ReplicationConfig {
             max_items_per_msg: 1024,
             max_msg_bytes: 1 << 20,
             commit_timeout_ms: 60_000,
+            replication_factor: None,
+            rebalance_after_ms: 30_000,
         }
     }
 }
@@ -275,6 +282,10 @@ struct Peer {
     pull_again: bool,
     /// When to start the post-(re)connect anti-entropy.
     ae_due_ms: Option<u64>,
+    /// That session hands off partitions the peer newly owns.
+    handoff_due: bool,
+    /// That session repairs values we only got stubs of.
+    stub_repair: bool,
 }
 
 /// The replication state machine of one node. See the module docs.
@@ -290,6 +301,13 @@ pub struct Replicator {
     next_pull_ms: u64,
     next_ae_ms: u64,
     last_ae: Option<AeRun>,
+    /// Partition owners (`crate::placement`); full replication by default.
+    layout: std::sync::Arc<crate::placement::Layout>,
+    /// Partitions this node owns, and those it holds data of (a superset
+    /// while handing off).
+    mine: crate::placement::Owned,
+    held: crate::placement::Owned,
+    progress: crate::placement::Progress,
 }
 
 impl Replicator {
@@ -302,7 +320,15 @@ impl Replicator {
         // Random id base: answers addressed to a previous incarnation of this
         // node never match a session or pull of this one.
         let next_id = rng.gen::<u64>() >> 1;
+        let layout = std::sync::Arc::new(crate::placement::Layout::compute(
+            vec![node.clone()],
+            config.replication_factor,
+        ));
         Replicator {
+            layout,
+            mine: crate::placement::Owned::ALL,
+            held: crate::placement::Owned::ALL,
+            progress: crate::placement::Progress::default(),
             node,
             config,
             rng,
@@ -525,6 +551,7 @@ impl Replicator {
         // Periodic pull from one random live peer.
         if now >= self.next_pull_ms {
             self.next_pull_ms = now + self.config.pull_interval_ms;
+            self.refresh_held(store);
             if let Some(peer) = self.live_peers().choose(&mut self.rng).cloned() {
                 self.send_pull(&peer, now, store, &mut out);
             }
@@ -537,7 +564,8 @@ impl Replicator {
             .map(|(id, _)| id.clone())
             .collect();
         for peer in due {
-            if self.start_anti_entropy(&peer, AeTrigger::Reconnect, now, store, &mut out) {
+            let trigger = self.due_trigger(&peer);
+            if self.start_anti_entropy(&peer, trigger, now, store, &mut out) {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.ae_due_ms = None;
                 }
@@ -551,7 +579,7 @@ impl Replicator {
             let idle: Vec<NodeId> = self
                 .live_peers()
                 .into_iter()
-                .filter(|p| !self.sessions.contains_key(p))
+                .filter(|p| !self.sessions.contains_key(p) && !self.scope_with(p).is_empty())
                 .collect();
             if let Some(peer) = idle.choose(&mut self.rng).cloned() {
                 self.start_anti_entropy(&peer, AeTrigger::Timer, now, store, &mut out);

@@ -19,6 +19,7 @@ use super::state::{Staged, Writer};
 use super::{codec, keys, FeedItem, Result, Run, StoreConfig};
 use crate::merkle::{self, FANOUT};
 use crate::model::{Delta, Entry, Meta, NodeId, Version, VersionVector};
+use crate::placement::{self, Owned};
 
 /// Changes between two Merkle checkpoints: bounds the replay at open after a crash.
 pub(super) const CHECKPOINT_EVERY: u64 = 16_384;
@@ -104,6 +105,8 @@ struct Builder<'a> {
     /// Deltas logged in this group per origin: first seq and the run.
     runs: BTreeMap<NodeId, (u64, Run)>,
     touched_vv: BTreeSet<NodeId>,
+    /// Partitions stored here; others get stubs (`crate::placement`).
+    owned: Owned,
 }
 
 /// Builds a group's batch, advancing the writer's state; on `Err` the
@@ -116,6 +119,7 @@ pub(super) fn build(
     st: &mut Writer,
     ops: Vec<Op>,
     wall_ms: u64,
+    owned: Owned,
 ) -> Result<(WriteBatch, Staged, Vec<Outcome>)> {
     let mut b = Builder {
         kv,
@@ -129,6 +133,7 @@ pub(super) fn build(
         feed: Vec::new(),
         runs: BTreeMap::new(),
         touched_vv: BTreeSet::new(),
+        owned,
     };
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
@@ -205,10 +210,29 @@ impl Builder<'_> {
             return Ok(Outcome::Gap { expected: have + 1 });
         }
         self.observe(&d.entry.version);
+        if placement::is_stub(&d.entry) || !placement::stores(&self.owned, &d.key) {
+            // Another partition's write (or only its stub): logged as a stub
+            // so the origin's stream stays gap-free, not stored.
+            self.log_stub(&d);
+            return Ok(Outcome::Applied { won: false });
+        }
         let cur = self.current(&d.key)?;
         let won = d.entry.supersedes(cur.as_ref());
         self.log_delta(&d, cur);
         Ok(Outcome::Applied { won })
+    }
+
+    /// Logs a delta's stub as the next of its origin; no entry, no Merkle
+    /// item, no change-feed record.
+    fn log_stub(&mut self, d: &Delta) {
+        let stub = placement::stub(d);
+        let run = self
+            .runs
+            .entry(d.origin.clone())
+            .or_insert_with(|| (d.seq, Run::default()));
+        run.1.items.push((stub.key, stub.entry));
+        self.st.state.vv.set(d.origin.clone(), d.seq);
+        self.touched_vv.insert(d.origin.clone());
     }
 
     fn observe(&mut self, version: &Version) {
@@ -241,6 +265,9 @@ impl Builder<'_> {
 
     fn sync_entry(&mut self, key: String, entry: Entry) -> Result<Outcome> {
         self.observe(&entry.version);
+        if placement::is_stub(&entry) || !placement::stores(&self.owned, &key) {
+            return Ok(Outcome::EntryMerged { won: false });
+        }
         let cur = self.current(&key)?;
         if !entry.supersedes(cur.as_ref()) {
             return Ok(Outcome::EntryMerged { won: false });
