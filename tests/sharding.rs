@@ -292,4 +292,23 @@ async fn a_seventh_node_takes_partitions_and_no_key_is_lost() {
         .unwrap() as usize;
     assert!(stored >= KEYS / 5, "n7 stores {stored} of {KEYS}");
     read_everywhere(&http, &all, KEYS, "v1").await;
+
+    // Previous owners drop what they handed off once the owners hold it:
+    // three copies in all again, and still every key readable everywhere.
+    eventually_async("handed-off partitions are dropped", SETTLE, || async {
+        let mut total = 0;
+        for p in &all {
+            let Some(v) = introspect(&http, p).await else {
+                return false;
+            };
+            if v["cluster"]["placement"]["held_not_owned"].as_u64() != Some(0) {
+                return false;
+            }
+            total += v["entries"].as_u64().unwrap_or(0);
+        }
+        total == 3 * KEYS as u64
+    })
+    .await;
+    assert!(missing_at_owners(&http, &all, &ids, KEYS).await.is_empty());
+    read_everywhere(&http, &all, KEYS, "v1").await;
 }

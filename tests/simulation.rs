@@ -426,6 +426,8 @@ struct Events {
     bytes: u64,
     ae_repaired: u64,
     took_ms: u64,
+    /// Sharded runs: handed-off partitions dropped by their old holders.
+    partitions_dropped: u64,
 }
 
 fn chaos_run(seed: u64, steps: usize) -> Events {
@@ -449,6 +451,8 @@ fn chaos_run_with(seed: u64, steps: usize, factor: Option<usize>) -> Events {
     let retention = if seed % 3 == 0 { 16 } else { 1_000_000 };
     let config = ReplicationConfig {
         replication_factor: factor,
+        // Short, so handed-off partitions are dropped within the run.
+        rebalance_after_ms: 2_000,
         ..sim_config()
     };
     let mut sim = Sim::new(seed, n, faults, config, retention);
@@ -504,6 +508,9 @@ fn chaos_run_with(seed: u64, steps: usize, factor: Option<usize>) -> Events {
             )
         })
         .count() as u64;
+    events.partitions_dropped = (0..n)
+        .map(|i| sim.repl(i).placement_progress().partitions_dropped)
+        .sum();
     if std::env::var("SIM_VERBOSE").is_ok() {
         eprintln!("seed {seed}: {n} nodes, {writes} writes, {events:?}");
     }
@@ -520,9 +527,16 @@ fn all_nodes_converge_after_drops_duplicates_reordering_partitions_and_crashes()
 /// heal each partition's owners hold identical, newest data.
 #[test]
 fn sharded_partitions_owners_converge_after_churn_partitions_and_crashes() {
-    for_each_seed("sharded simulation", 16, |seed| {
+    let runs = for_each_seed("sharded simulation", 16, |seed| {
         chaos_run_with(seed, 1000, Some(2 + (seed % 2) as usize))
     });
+    // Drops happen (and so were checked by the convergence test above).
+    if runs.len() >= 8 {
+        assert!(
+            runs.iter().any(|e| e.partitions_dropped > 0),
+            "no run dropped a handed-off partition: {runs:?}"
+        );
+    }
 }
 
 #[test]

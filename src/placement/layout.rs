@@ -218,8 +218,8 @@ pub struct Progress {
     /// Partitions this node owns, and as ranges (`0-3,7`).
     pub owned: usize,
     pub owned_ranges: String,
-    /// Partitions this node holds data of without owning them (handed off
-    /// to their new owners by anti-entropy; their data is kept).
+    /// Partitions this node holds data of without owning them (being
+    /// handed off to their owners; dropped once all of them hold it).
     pub held_not_owned: usize,
     /// Partitions this node owns whose owners changed since the node began.
     pub layout_changes: u64,
@@ -229,6 +229,10 @@ pub struct Progress {
     pub handoff_entries_sent: u64,
     /// Stubs received for partitions we own (repaired by anti-entropy).
     pub stubs_for_owned: u64,
+    /// Handed-off partitions whose data this node dropped (after every
+    /// owner was seen holding it), and the entries dropped.
+    pub partitions_dropped: u64,
+    pub entries_dropped: u64,
 }
 
 #[cfg(test)]

@@ -69,6 +69,10 @@ pub(super) struct Session {
     /// Partitions compared (`crate::placement`): all, or those both sides
     /// store. A partial session does not advance our vector.
     scope: crate::placement::Owned,
+    /// Partitions with a differing leaf: not confirmed equal by this session.
+    touched: crate::placement::Owned,
+    /// The layout epoch the session began in (`Replicator::layout_epoch`).
+    epoch: u64,
 }
 
 impl Replicator {
@@ -109,6 +113,8 @@ impl Replicator {
             commits: BTreeSet::new(),
             vv_tag: None,
             scope,
+            touched: crate::placement::Owned::NONE,
+            epoch: self.layout_epoch,
             run: AeRun {
                 peer: peer.to_string(),
                 trigger,
@@ -173,12 +179,15 @@ impl Replicator {
                     "anti-entropy done");
             }
         }
+        p.stats.anti_entropy_entries_received += run.entries_received;
+        p.stats.last_anti_entropy = Some(run.clone());
+        if failure.is_none() && s.epoch == self.layout_epoch {
+            self.session_confirmed(peer, s.scope.minus(&s.touched), s.touched, now);
+        }
         if run.trigger == AeTrigger::Handoff {
             self.progress.handoff_sessions += 1;
             self.progress.handoff_entries_sent += run.entries_sent;
         }
-        p.stats.anti_entropy_entries_received += run.entries_received;
-        p.stats.last_anti_entropy = Some(run.clone());
         self.last_ae = Some(run);
         // Tags of this session still pending will be ignored when they come.
     }
@@ -694,6 +703,8 @@ fn enqueue_differing(
             continue;
         }
         if child.is_leaf() {
+            s.touched
+                .insert(crate::placement::partition_of_bucket(child.index as u16));
             s.leaves.push_back(child.index as u16);
         } else {
             s.frontier.push_back(child);

@@ -264,6 +264,8 @@ enum PendingKind {
     SessionVv { session: u64 },
     /// Entries a peer sent us in its session.
     ServedEntries,
+    /// Handed-off partitions forgotten (`crate::placement`).
+    Dropped,
 }
 
 #[derive(Clone, Debug)]
@@ -308,6 +310,14 @@ pub struct Replicator {
     mine: crate::placement::Owned,
     held: crate::placement::Owned,
     progress: crate::placement::Progress,
+    /// Per partition being handed off: owners seen holding all of it.
+    confirmed: BTreeMap<u8, std::collections::BTreeSet<NodeId>>,
+    /// Partitions whose drop is being committed.
+    dropping: crate::placement::Owned,
+    /// Counts layout changes; a session's confirmations count only within
+    /// the epoch it began in. And when the current layout began.
+    layout_epoch: u64,
+    layout_since_ms: u64,
 }
 
 impl Replicator {
@@ -329,6 +339,10 @@ impl Replicator {
             mine: crate::placement::Owned::ALL,
             held: crate::placement::Owned::ALL,
             progress: crate::placement::Progress::default(),
+            confirmed: BTreeMap::new(),
+            dropping: crate::placement::Owned::NONE,
+            layout_epoch: 0,
+            layout_since_ms: 0,
             node,
             config,
             rng,
@@ -490,6 +504,7 @@ impl Replicator {
                 }
             }
             PendingKind::ServedEntries => {}
+            PendingKind::Dropped => self.dropped(outcomes),
         }
         out
     }
@@ -510,6 +525,7 @@ impl Replicator {
                     }
                 }
                 PendingKind::ServedEntries => {}
+                PendingKind::Dropped => self.dropping = crate::placement::Owned::NONE,
             }
         }
     }
@@ -551,7 +567,7 @@ impl Replicator {
         // Periodic pull from one random live peer.
         if now >= self.next_pull_ms {
             self.next_pull_ms = now + self.config.pull_interval_ms;
-            self.refresh_held(store);
+            out.extend(self.refresh_held(now, store));
             if let Some(peer) = self.live_peers().choose(&mut self.rng).cloned() {
                 self.send_pull(&peer, now, store, &mut out);
             }

@@ -61,6 +61,10 @@ impl Replicator {
             return out;
         }
         let old = std::mem::replace(&mut self.layout, layout);
+        // Confirmations were for the old owners.
+        self.confirmed.clear();
+        self.layout_epoch += 1;
+        self.layout_since_ms = now;
         self.mine = self.layout.owned_by(&self.node);
         self.progress.replication_factor = self.layout.replication_factor;
         self.progress.eligible_members = self.layout.members.len();
@@ -152,13 +156,93 @@ impl Replicator {
         }
     }
 
-    /// Refreshes which partitions we hold data of (cheap: 16 Merkle reads).
-    pub(super) fn refresh_held(&mut self, store: &dyn ReplicaReader) {
+    /// Refreshes which partitions we hold data of (cheap: 16 Merkle reads),
+    /// and drops the data of each partition we no longer own once the
+    /// layout has held for `rebalance_after_ms` and every owner of the
+    /// partition has since been seen holding all of it: an anti-entropy
+    /// session with that owner, begun under this layout and covering the
+    /// partition, found its subtree equal to ours. (Equal digests mean the
+    /// owner serves, hence holds durably, every item we have.) Not a
+    /// consensus: two nodes whose views of the membership disagree for
+    /// longer than the grace period could each drop after confirming with
+    /// the other.
+    pub(super) fn refresh_held(&mut self, now: u64, store: &dyn ReplicaReader) -> Vec<Effect> {
+        let mut out = Vec::new();
+        if self.layout.is_full() {
+            return out;
+        }
+        self.held = held(store).union(&self.mine);
+        let handing_off = self.held.minus(&self.mine);
+        self.progress.held_not_owned = handing_off.len();
+        let mut ops = Vec::new();
+        // Only a layout that held for the grace period: while views of the
+        // membership still disagree, an owner we confirm with may itself
+        // be handing the partition off.
+        let settled = now.saturating_sub(self.layout_since_ms) >= self.config.rebalance_after_ms;
+        let candidates = if settled {
+            handing_off.minus(&self.dropping)
+        } else {
+            Owned::NONE
+        };
+        for p in candidates.iter() {
+            let owners: Vec<&NodeId> = self
+                .layout
+                .owners(p)
+                .iter()
+                .filter(|o| **o != self.node)
+                .collect();
+            let confirmed = self.confirmed.get(&p);
+            if !owners.is_empty()
+                && owners
+                    .iter()
+                    .all(|o| confirmed.is_some_and(|c| c.contains(*o)))
+            {
+                self.dropping.insert(p);
+                ops.push(crate::store::Op::DropPartition(p));
+            }
+        }
+        if !ops.is_empty() {
+            tracing::info!(node = %self.node, partitions = ops.len(), "dropping handed-off partitions");
+            let me = self.node.clone();
+            self.commit(&me, ops, super::PendingKind::Dropped, now, &mut out);
+        }
+        out
+    }
+
+    /// A session with `peer` ended well: `equal` partitions were found
+    /// equal on both sides, `differed` were reconciled (and are checked
+    /// again by a follow-up session when we are handing them off).
+    pub(super) fn session_confirmed(
+        &mut self,
+        peer: &NodeId,
+        equal: Owned,
+        differed: Owned,
+        now: u64,
+    ) {
         if self.layout.is_full() {
             return;
         }
-        self.held = held(store).union(&self.mine);
-        self.progress.held_not_owned = self.held.minus(&self.mine).len();
+        let handing_off = self.held.minus(&self.mine);
+        for p in equal.intersect(&handing_off).iter() {
+            self.confirmed.entry(p).or_default().insert(peer.clone());
+        }
+        if !differed.intersect(&handing_off).is_empty() {
+            let due = now + self.config.ae_after_connect_ms;
+            let p = self.peers.entry(peer.clone()).or_default();
+            p.handoff_due = true;
+            p.ae_due_ms = Some(due);
+        }
+    }
+
+    /// The outcome of a drop commit.
+    pub(super) fn dropped(&mut self, outcomes: &[crate::store::Outcome]) {
+        for o in outcomes {
+            if let crate::store::Outcome::Dropped { keys } = o {
+                self.progress.entries_dropped += keys;
+                self.progress.partitions_dropped += 1;
+            }
+        }
+        self.dropping = Owned::NONE;
     }
 
     /// The trigger of a due (re)connect session with `peer`.

@@ -51,6 +51,9 @@ pub enum Op {
     Entry { key: String, entry: Entry },
     /// After a complete anti-entropy round: we hold all a peer's vector said.
     AdvanceVv(VersionVector),
+    /// Forget the entries of a partition this node no longer owns, once its
+    /// owners hold them (`crate::placement`); a no-op if it owns it again.
+    DropPartition(u8),
 }
 
 impl Op {
@@ -59,7 +62,7 @@ impl Op {
         let key = match self {
             Op::Local { key, .. } | Op::Entry { key, .. } => key,
             Op::Delta(d) => &d.key,
-            Op::AdvanceVv(_) => return false,
+            Op::AdvanceVv(_) | Op::DropPartition(_) => return false,
         };
         crate::model::is_internal(key)
     }
@@ -86,6 +89,10 @@ pub enum Outcome {
         won: bool,
     },
     VvAdvanced,
+    /// Entries (tombstones included) forgotten by `Op::DropPartition`.
+    Dropped {
+        keys: u64,
+    },
 }
 
 struct Builder<'a> {
@@ -107,6 +114,9 @@ struct Builder<'a> {
     touched_vv: BTreeSet<NodeId>,
     /// Partitions stored here; others get stubs (`crate::placement`).
     owned: Owned,
+    /// Persist the Merkle leaves in this group (a partition was dropped:
+    /// replaying the feed at open could not remove its items).
+    force_checkpoint: bool,
 }
 
 /// Builds a group's batch, advancing the writer's state; on `Err` the
@@ -134,6 +144,7 @@ pub(super) fn build(
         runs: BTreeMap::new(),
         touched_vv: BTreeSet::new(),
         owned,
+        force_checkpoint: false,
     };
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
@@ -147,6 +158,7 @@ pub(super) fn build(
             Op::Delta(d) => b.delta(d)?,
             Op::Entry { key, entry } => b.sync_entry(key, entry)?,
             Op::AdvanceVv(vv) => b.advance_vv(&vv),
+            Op::DropPartition(p) => b.drop_partition(p)?,
         };
         outcomes.push(outcome);
     }
@@ -287,6 +299,50 @@ impl Builder<'_> {
         Outcome::VvAdvanced
     }
 
+    /// Removes every entry of partition `p` with its bucket-index record,
+    /// Merkle item and count, unless `p` is owned (again). Internal keys
+    /// stay (every node stores them). Costs the partition's keys.
+    fn drop_partition(&mut self, p: u8) -> Result<Outcome> {
+        if self.owned.contains(p) {
+            return Ok(Outcome::Dropped { keys: 0 });
+        }
+        let mut n = 0;
+        let first = u16::from(p) << 8;
+        for bucket in first..=first | 0xff {
+            let mut members = Vec::new();
+            for item in self.kv.scan_prefix(&keys::bucket_prefix(bucket)) {
+                members.push(item?.0);
+            }
+            for member in members {
+                let Some(key) = keys::suffix_str(&member, 3).map(str::to_string) else {
+                    continue;
+                };
+                if crate::model::is_internal(&key) {
+                    continue;
+                }
+                if let Some(old) = self.current(&key)? {
+                    let d = merkle::item_digest(&key, &old.version, old.is_tombstone());
+                    self.toggle(bucket, d);
+                    let counts = &mut self.st.state.counts;
+                    if old.is_tombstone() {
+                        counts.tombstones = counts.tombstones.saturating_sub(1);
+                    } else {
+                        counts.live = counts.live.saturating_sub(1);
+                    }
+                }
+                self.batch.remove(&member);
+                self.batch.remove(keys::entry(&key));
+                self.pending.insert(key, None);
+                self.st.dirty_chunks.insert(bucket / FANOUT as u16);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.force_checkpoint = true;
+        }
+        Ok(Outcome::Dropped { keys: n })
+    }
+
     /// Replaces a key's entry, keeping Merkle leaf, bucket index and counts in step.
     fn set_entry(&mut self, key: &str, old: Option<Entry>, new: Entry) {
         let bucket = merkle::bucket_of(key);
@@ -347,7 +403,7 @@ impl Builder<'_> {
             return Ok(());
         }
         self.trim_feed()?;
-        if self.st.changes_since_checkpoint >= CHECKPOINT_EVERY {
+        if self.st.changes_since_checkpoint >= CHECKPOINT_EVERY || self.force_checkpoint {
             write_checkpoint(&mut self.batch, self.st);
         }
         let st = &mut self.st.state;
