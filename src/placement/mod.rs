@@ -61,12 +61,17 @@
 //! partitions that peer owns, with each peer that newly owns one of them:
 //! the new owner receives the entries (existing machinery: Merkle descent,
 //! then the differing leaves). Reads and writes go on meanwhile: writes go to
-//! the current owners (the new ones included), reads to any owner.
-//! Progress: [`Progress`] in introspection and `/metrics` (partitions held
-//! but not owned, entries handed off).
+//! the current owners (the new ones included); a read that misses at an
+//! owner is tried at the other owners. Once the layout has held for the
+//! grace period and a session with every owner, begun under it, found the
+//! partition's subtree equal, the old holder drops the partition
+//! (`Op::DropPartition`). Not a consensus: two nodes whose views disagree
+//! for longer than the grace period could each drop after confirming with
+//! the other. Progress: [`Progress`] in introspection and `/metrics`.
 //!
-//! Not done (see README "Sharding"): dropping a handed-off partition's
-//! data from the old owner (it stays until then, counted as `held_not_owned`).
+//! Not done (README "Sharding"): a node down for longer than the log
+//! retention catches up by anti-entropy, but its vector stays behind;
+//! `?w=`/`?r=` quorums do not count owners yet.
 
 pub mod layout;
 pub mod rendezvous;
