@@ -7,7 +7,10 @@
 //! - **writes**: `--writers` concurrent HTTP clients (one keep-alive
 //!   connection each) PUT fresh keys round-robin over all six nodes for
 //!   `--duration`; a 2xx means durable on the owner that took it (a node
-//!   that does not own the key forwards it). Aggregate writes/s.
+//!   that does not own the key forwards it). Aggregate writes/s. Factor 3
+//!   runs twice: writes to any node in turn (half of them forwarded), and
+//!   writes sent straight to the key's first owner (a client that knows
+//!   the layout, computed with `hub::placement::Layout`).
 //! - **disk**: once every owner holds every written key, each node's
 //!   `entries` and on-disk size (`disk_bytes` of `/api/introspection`).
 //! - **rebalance**: a 7th node joins the factor-3 cluster; time from its
@@ -131,9 +134,13 @@ impl Cluster {
     }
 }
 
-/// Writes fresh keys for `d`; returns the keys written.
-async fn load(cl: &Cluster, args: &Args) -> anyhow::Result<Vec<String>> {
+/// Writes fresh keys for `d`, each to the next node in turn, or with
+/// `direct` to the key's first owner (what a client that knows the layout
+/// does: no forwarding hop); returns the keys written.
+async fn load(cl: &Cluster, args: &Args, direct: bool) -> anyhow::Result<Vec<String>> {
     let bases: Vec<String> = cl.procs.iter().map(|p| p.base.clone()).collect();
+    let ids: Vec<hub::model::NodeId> = IDS[..bases.len()].iter().map(|i| common::id(i)).collect();
+    let layout = Arc::new(Layout::compute(ids.clone(), Some(cl.factor)));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let value = vec![b'x'; args.value_bytes];
@@ -141,13 +148,20 @@ async fn load(cl: &Cluster, args: &Args) -> anyhow::Result<Vec<String>> {
     for w in 0..args.writers {
         let (bases, stop, errors, value) =
             (bases.clone(), stop.clone(), errors.clone(), value.clone());
+        let (layout, ids) = (layout.clone(), ids.clone());
         tasks.push(tokio::spawn(async move {
             let client = common::http_client();
             let mut written = Vec::new();
             let mut i = 0usize;
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("w{w}-{i}");
-                let base = &bases[(w + i) % bases.len()];
+                let at = if direct {
+                    let owner = &layout.owners(partition_of(&key))[0];
+                    ids.iter().position(|i| i == owner).unwrap_or(0)
+                } else {
+                    (w + i) % bases.len()
+                };
+                let base = &bases[at];
                 match client
                     .request(
                         Method::PUT,
@@ -217,6 +231,7 @@ struct Figures {
 async fn run_factor(
     factor: usize,
     args: &Args,
+    direct: bool,
     keep: bool,
 ) -> anyhow::Result<(Figures, Option<(Cluster, Vec<String>)>)> {
     let c = common::http_client();
@@ -226,7 +241,7 @@ async fn run_factor(
     }
     cl.wait_layout(&c).await?;
     let started = Instant::now();
-    let keys = load(&cl, args).await?;
+    let keys = load(&cl, args, direct).await?;
     let secs = started.elapsed().as_secs_f64();
     let views = wait_copies(&cl, &c, keys.len()).await?;
     let fig = Figures {
@@ -284,10 +299,10 @@ async fn rebalance(mut cl: Cluster, keys: Vec<String>, args: &Args) -> anyhow::R
     Ok(())
 }
 
-fn print(factor: usize, f: &Figures) {
+fn print(what: &str, f: &Figures) {
     let mb = |b: &u64| format!("{:.1}", *b as f64 / 1e6);
     println!(
-        "R={factor}: {:.0} durable writes/s aggregate ({} keys); entries per node {:?}; disk MB per node [{}]  [load {}]",
+        "{what}: {:.0} durable writes/s aggregate ({} keys); entries per node {:?}; disk MB per node [{}]  [load {}]",
         f.writes_per_s,
         f.keys,
         f.entries,
@@ -304,17 +319,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.value_bytes,
         loadavg()
     );
-    let (full, _) = run_factor(6, &args, false).await.context("factor 6")?;
-    print(6, &full);
-    let (sharded, cluster) = run_factor(3, &args, true).await.context("factor 3")?;
-    print(3, &sharded);
+    let (full, _) = run_factor(6, &args, false, false)
+        .await
+        .context("factor 6")?;
+    print("R=6", &full);
+    let (any, _) = run_factor(3, &args, false, false)
+        .await
+        .context("factor 3")?;
+    print("R=3, writes to any node", &any);
+    let (direct, cluster) = run_factor(3, &args, true, true)
+        .await
+        .context("factor 3 direct")?;
+    print("R=3, writes to an owner", &direct);
     let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
-    println!(
-        "R=3 / R=6: writes/s ×{:.2} (target ≥ 1.5); per key written: disk per node ×{:.2}, entries per node ×{:.2} (R/N = 0.5)",
-        sharded.writes_per_s / full.writes_per_s,
-        (avg(&sharded.disk) / sharded.keys.max(1) as f64) / (avg(&full.disk) / full.keys.max(1) as f64),
-        (avg(&sharded.entries) / sharded.keys.max(1) as f64) / (avg(&full.entries) / full.keys.max(1) as f64),
-    );
+    for (what, f) in [("any node", &any), ("owner", &direct)] {
+        println!(
+            "R=3 ({what}) / R=6: writes/s ×{:.2} (target ≥ 1.5); per key written: disk per node ×{:.2}, entries per node ×{:.2} (R/N = 0.5)",
+            f.writes_per_s / full.writes_per_s,
+            (avg(&f.disk) / f.keys.max(1) as f64) / (avg(&full.disk) / full.keys.max(1) as f64),
+            (avg(&f.entries) / f.keys.max(1) as f64) / (avg(&full.entries) / full.keys.max(1) as f64),
+        );
+    }
     if let Some((cl, keys)) = cluster {
         rebalance(cl, keys, &args).await?;
     }
