@@ -48,6 +48,8 @@ pub enum ClientError {
         status: StatusCode,
         message: String,
     },
+    #[error("{url}: cannot store the answer: {reason}")]
+    Sink { url: String, reason: String },
     #[error("{url} did not answer JSON (status {status})")]
     NotJson { url: String, status: StatusCode },
 }
@@ -200,30 +202,14 @@ impl Client {
         body: impl Into<Bytes>,
         content_type: Option<&str>,
     ) -> Result<Reply, ClientError> {
-        if url.starts_with("https://") && !self.has_ca {
-            return Err(ClientError::NeedCaCert {
-                url: url.to_string(),
-            });
-        }
-        let mut req = hyper::Request::builder().method(method).uri(url);
-        if let Some(ct) = content_type {
-            req = req.header(CONTENT_TYPE, ct);
-        }
-        if let Some(auth) = &self.auth {
-            req = req.header(AUTHORIZATION, auth.clone());
-        }
-        let req = req
-            .body(Full::new(body.into()))
-            .map_err(|e| ClientError::BadUrl {
-                url: url.to_string(),
-                reason: e.to_string(),
-            })?;
-        self.send(req, url).await
+        let req = self.build(method, url, body.into(), content_type)?;
+        self.forward(req, url).await
     }
 
     /// Sends a request built by the caller (its headers as they are: no
-    /// token added) to `url` (for errors) and reads the whole answer.
-    pub async fn send(
+    /// token added; a node forwarding a client's request to an owner) to
+    /// `url` and reads the whole answer.
+    pub async fn forward(
         &self,
         req: hyper::Request<Full<Bytes>>,
         url: &str,
@@ -234,14 +220,7 @@ impl Client {
             });
         }
         let exchange = async {
-            let resp = self
-                .inner
-                .request(req)
-                .await
-                .map_err(|e| ClientError::Connect {
-                    url: url.to_string(),
-                    reason: error_chain(&e),
-                })?;
+            let resp = self.send(url, req).await?;
             let status = resp.status();
             let headers = resp.headers().clone();
             let body = resp
@@ -261,10 +240,106 @@ impl Client {
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| ClientError::Timeout {
+            .map_err(|_| self.timed_out(url))?
+    }
+
+    /// GETs `url` and hands its body to `sink` chunk by chunk as it
+    /// arrives (a large download never sits in memory). The deadline is per
+    /// step: the answer's head, then each chunk. An error status becomes an
+    /// error with the API's message.
+    pub async fn download(
+        &self,
+        url: &str,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<u64, ClientError> {
+        let req = self.build(Method::GET, url, Bytes::new(), None)?;
+        let resp = tokio::time::timeout(self.timeout, self.send(url, req))
+            .await
+            .map_err(|_| self.timed_out(url))??;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let bytes = tokio::time::timeout(self.timeout, body.collect())
+                .await
+                .map_err(|_| self.timed_out(url))?
+                .map(|c| c.to_bytes())
+                .unwrap_or_default();
+            return json_of(
+                url,
+                Reply {
+                    status,
+                    headers: HeaderMap::new(),
+                    body: bytes,
+                },
+            )
+            .map(|_| 0);
+        }
+        let mut total = 0u64;
+        loop {
+            let frame = tokio::time::timeout(self.timeout, body.frame())
+                .await
+                .map_err(|_| self.timed_out(url))?;
+            let Some(frame) = frame else {
+                return Ok(total);
+            };
+            let frame = frame.map_err(|e| ClientError::Connect {
                 url: url.to_string(),
-                secs: self.timeout.as_secs(),
-            })?
+                reason: format!("reading the answer: {}", error_chain(&e)),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                total += data.len() as u64;
+                sink(&data).map_err(|e| ClientError::Sink {
+                    url: url.to_string(),
+                    reason: e.to_string(),
+                })?;
+            }
+        }
+    }
+
+    fn timed_out(&self, url: &str) -> ClientError {
+        ClientError::Timeout {
+            url: url.to_string(),
+            secs: self.timeout.as_secs(),
+        }
+    }
+
+    async fn send(
+        &self,
+        url: &str,
+        req: hyper::Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        self.inner
+            .request(req)
+            .await
+            .map_err(|e| ClientError::Connect {
+                url: url.to_string(),
+                reason: error_chain(&e),
+            })
+    }
+
+    fn build(
+        &self,
+        method: Method,
+        url: &str,
+        body: Bytes,
+        content_type: Option<&str>,
+    ) -> Result<hyper::Request<Full<Bytes>>, ClientError> {
+        if url.starts_with("https://") && !self.has_ca {
+            return Err(ClientError::NeedCaCert {
+                url: url.to_string(),
+            });
+        }
+        let mut req = hyper::Request::builder().method(method).uri(url);
+        if let Some(ct) = content_type {
+            req = req.header(CONTENT_TYPE, ct);
+        }
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        req.body(Full::new(body)).map_err(|e| ClientError::BadUrl {
+            url: url.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// GET `url` and parse its JSON; an error status becomes an error with

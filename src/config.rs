@@ -211,6 +211,17 @@ pub struct ConfigLayer {
     #[arg(long, help_heading = "Cluster")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub commit_queue_len: Option<usize>,
+    /// How long a write with `?w=quorum|all` waits for replicas to hold it
+    /// durably, and a read with `?r=quorum|all` for their answers, before
+    /// 503 quorum_unavailable. Default 2s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Cluster")]
+    #[serde(
+        default,
+        alias = "quorum_timeout_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quorum_timeout: Option<Duration>,
 
     /// Ping period per peer (membership). Default 500ms.
     #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
@@ -539,6 +550,8 @@ pub struct Config {
     pub max_clock_offset: Duration,
     pub accept_clock_ahead: bool,
     pub commit_queue_len: usize,
+    /// How long `w`/`r` above 1 wait for replicas.
+    pub quorum_timeout: Duration,
     /// Validated membership settings (probe interval, detector, removal).
     pub membership: membership::Config,
     /// Validated replication settings (fanout, pull and anti-entropy timers).
@@ -725,6 +738,10 @@ impl Config {
         )?;
         let commit_queue_len =
             positive("commit_queue_len", l.commit_queue_len.unwrap_or(64) as u64)? as usize;
+        let quorum_timeout = nonzero(
+            "quorum_timeout",
+            l.quorum_timeout.unwrap_or(Duration::from_secs(2)),
+        )?;
 
         let replication = replication_config(&l)?;
         let membership = membership_config(&l)?;
@@ -758,6 +775,7 @@ impl Config {
             max_clock_offset,
             accept_clock_ahead: l.accept_clock_ahead.unwrap_or(false),
             commit_queue_len,
+            quorum_timeout,
             membership,
             replication,
             transport,
@@ -1353,6 +1371,12 @@ mod tests {
         assert_eq!(old.replication.ae_interval_ms, 10_000);
         assert_eq!(new.max_clock_offset, Duration::from_millis(250));
         assert_eq!(old.max_clock_offset, new.max_clock_offset);
+        assert_eq!(new.quorum_timeout, Duration::from_secs(2), "default");
+        let q = from("quorum_timeout = \"750ms\"").unwrap();
+        let q_ms = from("quorum_timeout_ms = 750").unwrap();
+        assert_eq!(q.quorum_timeout, Duration::from_millis(750));
+        assert_eq!(q_ms.quorum_timeout, q.quorum_timeout);
+        assert!(from("quorum_timeout = \"0s\"").is_err());
         let err = from("dead_after = \"forever\"").unwrap_err().to_string();
         assert!(err.contains("dead_after"), "{err}");
     }

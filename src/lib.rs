@@ -17,7 +17,9 @@
 //!   Prometheus registry; [`client`]: the one HTTP(S) client of the CLI,
 //!   benchmarks and tests; [`files`]: private file modes;
 //! - [`config`] and [`node`]: one node's settings and its running shell;
-//! - [`workers`]: the status of every background mechanism, in one place.
+//! - [`workers`]: the status of every background mechanism, in one place;
+//! - [`logfields`]: log field text (Display, lists) for operators;
+//! - [`snapshot`]: the snapshot file: save a node, restore a data directory.
 
 pub mod auth;
 pub mod certs;
@@ -28,6 +30,7 @@ pub mod config;
 pub mod discovery;
 pub mod files;
 pub mod http;
+pub mod logfields;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;
@@ -36,6 +39,7 @@ pub mod node;
 pub mod placement;
 pub mod replication;
 pub mod sensors;
+pub mod snapshot;
 pub mod store;
 pub mod transport;
 pub mod workers;

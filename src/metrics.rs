@@ -55,6 +55,19 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// A quorum request's level (`quorum`, `all`) and how it ended
+/// (`reached`, `unavailable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuorumLabel {
+    pub level: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LevelLabel {
+    pub level: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabel {
     version: &'static str,
@@ -76,6 +89,17 @@ pub fn status_class(status: u16) -> &'static str {
         500..=599 => "5xx",
         _ => "other",
     }
+}
+
+/// Seconds from a delta's stamp (`origin_ms`, on the origin's clock) to its
+/// being durable here (`now_ms`, on ours). `offset_ms` is the origin's clock
+/// minus ours as measured ([`crate::clock::offset`]): the stamp is moved
+/// onto our clock by it, so an origin whose clock runs ahead does not look
+/// faster than it is, nor one behind slower. Unknown: taken as 0. Never
+/// negative (the estimate's error is up to half a round trip).
+pub fn replication_delay_s(origin_ms: u64, now_ms: u64, offset_ms: Option<f64>) -> f64 {
+    let ms = now_ms as f64 - origin_ms as f64 + offset_ms.unwrap_or(0.0);
+    ms.max(0.0) / 1000.0
 }
 
 /// The last replicated delta applied here from one origin.
@@ -112,6 +136,11 @@ pub struct Metrics {
     pub watch_cutoffs: Counter,
     /// `/kv` requests forwarded to an owner of the key (`crate::placement`).
     pub forwarded: Counter,
+    /// Writes with `w` above 1, and reads with `r` above 1, by outcome.
+    pub quorum_writes: Family<QuorumLabel, Counter>,
+    pub quorum_reads: Family<QuorumLabel, Counter>,
+    /// Commit start to quorum verdict of `w` above 1 writes.
+    pub quorum_write_duration: Family<LevelLabel, Histogram, fn() -> Histogram>,
     node: String,
     /// The clock block (`hub_clock_*`), see `crate::clock::metrics`.
     clock: crate::clock::metrics::ClockMetrics,
@@ -146,6 +175,9 @@ impl Metrics {
             watch_events: Counter::default(),
             watch_cutoffs: Counter::default(),
             forwarded: Counter::default(),
+            quorum_writes: Family::default(),
+            quorum_reads: Family::default(),
+            quorum_write_duration: Family::new_with_constructor(latency_histogram),
             node: node.to_string(),
             registry: Registry::default(),
             clock: Default::default(),
@@ -200,7 +232,7 @@ impl Metrics {
         );
         registry.register(
             "replication_delay_seconds",
-            "Delay from a delta's origin HLC to its being applied and durable here (other origins only; includes clock offset)",
+            "Delay from a delta's origin HLC to its being applied and durable here (other origins only), corrected by the origin's measured clock offset (hub_clock_peer_offset_seconds) where known",
             m.replication_delay.clone(),
         );
         registry.register(
@@ -233,6 +265,21 @@ impl Metrics {
             "Watchers cut off for falling behind the change feed",
             m.watch_cutoffs.clone(),
         );
+        registry.register(
+            "quorum_writes",
+            "Writes with w=quorum or w=all, by level and outcome (reached, unavailable)",
+            m.quorum_writes.clone(),
+        );
+        registry.register(
+            "quorum_reads",
+            "Reads with r=quorum or r=all, by level and outcome (reached, unavailable)",
+            m.quorum_reads.clone(),
+        );
+        registry.register(
+            "quorum_write_duration_seconds",
+            "Time from a w=quorum or w=all write's commit to its quorum verdict (reached or not), by level",
+            m.quorum_write_duration.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -254,9 +301,16 @@ impl Metrics {
             .observe(seconds);
     }
 
-    /// Records a replicated delta of `origin` made durable here at `now_ms`.
-    pub fn observe_applied(&self, origin: &str, origin_ms: u64, now_ms: u64) {
-        let delay_s = now_ms.saturating_sub(origin_ms) as f64 / 1000.0;
+    /// Records a replicated delta of `origin` made durable here at `now_ms`
+    /// (see [`replication_delay_s`] for `offset_ms`).
+    pub fn observe_applied(
+        &self,
+        origin: &str,
+        origin_ms: u64,
+        now_ms: u64,
+        offset_ms: Option<f64>,
+    ) {
+        let delay_s = replication_delay_s(origin_ms, now_ms, offset_ms);
         self.replication_delay.observe(delay_s);
         let mut a = self.applied.lock().unwrap_or_else(|p| p.into_inner());
         let e = a.entry(origin.to_string()).or_default();
@@ -468,7 +522,7 @@ fn cluster_families(
     now_ms: u64,
 ) -> Vec<Fam> {
     // Per-peer replication counters.
-    let counters: [PeerCounter; 9] = [
+    let counters: [PeerCounter; 12] = [
         (
             "replication_deltas_sent",
             "Deltas sent to the peer (push and pull answers)",
@@ -508,6 +562,21 @@ fn cluster_families(
             "replication_clock_stamps_not_adopted",
             "Message stamps from the peer too far ahead of this node's clock to be adopted (its data is still applied)",
             |s| s.clock_stamps_not_adopted,
+        ),
+        (
+            "replication_acks_sent",
+            "Durable acks sent to the peer for its quorum writes",
+            |s| s.acks_sent,
+        ),
+        (
+            "read_repairs_sent",
+            "Read repairs sent to the peer (it answered a quorum read with an older entry)",
+            |s| s.read_repairs_sent,
+        ),
+        (
+            "read_repairs_received",
+            "Read repairs the peer sent this node",
+            |s| s.read_repairs_received,
         ),
         (
             "replication_bad_messages",
@@ -575,7 +644,7 @@ fn cluster_families(
     );
     let mut lag_s = Fam::gauge(
         "peer_replication_lag_seconds",
-        "Delay from origin HLC to applied here of the peer's last delta applied",
+        "Delay from origin HLC to applied here of the peer's last delta applied, corrected by the peer's measured clock offset where known",
     );
     let mut applied_age = Fam::gauge(
         "peer_last_applied_age_seconds",
@@ -651,4 +720,44 @@ fn cluster_families(
         .with(&[], view.transport.bad_frames as f64),
     ]);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn replication_delay_is_corrected_by_the_origins_measured_clock_offset() {
+        // Stamped at 10.000 s on the origin's clock, durable 50 ms later on
+        // ours, clocks agreeing (or the offset unknown).
+        assert!(close(replication_delay_s(10_000, 10_050, None), 0.05));
+        assert!(close(replication_delay_s(10_000, 10_050, Some(0.0)), 0.05));
+        // The origin runs 2 s ahead (its clock minus ours = +2000 ms): its
+        // 10.000 s is our 8.000 s, so the delta took 2.05 s, not 50 ms.
+        assert!(close(
+            replication_delay_s(10_000, 10_050, Some(2_000.0)),
+            2.05
+        ));
+        // 2 s behind: its 10.000 s is our 12.000 s; durable at our 12.050 s
+        // took 50 ms, not 2.05 s.
+        assert!(close(
+            replication_delay_s(10_000, 12_050, Some(-2_000.0)),
+            0.05
+        ));
+        // The estimate's error cannot make a delay negative.
+        assert_eq!(replication_delay_s(10_000, 10_010, Some(-100.0)), 0.0);
+    }
+
+    #[test]
+    fn the_per_peer_lag_in_seconds_is_the_corrected_delay() {
+        let m = Metrics::new();
+        m.observe_applied("n2", 10_000, 12_050, Some(-2_000.0));
+        let a = m.applied()["n2"];
+        assert!(close(a.delay_s, 0.05), "{}", a.delay_s);
+        assert_eq!(a.at_ms, 12_050);
+    }
 }

@@ -213,6 +213,7 @@ impl Node {
         let (changes, changes_task) = http::watch::ChangeHub::start(
             store.clone(),
             metrics.clone(),
+            committer.clock_gate().clone(),
             config.node_id.clone(),
             stop_rx.clone(),
         );
@@ -226,6 +227,7 @@ impl Node {
             state_limit: config.state_limit,
             history_scan_limit: config.history_scan_limit,
             cluster: cluster.as_ref().map(Cluster::view_watch),
+            quorum: cluster.as_ref().map(Cluster::quorum),
             workers: workers.clone(),
             keys,
             http_url: http_url.clone(),
@@ -506,6 +508,7 @@ async fn cluster_config(config: &Config, listen: SocketAddr) -> Result<ClusterCo
             accept_clock_ahead: config.accept_clock_ahead,
         },
         http_url: None,
+        quorum_timeout: config.quorum_timeout,
     })
 }
 

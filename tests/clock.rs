@@ -76,19 +76,6 @@ impl FakeClock {
     }
 }
 
-fn serve_args(id: &str, data: &Path, certs: &Path, port: u16, join: Option<u16>) -> Vec<String> {
-    let mut args: Vec<String> = ["--node-id", id, "--http", "127.0.0.1:0", "--no-sensors"]
-        .map(String::from)
-        .to_vec();
-    args.extend(["--data-dir".into(), data.display().to_string()]);
-    args.extend(["--certs".into(), certs.display().to_string()]);
-    args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
-    if let Some(j) = join {
-        args.extend(["--join".into(), format!("127.0.0.1:{j}")]);
-    }
-    args
-}
-
 struct Cluster {
     _certs: Certs,
     dir: tempfile::TempDir,
@@ -318,16 +305,38 @@ async fn backward_step_during_operation_fences_the_node_and_later_healthy_writes
     c.converge("k", "healthy-after-step").await;
 }
 
+/// A node n1 alone (no peer to compare clocks with) whose libfaketime
+/// clock starts an hour ahead.
+struct LoneAhead {
+    _certs: Certs,
+    _dir: tempfile::TempDir,
+    clock: FakeClock,
+    args: Vec<String>,
+}
+
+impl LoneAhead {
+    fn new() -> Option<LoneAhead> {
+        let lib = libfaketime()?;
+        let certs = Certs::new(&["n1"]);
+        let dir = tempfile::tempdir().unwrap();
+        let clock = FakeClock::new(dir.path(), lib, "+3600");
+        let port = free_udp_port();
+        let args = serve_args("n1", &dir.path().join("n1"), certs.path(), port, None);
+        Some(LoneAhead {
+            _certs: certs,
+            _dir: dir,
+            clock,
+            args,
+        })
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn high_water_mark_ahead_at_start_refuses_writes_until_the_operator_accepts() {
-    let Some(lib) = libfaketime() else {
+    let Some(lone) = LoneAhead::new() else {
         return;
     };
-    let certs = Certs::new(&["n1"]);
-    let dir = tempfile::tempdir().unwrap();
-    let clock = FakeClock::new(dir.path(), lib, "+3600");
-    let port = free_udp_port();
-    let args = serve_args("n1", &dir.path().join("n1"), certs.path(), port, None);
+    let (clock, args) = (&lone.clock, lone.args.clone());
     let http = http_client();
     // Alone (no peer to compare with), an hour ahead: it writes.
     let n1 = Proc::start_env(&args, &clock.env());
@@ -370,4 +379,181 @@ async fn high_water_mark_ahead_at_start_refuses_writes_until_the_operator_accept
     let url = format!("{}/kv/k", n1.base);
     let (status, body) = call(&http, Method::PUT, &url, "accepted").await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body:?}");
+}
+
+/// The stamp (`version.hlc`) of an answered PUT.
+fn stamp_of(body: &[u8]) -> u64 {
+    let v: Value = serde_json::from_slice(body).unwrap();
+    v["version"]["hlc"].as_u64().unwrap()
+}
+
+/// Writes from `writers` concurrent loops until `acks` PUTs were answered
+/// 200, then kill -9 at once (more writes in flight); the highest stamp
+/// any of them was acknowledged with.
+async fn write_then_kill_9(n: &mut Proc, writers: usize, acks: usize) -> u64 {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let stamps = Arc::new(Mutex::new(Vec::new()));
+    let (count, stop) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (base, stamps, count, stop) =
+            (n.base.clone(), stamps.clone(), count.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = http_client();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let url = format!("{base}/kv/w{w}/{i}");
+                match call(&http, Method::PUT, &url, "ahead").await {
+                    Ok((StatusCode::OK, body)) => {
+                        stamps.lock().unwrap().push(stamp_of(&body));
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // The node was killed under this request.
+                    _ => return,
+                }
+                i += 1;
+            }
+        }));
+    }
+    eventually(
+        "enough writes acknowledged",
+        Duration::from_secs(30),
+        || count.load(Ordering::Relaxed) >= acks,
+    )
+    .await;
+    n.kill_9();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked: Vec<u64> = std::mem::take(&mut *stamps.lock().unwrap());
+    acked.into_iter().max().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_right_after_writes_stamped_ahead_no_later_write_is_stamped_below_them() {
+    let Some(lone) = LoneAhead::new() else {
+        return;
+    };
+    let (clock, args) = (&lone.clock, lone.args.clone());
+    let mut accepted = args.clone();
+    accepted.push("--accept-clock-ahead".into());
+    let http = http_client();
+    for round in 0..4 {
+        // An hour ahead, alone: writes under load, killed right after acks.
+        let mut n1 = Proc::start_env(&args, &clock.env());
+        let acked = write_then_kill_9(&mut n1, 8, 20 + round * 10).await;
+        let real_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            acked >> 16 > real_ms + 3_500_000,
+            "round {round}: not stamped an hour ahead"
+        );
+        // Real time: the acknowledged mark survived the kill, so the
+        // node refuses to write below it ...
+        let mut n1 = Proc::start(&args);
+        let (status, body) = call(&http, Method::PUT, &format!("{}/kv/k", n1.base), "now")
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(
+            status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "round {round}: {text}"
+        );
+        assert!(
+            text.contains("clock_ahead_at_start"),
+            "round {round}: {text}"
+        );
+        n1.kill_9();
+        // ... and, accepted by the operator, stamps above it.
+        let mut n1 = Proc::start(&accepted);
+        let (status, body) = call(&http, Method::PUT, &format!("{}/kv/k", n1.base), "now")
+            .await
+            .unwrap();
+        assert_eq!(status, StatusCode::OK, "round {round}");
+        let stamp = stamp_of(&body);
+        assert!(
+            stamp > acked,
+            "round {round}: the write after restart ({stamp}) is stamped below an acknowledged one ({acked})"
+        );
+        n1.kill_9();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_stamp_far_ahead_is_applied_not_adopted_and_not_adopted_after_kill_9_either() {
+    let Some(lib) = libfaketime() else {
+        return;
+    };
+    let certs = Certs::new(&["n1", "n2", "n3"]);
+    let dir = tempfile::tempdir().unwrap();
+    let clock = FakeClock::new(dir.path(), lib, "+3600");
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let args = |i: usize, join: Option<u16>| {
+        let id = format!("n{}", i + 1);
+        serve_args(&id, &dir.path().join(&id), certs.path(), ports[i], join)
+    };
+    let http = http_client();
+    // n3, alone and an hour ahead, writes k.
+    let n3 = Proc::start_env(&args(2, None), &clock.env());
+    let (status, body) = call(&http, Method::PUT, &format!("{}/kv/k", n3.base), "future")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let future = stamp_of(&body);
+    n3.stop();
+    // n1 and n2 on real time; n3, still ahead, joins: fenced, but its
+    // write replicates.
+    let mut n1 = Proc::start(&args(0, None));
+    let _n2 = Proc::start(&args(1, Some(ports[0])));
+    let _n3 = Proc::start_env(&args(2, Some(ports[0])), &clock.env());
+    let served = |base: String| {
+        let http = http.clone();
+        async move {
+            call(&http, Method::GET, &format!("{base}/kv/k"), "")
+                .await
+                .is_ok_and(|(s, b)| s == StatusCode::OK && b == "future")
+        }
+    };
+    eventually_async("n1 applies n3's write", MESH, || served(n1.base.clone())).await;
+    n1.kill_9();
+    let n1 = Proc::start(&args(0, None));
+    eventually_async("n1 serves k again", MESH, || served(n1.base.clone())).await;
+    // Its clock did not follow the stamp an hour ahead, before or after
+    // the kill: it is not fenced as ahead, and stamps with real time.
+    let url = format!("{}/kv/mine", n1.base);
+    let stamp = std::cell::Cell::new(0);
+    eventually_async("n1 writes", VERDICT, || {
+        let (http, url, stamp) = (&http, &url, &stamp);
+        async move {
+            let (status, body) = call(http, Method::PUT, url, "now").await.unwrap();
+            let text = String::from_utf8_lossy(&body);
+            assert!(!text.contains("clock_ahead_at_start"), "{text}");
+            if status == StatusCode::OK {
+                stamp.set(stamp_of(&body));
+            }
+            status == StatusCode::OK
+        }
+    })
+    .await;
+    let stamp = stamp.get();
+    let real_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        stamp >> 16 <= real_ms && stamp < future,
+        "n1 adopted the stamp an hour ahead: {stamp} (n3's {future})"
+    );
+    let intro = get_json(&http, &format!("{}/api/introspection", n1.base))
+        .await
+        .unwrap();
+    assert_ne!(intro["clock"]["state"], "ahead_at_start", "{intro}");
 }

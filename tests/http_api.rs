@@ -264,7 +264,6 @@ async fn list_pages_by_prefix_and_after_and_skips_deleted_keys() {
         "/kv?limit=0",
         "/kv?limit=abc",
         "/kv?limit=10001",
-        "/kv?colour=red",
         "/kv?limit=-1",
     ] {
         let r = n.get(q).await;
@@ -405,7 +404,6 @@ async fn updates_feed_is_non_consuming_and_pages_by_cursor() {
         "/api/updates?since=abc",
         "/api/updates?since=-1",
         "/api/updates?limit=0",
-        "/api/updates?x=1",
     ] {
         let r = n.get(q).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");

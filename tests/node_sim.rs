@@ -17,9 +17,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use hub::cluster::node_machine::{Input, NodeMachine, Now, Output};
+use hub::cluster::quorum::Level;
 use hub::cluster::Message;
 use hub::membership;
 use hub::model::{Delta, Entry, Hlc, NodeId, VersionVector};
+use hub::replication::quorum::WriteResolved;
+use hub::replication::read_quorum::ReadResolved;
 use hub::store::{Condition, Op, Outcome, Store, StoreConfig};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -50,6 +53,7 @@ fn membership_config() -> membership::Config {
 }
 
 const MAX_OFFSET_MS: u64 = 500;
+const QUORUM_TIMEOUT_MS: u64 = 2_000;
 
 fn clock_config() -> hub::clock::FenceConfig {
     hub::clock::FenceConfig {
@@ -120,6 +124,9 @@ struct Sim {
     /// Every own write ever acknowledged: (origin, seq) → (key, HLC).
     issued: HashMap<(NodeId, u64), (String, Hlc)>,
     events: Events,
+    /// Quorum verdicts the machines gave: (node, write) and (node, read).
+    writes_done: Vec<(usize, WriteResolved)>,
+    reads_done: Vec<(usize, ReadResolved)>,
 }
 
 impl Sim {
@@ -153,6 +160,8 @@ impl Sim {
             net: Net::new(n, faults.link),
             issued: HashMap::new(),
             events: Events::default(),
+            writes_done: Vec::new(),
+            reads_done: Vec::new(),
         };
         for i in 0..n {
             // The first node founds the cluster; the others join through it.
@@ -251,6 +260,8 @@ impl Sim {
                     self.store(i).remove_peer(&peer).unwrap();
                 }
                 Output::WriteFence(_) => {} // read back through `write_fence`
+                Output::WriteDone(done) => self.writes_done.push((i, done)),
+                Output::ReadDone(done) => self.reads_done.push((i, done)),
             }
         }
     }
@@ -319,6 +330,37 @@ impl Sim {
     /// `accept_clock_ahead`, or a clock that stepped between two checks,
     /// lets through).
     fn write_unchecked(&mut self, i: usize, key: &str, value: Option<Vec<u8>>) -> bool {
+        self.local_write(i, key, value, false).is_some()
+    }
+
+    /// A client write with `?w=level` to node `i`, as the HTTP shell does
+    /// it: committed, its deltas pushed asking for acks, then waiting under
+    /// `id` (the verdict lands in `writes_done`). Its seq, unless refused.
+    fn quorum_write(&mut self, i: usize, id: u64, key: &str, level: Level) -> Option<u64> {
+        if self.live(i).machine.write_fence().is_some() || self.clock_refusal(i).is_some() {
+            return None;
+        }
+        let d = self.local_write(i, key, Some(key.as_bytes().to_vec()), true)?;
+        let input = Input::AwaitWrite {
+            id,
+            key: d.key.clone(),
+            seq: d.seq,
+            level,
+            timeout_ms: QUORUM_TIMEOUT_MS,
+        };
+        self.input(i, input);
+        Some(d.seq)
+    }
+
+    /// Applies a local write durably and hands its delta to the machine
+    /// (`for_quorum`: as while a quorum write waits).
+    fn local_write(
+        &mut self,
+        i: usize,
+        key: &str,
+        value: Option<Vec<u8>>,
+        for_quorum: bool,
+    ) -> Option<Delta> {
         let now = self.now_of(i);
         let live = self.live(i);
         let op = Op::Local {
@@ -347,8 +389,15 @@ impl Sim {
             }
         }
         self.events.writes += 1;
-        self.input(i, Input::Committed(Arc::new(written)));
-        true
+        let last = written.last().cloned();
+        let batch = Arc::new(written);
+        let input = if for_quorum {
+            Input::CommittedForQuorum(batch)
+        } else {
+            Input::Committed(batch)
+        };
+        self.input(i, input);
+        last
     }
 
     /// Jumps to the next deadline (a message due or the next tick) and runs
@@ -848,4 +897,107 @@ fn replication_timers_keep_running_after_the_wall_clock_steps_back_an_hour() {
     let took = sim.run_until_converged(5_000);
     assert!(took <= 5_000);
     assert_eq!(value_of(&sim, 1, "lost-push").as_deref(), Some(&b"v"[..]));
+}
+
+/// Stores that durably hold delta `seq` of `origin`.
+fn holders(sim: &Sim, origin: usize, seq: u64) -> usize {
+    let id = &sim.nodes[origin].id;
+    (0..sim.nodes.len())
+        .filter(|&j| sim.alive(j) && sim.store(j).version_vector().get(id) >= seq)
+        .count()
+}
+
+/// Runs until write `id`'s verdict is in (the machine gives one by its
+/// deadline, whatever the network does), and checks it against the
+/// stores at that moment: a write reported acknowledged by `acks` replicas
+/// is durable on at least that many.
+fn await_verdict(sim: &mut Sim, origin: usize, id: u64, seq: u64) -> WriteResolved {
+    let deadline = sim.now + QUORUM_TIMEOUT_MS + 2 * TICK_MS;
+    loop {
+        if let Some(k) = sim.writes_done.iter().position(|(_, d)| d.id == id) {
+            let (i, done) = sim.writes_done.remove(k);
+            assert_eq!(i, origin, "seed {}: verdict from the wrong node", sim.seed);
+            let held = holders(sim, origin, seq);
+            assert!(
+                held >= done.acks,
+                "seed {}: write {id} reported {} acks but is durable on {held} stores",
+                sim.seed,
+                done.acks
+            );
+            return done;
+        }
+        assert!(
+            sim.now <= deadline,
+            "seed {}: write {id} got no verdict by its deadline",
+            sim.seed
+        );
+        sim.step();
+    }
+}
+
+#[test]
+fn acknowledged_quorum_writes_are_durable_on_that_many_replicas_and_a_cut_off_writer_fails() {
+    for_each_seed("quorum simulation", 4, |seed| {
+        let mut rng = StdRng::seed_from_u64(seed ^ 0x0a0c);
+        let mut sim = Sim::new(seed, 3, CALM, 1_000_000);
+        sim.run_until_converged(30_000);
+        sim.run_for(GRACE_MS);
+        let mut id = 0;
+        let mut calm = 0;
+        // A calm network: every quorum write is acknowledged in time.
+        for round in 0..20 {
+            let i = rng.gen_range(0..3);
+            let level = if round % 2 == 0 {
+                Level::Quorum
+            } else {
+                Level::All
+            };
+            id += 1;
+            let Some(seq) = sim.quorum_write(i, id, &format!("k{}", round % 5), level) else {
+                continue;
+            };
+            let done = await_verdict(&mut sim, i, id, seq);
+            assert!(
+                done.reached(),
+                "seed {seed}: calm write {id} failed: {done:?}"
+            );
+            assert_eq!(done.replicas, 3);
+            calm += 1;
+        }
+        assert_eq!(calm, 20, "seed {seed}: writes refused");
+        // Drops, duplicates and reordering: acks and pushes get lost, the
+        // probes and pulls recover most; every verdict is still truthful.
+        sim.net.link = Link {
+            drop: 0.1,
+            dup: 0.05,
+            max_delay_ms: 30,
+        };
+        let mut reached = 0;
+        for round in 0..20 {
+            let i = rng.gen_range(0..3);
+            id += 1;
+            let Some(seq) = sim.quorum_write(i, id, &format!("k{}", round % 5), Level::Quorum)
+            else {
+                continue;
+            };
+            reached += usize::from(await_verdict(&mut sim, i, id, seq).reached());
+        }
+        assert!(
+            reached > 10,
+            "seed {seed}: only {reached} of 20 lossy writes reached quorum"
+        );
+        // Cut off: a quorum is impossible, the write fails at its deadline
+        // with this node's own ack only; it is not undone.
+        sim.net.link = CALM.link;
+        sim.net.side[0] = 1;
+        id += 1;
+        let started = sim.now;
+        let seq = sim.quorum_write(0, id, "cut", Level::Quorum).unwrap();
+        let done = await_verdict(&mut sim, 0, id, seq);
+        assert!(!done.reached() && done.acks == 1, "seed {seed}: {done:?}");
+        assert!(sim.now >= started + QUORUM_TIMEOUT_MS);
+        sim.heal();
+        sim.run_until_converged(30_000);
+        assert_everywhere(&sim, "cut", b"cut");
+    });
 }

@@ -454,6 +454,68 @@ async fn watch_streams_local_and_replicated_changes_and_resumes_without_gaps() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn since_0_starts_at_the_first_change_in_updates_and_watch_alike_and_pages_never_repeat() {
+    let certs = Certs::new(&["a"]);
+    let a = TestNode::start(Spec::new("a", certs.path())).await;
+    let base = a.base();
+    let keys: Vec<String> = (0..7).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        a.put(k, "1").await;
+    }
+    let c = http_client();
+    // Pages of two from since=0 to the end: every change once, in order,
+    // the very first one included.
+    let (mut since, mut paged) = ("0".to_string(), Vec::new());
+    loop {
+        let url = format!("{base}/api/updates?since={since}&limit=2");
+        let p = get_json(&c, &url).await.unwrap();
+        let page = p["updates"].as_array().unwrap().clone();
+        if p["next"] == since.as_str() {
+            assert!(page.is_empty(), "{p}");
+            break;
+        }
+        paged.extend(page.iter().map(|u| {
+            (
+                u["cursor"].as_str().unwrap().to_string(),
+                u["key"].as_str().unwrap().to_string(),
+            )
+        }));
+        since = p["next"].as_str().unwrap().to_string();
+    }
+    let paged_keys: Vec<&String> = paged.iter().map(|(_, k)| k).collect();
+    assert_eq!(paged_keys, keys.iter().collect::<Vec<_>>(), "{paged:?}");
+    // No `since` is the same as since=0.
+    let from_start = get_json(&c, &format!("{base}/api/updates?limit=2"))
+        .await
+        .unwrap();
+    assert_eq!(from_start["updates"][0]["key"], "k0");
+    // The stream from since=0 has the same first change and the same ids.
+    let b = base.clone();
+    let streamed = blocking(move || {
+        let mut w = Sse::open(&b, "?since=0", &[]).unwrap();
+        (0..7)
+            .map(|_| {
+                let e = w.next();
+                (
+                    e.id.unwrap().to_string(),
+                    e.data["key"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    assert_eq!(streamed, paged);
+    // Last-Event-ID of the third change resumes at the fourth, no repeat.
+    let (b, third) = (base.clone(), paged[2].0.clone());
+    let resumed = blocking(move || {
+        let mut w = Sse::open(&b, "", &[("Last-Event-ID", &third)]).unwrap();
+        w.next().data["key"].as_str().unwrap().to_string()
+    })
+    .await;
+    assert_eq!(resumed, "k3");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_stops_reading_is_cut_off_with_where_to_resume_and_writes_never_wait() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = hub::config::Config::for_test("n1", dir.path().join("data")).unwrap();
@@ -672,4 +734,155 @@ async fn the_dashboard_page_is_served_over_https_without_a_token_but_its_data_ne
         .unwrap();
     assert_eq!(v["node_id"], "n1");
     node.shutdown().await;
+}
+
+// ---------------------------------------------------------------- hub status, real processes
+
+/// Three `hub serve` processes that see each other.
+async fn three_processes(certs: &Certs, dir: &std::path::Path) -> Vec<Proc> {
+    let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
+    let nodes: Vec<Proc> = ["a", "b", "c"]
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let join = (i > 0).then_some(ports[0]);
+            Proc::start(&serve_args(id, &dir.join(id), certs.path(), ports[i], join))
+        })
+        .collect();
+    let c = http_client();
+    eventually_async("three processes see each other", MESH, || async {
+        let mut all = true;
+        for n in &nodes {
+            let m = get_json(&c, &format!("{}/api/membership", n.base)).await;
+            all &= m.is_some_and(|m| m["alive_peers"] == 2);
+        }
+        all
+    })
+    .await;
+    nodes
+}
+
+/// `hub status --watch`: each redraw (after its clear-screen) as it comes.
+struct StatusWatch {
+    child: std::process::Child,
+    redraws: std::sync::mpsc::Receiver<String>,
+}
+
+impl StatusWatch {
+    const CLEAR: &'static str = "\x1b[2J\x1b[H";
+
+    fn start(node: &str) -> StatusWatch {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hub"))
+            .args(["status", "--node", node, "--watch", "--interval", "200ms"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = child.stdout.take().unwrap();
+        let (tx, redraws) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut buf, mut text) = ([0u8; 4096], String::new());
+            while let Ok(n) = out.read(&mut buf) {
+                if n == 0 {
+                    return;
+                }
+                text.push_str(&String::from_utf8_lossy(&buf[..n]));
+                // A redraw is complete when the next one starts.
+                while let Some(at) = text[Self::CLEAR.len().min(text.len())..]
+                    .find(Self::CLEAR)
+                    .map(|i| i + Self::CLEAR.len())
+                {
+                    let redraw = text[Self::CLEAR.len()..at].to_string();
+                    text.drain(..at);
+                    if tx.send(redraw).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        StatusWatch { child, redraws }
+    }
+
+    /// The next redraw for which `f` holds, within `within`.
+    fn until(&self, within: Duration, f: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.redraws.recv_timeout(left) {
+                Ok(r) if f(&r) => return r,
+                Ok(_) => {}
+                Err(e) => panic!("no such redraw of hub status --watch: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for StatusWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The table row of `node` in a redraw of `hub status`.
+fn row<'a>(table: &'a str, node: &str) -> Vec<&'a str> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cells| cells.first() == Some(&node))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_status_watch_redraws_live_and_the_exit_code_follows_a_kill_9() {
+    let certs = Certs::new(&["a", "b", "c"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_processes(&certs, dir.path()).await;
+    let a = nodes[0].base.clone();
+    let (code, out, err) = blocking({
+        let a = a.clone();
+        move || hub_status(&["--node", &a])
+    })
+    .await;
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Two redraws of every member, healthy; the process keeps running.
+    let watch = StatusWatch::start(&a);
+    let healthy = |t: &str| {
+        t.starts_with("NODE")
+            && ["a", "b", "c"].iter().all(|n| row(t, n).len() > 3)
+            && t.contains("\nhealthy\n")
+    };
+    let wait = Duration::from_secs(30);
+    tokio::task::block_in_place(|| {
+        watch.until(wait, healthy);
+        watch.until(wait, healthy);
+    });
+    // Live: a write shows in a later redraw, on every member.
+    let http = http_client();
+    let (status, _) = call(&http, Method::PUT, &format!("{a}/kv/x"), "1")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    tokio::task::block_in_place(|| {
+        watch.until(wait, |t| {
+            ["a", "b", "c"]
+                .iter()
+                .all(|n| row(t, n).get(3) == Some(&"1"))
+        })
+    });
+    // kill -9 of c: the redraw says so, and `hub status` exits non-zero.
+    nodes[2].kill_9();
+    let down = tokio::task::block_in_place(|| {
+        watch.until(wait, |t| t.contains("NOT HEALTHY") && t.contains("c "))
+    });
+    assert!(row(&down, "a").len() > 3, "{down}");
+    let mut watch = watch;
+    assert!(
+        watch.child.try_wait().unwrap().is_none(),
+        "--watch keeps running while the cluster is not healthy"
+    );
+    let (code, out, err) = blocking(move || hub_status(&["--node", &a])).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("NOT HEALTHY"), "{out}");
+    assert!(err.contains("not healthy") && err.contains('c'), "{err}");
 }

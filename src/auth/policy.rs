@@ -28,6 +28,8 @@ pub fn required(method: &axum::http::Method, path: &str) -> Access {
             Access::Public
         }
         "/api/sync" => role(Role::Admin, true),
+        // The whole store, API key hashes included: admin only.
+        "/api/snapshot" => role(Role::Admin, true),
         p if p == "/api/keys" || p.starts_with("/api/keys/") => role(Role::Admin, true),
         p if p == "/kv" || p.starts_with("/kv/") => {
             role(if reading { Role::Read } else { Role::Write }, false)

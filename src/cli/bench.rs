@@ -7,6 +7,8 @@
 //! readings. `https://` URLs with `--cacert`, and `--token` for nodes with
 //! auth, measure the secured path.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -139,6 +141,21 @@ async fn measure(
     let run_id = std::process::id().wrapping_mul(16).wrapping_add(n as u32);
     let deadline = Instant::now() + common.duration;
     let started = Instant::now();
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = {
+        let done = done.clone();
+        let total = common.duration;
+        let label = label.to_string();
+        super::progress::Progress::start(move |elapsed| {
+            let items = done.load(Ordering::Relaxed) * items_per_req as u64;
+            format!(
+                "progress: {:.0} of {:.0} s, {items} {label} ({:.0} {label}/s)",
+                elapsed.as_secs_f64(),
+                total.as_secs_f64(),
+                items as f64 / elapsed.as_secs_f64().max(1e-3)
+            )
+        })
+    };
     let mut tasks = Vec::new();
     for client in 0..common.clients {
         let base = base.clone();
@@ -152,8 +169,9 @@ async fn measure(
                 sensors: (*sensors).max(1),
             },
         };
+        let done = done.clone();
         tasks.push(tokio::spawn(async move {
-            client_loop(client, run_id, &base, &http, kind, deadline).await
+            client_loop(client, run_id, &base, &http, kind, deadline, &done).await
         }));
     }
     let mut all = Vec::new();
@@ -165,6 +183,7 @@ async fn measure(
         errors += r.errors;
         first_error = first_error.or(r.first_error);
     }
+    drop(progress);
     let elapsed = started.elapsed().as_secs_f64();
     all.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -250,8 +269,9 @@ async fn fill_to_retention(common: &Common, url: &str) -> anyhow::Result<u64> {
                 batch: 1000,
                 sensors: 100,
             };
+            let done = Arc::new(AtomicU64::new(0));
             tasks.push(tokio::spawn(async move {
-                client_loop(client, run_id, &base, &http, work, deadline).await
+                client_loop(client, run_id, &base, &http, work, deadline, &done).await
             }));
         }
         for t in tasks {
@@ -275,6 +295,7 @@ async fn client_loop(
     http: &Client,
     work: Work,
     deadline: Instant,
+    done: &AtomicU64,
 ) -> anyhow::Result<ClientResult> {
     let mut res = ClientResult {
         latencies_us: Vec::with_capacity(1 << 16),
@@ -319,6 +340,7 @@ async fn client_loop(
             .await
             .context("request failed")?;
         let us = t0.elapsed().as_micros().min(u32::MAX as u128) as u32;
+        done.fetch_add(1, Ordering::Relaxed);
         if reply.status.is_success() {
             res.latencies_us.push(us);
         } else {

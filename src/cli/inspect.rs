@@ -8,15 +8,16 @@ use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use hub::http::api::{change_json, entry_json, merkle_json};
+use hub::http::api::{change_json, changes_after, entry_json, merkle_json};
 use hub::merkle::NodeRef;
 use hub::model::validate_key;
 use hub::store::Store;
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("source").required(true).args(["data_dir", "node"])))]
 pub struct InspectArgs {
     /// A stopped node's data directory.
-    #[arg(long, conflicts_with = "node", required_unless_present = "node")]
+    #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// A running node's address, e.g. http://127.0.0.1:8080 or https://10.0.0.5:8080.
     #[arg(long)]
@@ -130,8 +131,7 @@ fn offline(dir: &std::path::Path, view: &View) -> anyhow::Result<Value> {
             }
         }
         View::Log { since, limit } => {
-            let changes = store.changes(*since, *limit)?;
-            let next = changes.last().map(|(i, _)| *i).or(*since).unwrap_or(0);
+            let (changes, next) = changes_after(&store, since.unwrap_or(0), *limit)?;
             let updates: Vec<Value> = changes.iter().map(|(i, c)| change_json(*i, c)).collect();
             json!({ "updates": updates, "next": next.to_string() })
         }

@@ -1,12 +1,15 @@
-//! Command line: `hub serve | demo | inspect | certs | keys | bench`.
+//! Command line: `hub serve | demo | inspect | certs | keys | bench | status |
+//! snapshot | completions | man`.
 
 pub mod bench;
 pub mod demo;
 pub mod inspect;
 pub mod keys;
 pub mod probe;
+pub mod progress;
 pub mod remote;
 pub mod serve;
+pub mod snapshot;
 pub mod status;
 
 use std::process::ExitCode;
@@ -16,7 +19,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(
     name = "hub",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (git ", env!("HUB_GIT_REV"), ")"),
     about = "A leaderless, persistent replication engine"
 )]
 pub struct Cli {
@@ -54,13 +57,25 @@ pub enum Command {
     Status(status::StatusArgs),
     /// Exit 0 when this host's node answers /health (the image's HEALTHCHECK).
     Probe(probe::ProbeArgs),
+    /// Save a node to a snapshot file, or make a data directory from one.
+    Snapshot(snapshot::SnapshotArgs),
+    /// Print a shell completion script: `hub completions bash > /etc/bash_completion.d/hub`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `hub man > hub.1`.
+    Man,
 }
 
 fn init_logging(format: LogFormat, default: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
+    // Colour codes only for a person at a terminal, never into a file or pipe.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Pretty => builder.try_init(),
@@ -95,6 +110,18 @@ pub fn main() -> ExitCode {
             Command::Keys(args) => keys::run(args).await,
             Command::Probe(args) => probe::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Snapshot(args) => snapshot::run(args).await,
+            Command::Completions { shell } => {
+                let mut cmd = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut cmd, "hub", &mut std::io::stdout());
+                Ok(())
+            }
+            Command::Man => {
+                let cmd = <Cli as clap::CommandFactory>::command();
+                clap_mangen::Man::new(cmd)
+                    .render(&mut std::io::stdout())
+                    .map_err(anyhow::Error::from)
+            }
         }
     });
     match result {

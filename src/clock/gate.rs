@@ -24,6 +24,9 @@ pub struct ClockGate(Arc<Inner>);
 struct Inner {
     base: Instant,
     verdict: watch::Sender<Option<Verdict>>,
+    /// A cluster driver will publish verdicts: until its first, local
+    /// writes wait (see [`ClockGate::expect_verdict`]).
+    expected: std::sync::atomic::AtomicBool,
 }
 
 impl Default for ClockGate {
@@ -33,12 +36,26 @@ impl Default for ClockGate {
 }
 
 impl ClockGate {
-    /// A gate without a verdict: writes pass (a node without a cluster).
+    /// A gate without a verdict: writes pass (a node without a cluster)
+    /// unless [`ClockGate::expect_verdict`] is called.
     pub fn new() -> ClockGate {
         ClockGate(Arc::new(Inner {
             base: Instant::now(),
             verdict: watch::Sender::new(None),
+            expected: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// Called by the cluster driver before the node serves: from now on a
+    /// local write waits for the fence's first verdict instead of passing.
+    /// Without this, a write arriving between the HTTP server's start and
+    /// the driver's first step went through unjudged — after a restart with
+    /// a high-water mark far ahead, one write slipped past the
+    /// `ahead_at_start` refusal.
+    pub fn expect_verdict(&self) {
+        self.0
+            .expected
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Both clocks, read now.
@@ -62,6 +79,12 @@ impl ClockGate {
     pub fn check(&self) -> Result<(), Refusal> {
         let guard = self.0.verdict.borrow();
         let Some(v) = guard.as_ref() else {
+            if self.0.expected.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(Refusal {
+                    code: "clock_unverified",
+                    message: "the node is starting: its clock has not been judged yet".into(),
+                });
+            }
             return Ok(());
         };
         if let Some(r) = &v.refusal {
@@ -101,5 +124,29 @@ impl ClockGate {
                 other => return other,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::FenceState;
+
+    #[test]
+    fn a_gate_that_expects_a_verdict_refuses_writes_until_the_first_one() {
+        let gate = ClockGate::new();
+        assert!(gate.check().is_ok(), "no cluster: nothing to wait for");
+        gate.expect_verdict();
+        assert_eq!(gate.check().unwrap_err().code, "clock_unverified");
+        gate.publish(Verdict {
+            state: FenceState::Ok,
+            refusal: None,
+            cluster_offset_ms: Some(0.0),
+            max_clock_offset_ms: 500.0,
+            peers: Vec::new(),
+            wall_minus_mono_us: gate.now().wall_minus_mono_us(),
+            accept_clock_ahead: false,
+        });
+        assert!(gate.check().is_ok());
     }
 }

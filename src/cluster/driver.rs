@@ -21,12 +21,14 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 
 use super::node_machine::{Input, NodeMachine, Now, Output, CONTACT_GRACE_MS};
+use super::quorum::{QuorumInbox, Request};
 use super::{ClusterConfig, ClusterError, ClusterView, Message, SelfView};
 use crate::clock::ClockGate;
 use crate::model::{Delta, NodeId};
@@ -37,6 +39,9 @@ use crate::transport::{Incoming, Transport, TransportStats};
 use crate::workers::{StatusSource, Worker, Workers};
 
 /// How often protocol timers run; the machine tolerates any finer tick.
+/// Start-up wait of a node restored under its own id: in effect forever (a
+/// year), since writing without the check could reuse a sequence number.
+const RESTORED_GRACE_MS: u64 = 365 * 24 * 3600 * 1000;
 const TICK: Duration = Duration::from_millis(20);
 /// How often the snapshot for the HTTP API is refreshed.
 const VIEW_EVERY: Duration = Duration::from_millis(200);
@@ -73,6 +78,22 @@ pub(super) struct Driver {
     in_flight: VecDeque<(u64, Pending)>,
     commit_queue_len: usize,
     status: DriverWorkers,
+    /// Quorum requests waiting for the machine's answer, by id.
+    quorum_replies: QuorumReplies,
+}
+
+/// Where each waiting quorum request's answer goes.
+#[derive(Default)]
+struct QuorumReplies {
+    next_id: u64,
+    writes: std::collections::HashMap<
+        u64,
+        tokio::sync::oneshot::Sender<crate::replication::quorum::WriteResolved>,
+    >,
+    reads: std::collections::HashMap<
+        u64,
+        tokio::sync::oneshot::Sender<crate::replication::read_quorum::ReadResolved>,
+    >,
 }
 
 /// The workers this task runs (see [`crate::workers`]).
@@ -120,6 +141,17 @@ impl Driver {
         workers: &Workers,
     ) -> Result<(Driver, watch::Receiver<Arc<ClusterView>>), ClusterError> {
         let advertised = config.advertise.unwrap_or(quic_addr);
+        // Restored from a snapshot under its own id: writes it made after
+        // the snapshot may live on peers, so no grace period — local writes
+        // wait for a peer's vector however long that takes (see
+        // `crate::snapshot::restore`).
+        let restored = store.restored();
+        let contact_grace_ms = if restored {
+            tracing::warn!(node = %config.node_id, "restored from a snapshot: local writes wait until a peer has shown which of this node's writes it holds");
+            RESTORED_GRACE_MS
+        } else {
+            CONTACT_GRACE_MS
+        };
         // Wall-clock milliseconds at start: grows across restarts, so peers
         // prefer what this incarnation says over a previous one.
         let mut machine = NodeMachine::new(
@@ -128,12 +160,13 @@ impl Driver {
             wall_ms(),
             config.membership.clone(),
             config.replication.clone(),
-            CONTACT_GRACE_MS,
+            contact_grace_ms,
             config.clock.clone(),
             rand::random(),
         )?;
         machine.set_http(config.http_url.clone());
         machine.set_placement(placement);
+        committer.clock_gate().expect_verdict();
         let mut driver = Driver {
             node: config.node_id.clone(),
             clock: committer.clock_gate().clone(),
@@ -146,6 +179,12 @@ impl Driver {
             in_flight: VecDeque::new(),
             commit_queue_len: config.commit_queue_len.max(1),
             status: DriverWorkers::register(workers),
+            quorum_replies: QuorumReplies {
+                // Read ids travel in requests to peers: a random base keeps
+                // a previous incarnation's late replies from matching.
+                next_id: rand::random::<u64>() >> 1,
+                ..Default::default()
+            },
         };
         let view_rx = driver.view_tx.subscribe();
         driver.publish_view();
@@ -163,6 +202,7 @@ impl Driver {
         mut stop: watch::Receiver<bool>,
         join: Vec<SocketAddr>,
         mut discovered: mpsc::Receiver<crate::discovery::Discovered>,
+        mut quorum: QuorumInbox,
     ) {
         let mut oldest: Waiting<CommitResult> = None;
         let mut submitting: Waiting<Result<Pending, CommitError>> = None;
@@ -200,7 +240,8 @@ impl Driver {
             let first = tokio::select! {
                 _ = stop.changed() => break,
                 Some(inc) = incoming.recv(), if room => self.input_of(inc),
-                Some(batch) = deltas.recv() => Some(Input::Committed(batch)),
+                Some(batch) = deltas.recv() => Some(committed(batch, &quorum.waiting)),
+                Some(req) = quorum.rx.recv() => Some(self.quorum_input(req, quorum.timeout)),
                 result = next_of(&mut oldest) => oldest.take().map(|(tag, _)| Input::CommitDone {
                     tag,
                     result: result.map_err(|e| e.to_string()),
@@ -228,7 +269,7 @@ impl Driver {
             let mut inputs: Vec<Input> = first.into_iter().collect();
             while inputs.len() < MAX_STEP_INPUTS {
                 let next = if let Ok(batch) = deltas.try_recv() {
-                    Some(Input::Committed(batch))
+                    Some(committed(batch, &quorum.waiting))
                 } else if let Some(inc) = room.then(|| incoming.try_recv().ok()).flatten() {
                     self.input_of(inc)
                 } else {
@@ -257,6 +298,41 @@ impl Driver {
             .await;
         self.status.stopped();
         tracing::info!(node = %self.node, "cluster driver stopped");
+    }
+
+    /// The machine's input for a quorum request; its answer channel waits
+    /// here under a fresh id.
+    fn quorum_input(&mut self, req: Request, timeout: Duration) -> Input {
+        let r = &mut self.quorum_replies;
+        r.next_id = r.next_id.wrapping_add(1);
+        let id = r.next_id;
+        let timeout_ms = timeout.as_millis() as u64;
+        match req {
+            Request::Write {
+                key,
+                seq,
+                level,
+                reply,
+            } => {
+                r.writes.insert(id, reply);
+                Input::AwaitWrite {
+                    id,
+                    key,
+                    seq,
+                    level,
+                    timeout_ms,
+                }
+            }
+            Request::Read { key, level, reply } => {
+                r.reads.insert(id, reply);
+                Input::Read {
+                    id,
+                    key,
+                    level,
+                    timeout_ms,
+                }
+            }
+        }
     }
 
     /// The machine's input for a transport event (connection changes are
@@ -350,11 +426,31 @@ impl Driver {
                     }
                     None => tracing::info!(node = %self.node, "local writes accepted"),
                 }
+                if reason.is_none() && self.store.restored() {
+                    // Checked against a peer: the next start is a plain restart.
+                    let store = self.store.clone();
+                    let node = self.node.clone();
+                    tokio::task::spawn_blocking(move || {
+                        if let Err(e) = store.clear_restored() {
+                            tracing::warn!(node = %node, error = %e, "cannot clear the restored-from-snapshot mark");
+                        }
+                    });
+                }
                 self.committer.fence().set(reason);
             }
             // The record is deleted in the blocking step.
             Output::Forget { addr, .. } => self.transport.remove_peer(addr),
             Output::Persist { .. } => {} // written in the blocking step
+            Output::WriteDone(done) => {
+                if let Some(reply) = self.quorum_replies.writes.remove(&done.id) {
+                    let _ = reply.send(done);
+                }
+            }
+            Output::ReadDone(done) => {
+                if let Some(reply) = self.quorum_replies.reads.remove(&done.id) {
+                    let _ = reply.send(done);
+                }
+            }
         }
     }
 
@@ -372,15 +468,32 @@ impl Driver {
             .as_ref()
             .map_or_else(|| addr.to_string(), |t| t.to_string());
         let (clock, mut deltas, rebuild): (_, _, fn(_, Vec<Delta>) -> Msg) = match (&e, msg) {
-            (SendError::Frame(_), Message::Replication(Msg::Push { clock, deltas })) => {
-                (clock, deltas, |clock, deltas| Msg::Push { clock, deltas })
+            (SendError::Frame(_), Message::Replication(Msg::Push { clock, deltas, ack })) => {
+                let rebuild: fn(_, Vec<Delta>) -> Msg = if ack {
+                    |clock, deltas| Msg::Push {
+                        clock,
+                        deltas,
+                        ack: true,
+                    }
+                } else {
+                    |clock, deltas| Msg::Push {
+                        clock,
+                        deltas,
+                        ack: false,
+                    }
+                };
+                (clock, deltas, rebuild)
             }
             // A pull answer goes as pushes (applied the same way); the
             // unanswered pull times out and the puller asks again.
             (
                 SendError::Frame(_),
                 Message::Replication(Msg::PullResponse { clock, deltas, .. }),
-            ) => (clock, deltas, |clock, deltas| Msg::Push { clock, deltas }),
+            ) => (clock, deltas, |clock, deltas| Msg::Push {
+                clock,
+                deltas,
+                ack: false,
+            }),
             (_, m) => {
                 let kind = match &m {
                     Message::Membership(m) => m.kind(),
@@ -446,7 +559,7 @@ impl Driver {
                     self.status.commits.error(now, e);
                     tracing::error!(node = %self.node, error = %e, "replicated write failed");
                 }
-                Input::Committed(_) => self.status.push.ok(now),
+                Input::Committed(_) | Input::CommittedForQuorum(_) => self.status.push.ok(now),
                 Input::Tick => self.status.membership.ok(now),
                 _ => {}
             }
@@ -500,6 +613,16 @@ impl Driver {
             .observe(now, ae_runs, ae_failures, last_failure);
         w.anti_entropy
             .set_queue(replication.anti_entropy_active as u64);
+    }
+}
+
+/// A durable batch as the machine's input: asking for acks while a quorum
+/// write waits (its delta may be in this batch).
+fn committed(batch: Arc<Vec<Delta>>, quorum_writes: &AtomicUsize) -> Input {
+    if quorum_writes.load(Ordering::SeqCst) > 0 {
+        Input::CommittedForQuorum(batch)
+    } else {
+        Input::Committed(batch)
     }
 }
 

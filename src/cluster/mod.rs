@@ -15,6 +15,7 @@
 
 mod driver;
 pub mod node_machine;
+pub mod quorum;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -59,6 +60,8 @@ pub struct ClusterConfig {
     pub clock: crate::clock::FenceConfig,
     /// The client (HTTP) base URL advertised to peers.
     pub http_url: Option<String>,
+    /// How long a write or read with `w`/`r` above 1 waits for replicas.
+    pub quorum_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,6 +115,7 @@ pub struct Cluster {
     quic_addr: SocketAddr,
     discovered: mpsc::Sender<crate::discovery::Discovered>,
     placement: Arc<crate::placement::PlacementHandle>,
+    quorum: quorum::QuorumClient,
 }
 
 impl Cluster {
@@ -148,14 +152,16 @@ impl Cluster {
         // Small: discovery hands over at most one address per heard node
         // per retry period.
         let (discovered, discovered_rx) = mpsc::channel(64);
+        let (quorum, quorum_inbox) = quorum::channel(config.quorum_timeout);
         let task = tokio::spawn(driver.run(
             incoming,
             deltas,
             stop_rx,
             config.join.clone(),
             discovered_rx,
+            quorum_inbox,
         ));
-        tracing::info!(node = %config.node_id, quic = %quic_addr, join = ?config.join, "cluster started");
+        tracing::info!(node = %config.node_id, quic = %quic_addr, join = %crate::logfields::list(&config.join), joins = config.join.len(), "cluster started");
         Ok(Cluster {
             view,
             stop,
@@ -164,12 +170,18 @@ impl Cluster {
             quic_addr,
             discovered,
             placement,
+            quorum,
         })
     }
 
     /// Partition owners and where to forward (`crate::placement`).
     pub fn placement(&self) -> Arc<crate::placement::PlacementHandle> {
         self.placement.clone()
+    }
+
+    /// The handle write and read quorums wait through.
+    pub fn quorum(&self) -> quorum::QuorumClient {
+        self.quorum.clone()
     }
 
     /// Where LAN discovery sends the nodes it hears; each becomes a join

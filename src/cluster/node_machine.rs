@@ -47,10 +47,13 @@ use std::sync::Arc;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use super::quorum::{replicas_for, Level};
 use super::{ClusterView, Message, SelfView};
 use crate::clock::{Fence, FenceConfig, FenceState, Verdict};
 use crate::membership::{self, Membership, Status};
 use crate::model::{Delta, NodeId};
+use crate::replication::quorum::{QuorumTracker, WriteResolved};
+use crate::replication::read_quorum::{ReadAction, ReadCoordinator, ReadResolved};
 use crate::replication::{self, Msg, ReplicaReader, ReplicationConfig, Replicator};
 use crate::store::{Op, Outcome, PeerRecord};
 use crate::transport::TransportStats;
@@ -73,6 +76,26 @@ pub enum Input {
     },
     /// Deltas the committer just made durable (own writes and received ones).
     Committed(Arc<Vec<Delta>>),
+    /// [`Input::Committed`] while a quorum write waits: own deltas go to
+    /// every live peer, asking for durable acks.
+    CommittedForQuorum(Arc<Vec<Delta>>),
+    /// Own write `seq` of `key` (durable here) waits for `level` replicas;
+    /// answered by [`Output::WriteDone`] with `id`.
+    AwaitWrite {
+        id: u64,
+        key: String,
+        seq: u64,
+        level: Level,
+        timeout_ms: u64,
+    },
+    /// A client reads `key` from `level` replicas; answered by
+    /// [`Output::ReadDone`] with `id`.
+    Read {
+        id: u64,
+        key: String,
+        level: Level,
+        timeout_ms: u64,
+    },
     /// The outcome of an [`Output::Commit`]; `Err` carries the reason.
     CommitDone {
         tag: u64,
@@ -102,6 +125,10 @@ pub enum Output {
     /// Local writes are refused from now on with this reason (`Some`), or
     /// accepted again (`None`).
     WriteFence(Option<String>),
+    /// A write that waited for acks is done (reached, or failed).
+    WriteDone(WriteResolved),
+    /// A quorum read is answered (or failed).
+    ReadDone(ReadResolved),
 }
 
 /// Why local writes wait, if they do.
@@ -134,6 +161,10 @@ pub struct NodeMachine {
     placement: Arc<crate::placement::PlacementHandle>,
     /// Owner URLs last published (republished when one changes).
     published_urls: std::collections::BTreeMap<NodeId, String>,
+    /// Own writes waiting for durable acks (write quorums).
+    writes: QuorumTracker,
+    /// Quorum reads in progress, and their read repair.
+    reads: ReadCoordinator,
 }
 
 impl NodeMachine {
@@ -159,7 +190,6 @@ impl NodeMachine {
         Ok(NodeMachine {
             placement,
             published_urls: Default::default(),
-            node,
             membership,
             replicator,
             rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -169,6 +199,9 @@ impl NodeMachine {
             fence: None,
             clock_reminded_ms: 0,
             started: false,
+            writes: QuorumTracker::new(node.clone()),
+            reads: ReadCoordinator::new(),
+            node,
         })
     }
 
@@ -270,14 +303,47 @@ impl NodeMachine {
                 ..
             } => {
                 self.observe_stamp(&from, &m, now, reader);
-                self.check_own_origin(&from, &m, now, reader, &mut out);
-                let fx = self.replicator.on_message(&from, m, now.mono_ms(), reader);
-                self.replication_effects(fx, &mut out);
+                let for_quorum = matches!(m, Msg::Ack { .. } | Msg::ReadReply { .. });
+                if for_quorum && m.validate().is_ok() {
+                    self.on_quorum_message(&from, m, now, reader, &mut out);
+                } else {
+                    self.check_own_origin(&from, &m, now, reader, &mut out);
+                    let fx = self.replicator.on_message(&from, m, now.mono_ms(), reader);
+                    self.replication_effects(fx, &mut out);
+                }
             }
             Input::Committed(batch) => {
                 let fx = self.replicator.on_committed(&batch, now.mono_ms(), reader);
                 self.replication_effects(fx, &mut out);
             }
+            Input::CommittedForQuorum(batch) => {
+                let fx = self
+                    .replicator
+                    .on_committed_for_quorum(&batch, now.mono_ms(), reader);
+                self.replication_effects(fx, &mut out);
+            }
+            Input::AwaitWrite {
+                id,
+                key,
+                seq,
+                level,
+                timeout_ms,
+            } => {
+                let replicas =
+                    replicas_for(&self.membership, self.replicator.layout(), &self.node, &key);
+                let needed = level.needed(replicas.len());
+                let (now_ms, deadline) = (now.mono_ms(), now.mono_ms() + timeout_ms);
+                let waited = self
+                    .writes
+                    .wait(id, seq, needed, replicas, now_ms, deadline);
+                out.extend(waited.map(Output::WriteDone));
+            }
+            Input::Read {
+                id,
+                key,
+                level,
+                timeout_ms,
+            } => self.start_read(id, key, level, timeout_ms, now, reader, &mut out),
             Input::CommitDone {
                 tag,
                 result: Ok(outcomes),
@@ -311,6 +377,17 @@ impl NodeMachine {
                 self.update_layout(now, reader, &mut out);
                 let fx = self.replicator.on_tick(now.mono_ms(), reader);
                 self.replication_effects(fx, &mut out);
+                let done = self.writes.on_tick(now.mono_ms());
+                out.extend(done.into_iter().map(Output::WriteDone));
+                let probes = self.writes.probes(now.mono_ms());
+                let alive = |p: &NodeId| self.membership.status_of(p) == Some(Status::Alive);
+                let probes: Vec<NodeId> = probes.into_iter().filter(alive).collect();
+                for peer in probes {
+                    let fx = self.replicator.ask_ack(&peer, reader);
+                    self.replication_effects(fx, &mut out);
+                }
+                let actions = self.reads.on_tick(now.mono_ms());
+                self.read_actions(actions, now, reader, &mut out);
             }
         }
         self.update_fence(now, reader, &mut out);
@@ -448,6 +525,104 @@ impl NodeMachine {
         }
     }
 
+    /// Starts a quorum read: asks every other replica that may answer
+    /// (alive or suspect) and counts this node's own entry as one reply.
+    #[allow(clippy::too_many_arguments)]
+    fn start_read(
+        &mut self,
+        id: u64,
+        key: String,
+        level: Level,
+        timeout_ms: u64,
+        now: Now,
+        reader: &dyn ReplicaReader,
+        out: &mut Vec<Output>,
+    ) {
+        let replicas = replicas_for(&self.membership, self.replicator.layout(), &self.node, &key);
+        let needed = level.needed(replicas.len());
+        let local = match reader.get(&key) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(node = %self.node, key = %key, error = %e, "cannot read the local replica for a quorum read");
+                out.push(Output::ReadDone(ReadResolved {
+                    id,
+                    acks: 0,
+                    needed,
+                    entry: None,
+                }));
+                return;
+            }
+        };
+        let asked: Vec<NodeId> = if needed > 1 {
+            replicas
+                .into_iter()
+                .filter(|p| {
+                    matches!(
+                        self.membership.status_of(p),
+                        Some(Status::Alive | Status::Suspect)
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for peer in &asked {
+            let fx = self.replicator.read_request(peer, id, &key, reader);
+            self.replication_effects(fx, out);
+        }
+        let deadline = now.mono_ms() + timeout_ms;
+        let me = (self.node.clone(), local);
+        let actions = self.reads.start(id, key, needed, me, asked, deadline);
+        self.read_actions(actions, now, reader, out);
+    }
+
+    /// An ack or a read reply from `from` (validated).
+    fn on_quorum_message(
+        &mut self,
+        from: &NodeId,
+        msg: Msg,
+        now: Now,
+        reader: &dyn ReplicaReader,
+        out: &mut Vec<Output>,
+    ) {
+        match msg {
+            Msg::Ack { origin, seq, .. } if origin == self.node => {
+                let done = self.writes.on_ack(from, seq);
+                out.extend(done.into_iter().map(Output::WriteDone));
+            }
+            Msg::ReadReply {
+                req, key, entry, ..
+            } => {
+                let actions = self.reads.on_reply(from, req, &key, entry);
+                self.read_actions(actions, now, reader, out);
+            }
+            _ => {}
+        }
+    }
+
+    /// Carries out a read's answer and repairs.
+    fn read_actions(
+        &mut self,
+        actions: Vec<ReadAction>,
+        now: Now,
+        reader: &dyn ReplicaReader,
+        out: &mut Vec<Output>,
+    ) {
+        for action in actions {
+            match action {
+                ReadAction::Answer(r) => out.push(Output::ReadDone(r)),
+                ReadAction::Repair { to, key, entry } => {
+                    let fx = if to == self.node {
+                        self.replicator.repair_local(&key, entry, now.mono_ms())
+                    } else {
+                        self.replicator.send_repair(&to, &key, entry, reader)
+                    };
+                    self.replication_effects(fx, out);
+                }
+            }
+        }
+    }
+
     /// Notes what `from` holds of our own origin; pulls from it when that
     /// is more than we hold.
     fn check_own_origin(
@@ -542,7 +717,11 @@ impl NodeMachine {
                     msg: Message::Membership(msg),
                 }),
                 membership::Effect::StatusChanged { peer, from, to } => {
-                    tracing::info!(node = %self.node, peer = %peer, from = ?from, to = ?to, "peer status changed");
+                    tracing::info!(node = %self.node, peer = %peer, from = %crate::logfields::opt(from), to = %to, "peer status changed");
+                    if to == Status::Left {
+                        let done = self.writes.peer_left(&peer);
+                        out.extend(done.into_iter().map(Output::WriteDone));
+                    }
                     if to == Status::Alive {
                         let fx = self.replicator.peer_up(&peer, now.mono_ms(), reader);
                         self.replication_effects(fx, out);
@@ -557,6 +736,8 @@ impl NodeMachine {
                     out.push(Output::Persist { peer, record })
                 }
                 membership::Effect::Forget { peer, addr } => {
+                    let done = self.writes.peer_left(&peer);
+                    out.extend(done.into_iter().map(Output::WriteDone));
                     out.push(Output::Forget { peer, addr })
                 }
                 membership::Effect::ClockSample {
@@ -569,7 +750,7 @@ impl NodeMachine {
                     }
                 }
                 membership::Effect::Refused { peer, reason } => {
-                    tracing::warn!(node = %self.node, peer = %peer, reason = ?reason, "membership message refused");
+                    tracing::warn!(node = %self.node, peer = %peer, reason = %reason, "membership message refused");
                 }
             }
         }

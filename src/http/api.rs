@@ -133,10 +133,35 @@ pub async fn state(State(state): State<AppState>, scope: Scope) -> ApiResult<Jso
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct UpdatesQuery {
     since: Option<String>,
     limit: Option<usize>,
+}
+
+/// The cursor of the change at feed position `idx`: the position right
+/// after it, so "everything after cursor C" is "from position C" and
+/// cursor 0 is "from the oldest change the node still holds", with no
+/// change that could be confused with it. Shared by `/api/updates`,
+/// `/api/watch` (event ids, `Last-Event-ID`) and `hub inspect log`.
+pub fn cursor_of(idx: u64) -> u64 {
+    idx + 1
+}
+
+/// Up to `limit` changes after cursor `since` (0: from the oldest held),
+/// each with its cursor, and the cursor to ask from next time.
+pub fn changes_after(
+    store: &crate::store::Store,
+    since: u64,
+    limit: usize,
+) -> crate::store::Result<(Vec<(u64, Change)>, u64)> {
+    let changes = store.changes(since.checked_sub(1), limit)?;
+    let page: Vec<(u64, Change)> = changes
+        .into_iter()
+        .map(|(idx, c)| (cursor_of(idx), c))
+        .collect();
+    let next = page.last().map_or(since, |(c, _)| *c);
+    Ok((page, next))
 }
 
 pub fn change_json(cursor: u64, c: &Change) -> Value {
@@ -158,9 +183,10 @@ pub fn change_json(cursor: u64, c: &Change) -> Value {
 }
 
 /// `GET /api/updates?since=&limit=`: the change feed in apply order. Reading
-/// consumes nothing; cursors are positions in the persisted feed. Changes of
-/// the internal keyspace, and outside a limited token's prefix, are left out
-/// (the cursor still moves past them).
+/// consumes nothing; cursors are positions in the persisted feed (see
+/// [`cursor_of`]); no `since`, or `since=0`, starts at the oldest change the
+/// node holds. Changes of the internal keyspace, and outside a limited
+/// token's prefix, are left out (the cursor still moves past them).
 pub async fn updates(
     State(state): State<AppState>,
     scope: Scope,
@@ -169,16 +195,15 @@ pub async fn updates(
     let Query(q) = q?;
     let limit = limit_from(q.limit)?;
     let since = match q.since.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(s.parse::<u64>().map_err(|_| {
+        None | Some("") => 0,
+        Some(s) => s.parse::<u64>().map_err(|_| {
             ApiError::bad_request(
                 "bad_cursor",
                 format!("cursor {s:?} is not one this API returned"),
             )
-        })?),
+        })?,
     };
-    let changes = state.store.changes(since, limit)?;
-    let next = changes.last().map(|(i, _)| *i).or(since).unwrap_or(0);
+    let (changes, next) = changes_after(&state.store, since, limit)?;
     let updates: Vec<Value> = changes
         .iter()
         .filter(|(_, c)| !is_internal(&c.key) && scope.allows(&c.key))
@@ -212,9 +237,23 @@ fn check_sensor_name(name: &str) -> Result<(), String> {
 pub async fn readings(
     State(state): State<AppState>,
     scope: Scope,
+    q: Result<Query<super::kv::WriteQuery>, QueryRejection>,
     body: Result<Json<Vec<ReadingIn>>, JsonRejection>,
 ) -> ApiResult<Response> {
-    let Json(batch) = body?;
+    let level = super::kv::write_level(q)?;
+    let Json(batch) = match body {
+        Ok(b) => b,
+        // The body limit stopped reading: name the limit and its setting.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::over_limit(
+                "body_too_large",
+                "body",
+                state.max_batch_bytes,
+                "max_batch_bytes",
+            ))
+        }
+        Err(r) => return Err(r.into()),
+    };
     let mut ops = Vec::with_capacity(batch.len());
     for (i, r) in batch.into_iter().enumerate() {
         check_sensor_name(&r.sensor)
@@ -261,16 +300,34 @@ pub async fn readings(
         });
     }
     let n = ops.len();
+    let pending = super::quorum::begin_write(&state, level);
+    let mut last = None;
     if n > 0 {
-        state.committer.commit(ops).await?;
+        let outcomes = state.committer.commit(ops).await?;
         state.metrics.readings_ingested.inc_by(n as u64);
         state.metrics.writes.inc_by(n as u64);
+        // One ack covers the batch: acks are cumulative per origin.
+        last = outcomes
+            .into_iter()
+            .filter_map(|o| match o {
+                crate::store::Outcome::Written(d) => Some(d),
+                _ => None,
+            })
+            .max_by_key(|d| d.seq);
     }
-    Ok((StatusCode::OK, Json(json!({ "accepted": n }))).into_response())
+    let resp = (StatusCode::OK, Json(json!({ "accepted": n }))).into_response();
+    let acks = match last {
+        Some(d) => match pending.wait(&state, &d.key, d.seq).await {
+            Ok(acks) => acks,
+            Err(unavailable) => return Ok(unavailable),
+        },
+        None => 1,
+    };
+    Ok(super::quorum::with_acks(resp, acks))
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct HistoryQuery {
     limit: Option<usize>,
     before: Option<u64>,
@@ -365,7 +422,7 @@ pub async fn introspection(State(state): State<AppState>) -> ApiResult<Json<Valu
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct MerkleQuery {
     level: Option<u8>,
     index: Option<u32>,

@@ -30,6 +30,16 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message)
     }
 
+    /// 413 for a body the body limit stopped reading: names the limit and
+    /// the setting that raises it.
+    pub fn over_limit(code: &'static str, what: &str, limit: usize, setting: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            code,
+            format!("the {what} is larger than the limit of {limit} bytes (setting {setting})"),
+        )
+    }
+
     pub fn not_found(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
     }

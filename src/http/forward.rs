@@ -152,7 +152,7 @@ impl Outgoing {
             let Ok(fwd) = b.body(Full::new(self.body.clone())) else {
                 continue;
             };
-            match client.send(fwd, &url).await {
+            match client.forward(fwd, &url).await {
                 Ok(reply) => {
                     state.metrics.forwarded.inc();
                     tracing::debug!(node = %state.node_id, owner = %owner, key = %self.key,

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Scope;
 use super::error::{ApiError, ApiResult};
+use super::quorum::{self, with_acks, PendingWrite};
 use super::{AppState, VERSION_HEADER};
+use crate::cluster::quorum::Level;
 use crate::model::{is_internal, validate_user_key, Delta, Meta, Version};
 use crate::store::{Condition, Op, Outcome};
 
@@ -89,6 +91,32 @@ async fn write(
     })
 }
 
+/// `?w=1|quorum|all` of a write.
+#[derive(Deserialize)]
+pub struct WriteQuery {
+    w: Option<String>,
+}
+
+/// `?r=1|quorum|all` of a read.
+#[derive(Deserialize)]
+pub struct ReadQuery {
+    r: Option<String>,
+}
+
+/// The write level asked for; a bad one is a 400 before anything is written.
+pub(super) fn write_level(q: Result<Query<WriteQuery>, QueryRejection>) -> ApiResult<Level> {
+    let Query(q) = q?;
+    quorum::level("w", q.w.as_deref())
+}
+
+/// Answers a durable local write once the replicas asked for hold it.
+async fn acked(state: &AppState, pending: PendingWrite, resp: Response, d: &Delta) -> Response {
+    match pending.wait(state, &d.key, d.seq).await {
+        Ok(acks) => with_acks(resp, acks),
+        Err(unavailable) => unavailable,
+    }
+}
+
 fn written(status: StatusCode, d: Delta) -> Response {
     let header = version_header(&d.entry.version);
     let body = Written {
@@ -100,7 +128,19 @@ fn written(status: StatusCode, d: Delta) -> Response {
 }
 
 fn value_from(state: &AppState, body: Result<Bytes, BytesRejection>) -> ApiResult<Vec<u8>> {
-    let body = body?;
+    let body = match body {
+        Ok(b) => b,
+        // The body limit stopped reading: name the limit and its setting.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError::over_limit(
+                "value_too_large",
+                "value",
+                state.max_value_bytes,
+                "max_value_bytes",
+            ))
+        }
+        Err(r) => return Err(r.into()),
+    };
     if body.len() > state.max_value_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -120,14 +160,17 @@ pub async fn put(
     State(state): State<AppState>,
     scope: Scope,
     path: Result<Path<String>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let key = key_from(path, &scope)?;
+    let level = write_level(q)?;
     let value = value_from(&state, body)?;
+    let pending = quorum::begin_write(&state, level);
     match write(&state, key, Some(value), Condition::Always).await? {
         Outcome::Written(d) => {
             state.metrics.writes.inc();
-            Ok(written(StatusCode::OK, d))
+            Ok(acked(&state, pending, written(StatusCode::OK, d.clone()), &d).await)
         }
         other => Err(unexpected(other)),
     }
@@ -138,14 +181,17 @@ pub async fn create(
     State(state): State<AppState>,
     scope: Scope,
     path: Result<Path<String>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Response> {
     let key = key_from(path, &scope)?;
+    let level = write_level(q)?;
     let value = value_from(&state, body)?;
+    let pending = quorum::begin_write(&state, level);
     match write(&state, key.clone(), Some(value), Condition::IfAbsent).await? {
         Outcome::Written(d) => {
             state.metrics.writes.inc();
-            Ok(written(StatusCode::CREATED, d))
+            Ok(acked(&state, pending, written(StatusCode::CREATED, d.clone()), &d).await)
         }
         Outcome::Conflict => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -161,16 +207,20 @@ pub async fn delete(
     State(state): State<AppState>,
     scope: Scope,
     path: Result<Path<String>, PathRejection>,
+    q: Result<Query<WriteQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let key = key_from(path, &scope)?;
+    let level = write_level(q)?;
+    let pending = quorum::begin_write(&state, level);
     match write(&state, key.clone(), None, Condition::IfPresent).await? {
         Outcome::Written(d) => {
             state.metrics.writes.inc();
-            Ok((
+            let resp = (
                 StatusCode::NO_CONTENT,
                 [(VERSION_HEADER, version_header(&d.entry.version))],
             )
-                .into_response())
+                .into_response();
+            Ok(acked(&state, pending, resp, &d).await)
         }
         Outcome::NotFound => Err(ApiError::not_found(format!("key {key:?} not found"))),
         other => Err(unexpected(other)),
@@ -185,14 +235,32 @@ fn unexpected(o: Outcome) -> ApiError {
     )
 }
 
-/// `GET /kv/{key}`: the raw value, version in `x-hub-version`.
+/// `GET /kv/{key}?r=`: the raw value, version in `x-hub-version`; with
+/// `r` above 1 the newest of that many replicas' entries.
 pub async fn get(
     State(state): State<AppState>,
     scope: Scope,
     path: Result<Path<String>, PathRejection>,
+    q: Result<Query<ReadQuery>, QueryRejection>,
 ) -> ApiResult<Response> {
     let key = key_from(path, &scope)?;
-    match state.store.get(&key)? {
+    let Query(q) = q?;
+    let level = quorum::level("r", q.r.as_deref())?;
+    let (entry, acks) = match quorum::read(&state, &key, level).await {
+        Ok(read) => read,
+        Err(unavailable) => return Ok(unavailable),
+    };
+    let resp = match value_response(&key, entry) {
+        Ok(resp) => resp,
+        Err(not_found) => not_found.into_response(),
+    };
+    Ok(with_acks(resp, acks))
+}
+
+/// The answer to a read of `key`: the value, or 404 for a tombstone or
+/// nothing.
+fn value_response(key: &str, entry: Option<crate::model::Entry>) -> ApiResult<Response> {
+    match entry {
         Some(e) => match e.value {
             Some(v) => Ok((
                 StatusCode::OK,
@@ -221,7 +289,7 @@ pub async fn empty_key() -> ApiError {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct ListQuery {
     prefix: Option<String>,
     after: Option<String>,

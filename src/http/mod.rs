@@ -11,8 +11,10 @@ pub mod error;
 pub mod forward;
 pub mod keys;
 pub mod kv;
+pub mod quorum;
 pub mod ready;
 pub mod server;
+pub mod snapshot;
 pub mod tls;
 pub mod watch;
 
@@ -31,6 +33,9 @@ use crate::store::Store;
 
 /// Response header carrying an entry's version, `<hlc>@<node>`.
 pub const VERSION_HEADER: &str = "x-hub-version";
+/// Response header: replicas, this node included, that hold a write
+/// durably or answered a read (see [`quorum`]).
+pub const ACKS_HEADER: &str = "x-hub-acks";
 
 /// What every handler can reach.
 pub struct Shared {
@@ -46,6 +51,8 @@ pub struct Shared {
     pub history_scan_limit: usize,
     /// Cluster snapshots, when the node is clustered.
     pub cluster: Option<tokio::sync::watch::Receiver<std::sync::Arc<crate::cluster::ClusterView>>>,
+    /// Write and read quorums (`?w=`, `?r=`), when the node is clustered.
+    pub quorum: Option<crate::cluster::quorum::QuorumClient>,
     /// Every background mechanism's status.
     pub workers: Arc<crate::workers::Workers>,
     /// The API key table when `auth` is on; `None` serves without tokens.
@@ -104,6 +111,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/membership", get(cluster::membership))
         .route("/api/sync", get(cluster::sync))
         .route("/api/merkle", get(api::merkle))
+        .route("/api/snapshot", get(snapshot::snapshot))
         .route("/api/entry/{*key}", get(api::entry))
         .route("/api/keys", get(keys::list).post(keys::create))
         .route("/api/keys/{id}", axum::routing::delete(keys::revoke));

@@ -2,26 +2,33 @@
 //! every change applied on this node (local writes, replicated deltas and
 //! anti-entropy repairs), in apply order.
 //!
-//! Guarantees: each event's `id:` is its position in the persisted change
-//! feed (the `/api/updates` cursor); a stream resumed with `since=` or
-//! `Last-Event-ID` continues after that position with no gap (`since=0`
-//! replays everything the node still holds, the change at cursor 0
-//! included). Only durable changes are sent. Writes never wait for
-//! watchers: one reader task ([`ChangeHub`]) follows the feed after each
-//! flush, renders each change's frame once, and broadcasts the batch into a
-//! bounded ring; a watcher that falls a full ring behind is cut off with a
-//! last `event: cutoff` naming the cursor to resume from. A watcher that
-//! starts behind (or hits a gap) reads the store until it has caught up,
-//! then follows the ring.
+//! Guarantees: each event's `id:` is its `/api/updates` cursor (see
+//! [`super::api::cursor_of`]); a stream resumed with `since=` or
+//! `Last-Event-ID` continues right after that change, with no gap and no
+//! repeat, and `since=0` replays everything the node still holds. Only
+//! durable changes are sent. Writes never wait for watchers: one reader
+//! task ([`ChangeHub`]) follows the feed after each flush and renders each
+//! change's frame once. Watchers are grouped by prefix: per group, the hub
+//! concatenates the matching frames of a step into one shared buffer and
+//! broadcasts it into a bounded ring, so a watcher is woken only when its
+//! prefix changed, and sends what it is handed without copying or
+//! filtering. A watcher that falls a full ring behind is cut off with a last
+//! `event: cutoff` naming the cursor to resume from. A watcher that starts
+//! behind (or hits a gap) reads the store until it has caught up, then
+//! follows its group's ring.
 //!
-//! Costs: one store read per flush for the node (not per watcher); per
-//! watcher, one prefix check per change and a copy of the matching frames.
-//! Memory is bounded by the ring (`RING` batches of at most `READ_BATCH`
-//! changes), whatever the number or speed of watchers.
+//! Costs: one store read and one frame per change for the node, one prefix
+//! check per change per distinct prefix; per watcher, one wake-up and one
+//! socket write per step that has a change for it. Under load the hub takes
+//! a step at most every [`step`] (1 ms, up to 5 ms with 100 watchers or
+//! more), so many commit groups share one wake-up and one write per
+//! watcher: a change's event may wait that much longer. Memory is bounded by the rings (`RING` steps per
+//! prefix), whatever the number or speed of watchers.
 
 use crate::store::commit::wall_ms;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -29,60 +36,96 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::api::change_json;
+use super::api::{change_json, cursor_of};
 use super::auth::Scope;
 use super::error::{ApiError, ApiResult};
 use super::AppState;
+use crate::clock::ClockGate;
 use crate::metrics::Metrics;
 use crate::model::{is_internal, NodeId};
 use crate::store::{Change, Store};
 
 /// Changes read from the store per step (reader task and catching-up watchers).
 const READ_BATCH: usize = 512;
-/// Batches the ring holds; a watcher further behind is cut off.
+/// Steps a group's ring holds; a watcher further behind is cut off.
 const RING: usize = 256;
-/// A watcher's chunk stops growing past this many bytes.
-const MAX_CHUNK: usize = 256 << 10;
+/// Under load, the shortest time between two steps of the hub: each step
+/// costs one socket write per watcher that has a change in it (on loopback
+/// ~10 µs of the node's CPU, most of it in the kernel), so the more
+/// watchers, the more commit groups a step gathers, up to 5 ms for 100.
+pub fn step(watchers: usize) -> Duration {
+    Duration::from_micros((watchers as u64 * 50).clamp(1_000, 5_000))
+}
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
 /// One change, rendered once for every watcher.
-#[derive(Debug)]
-pub struct Event {
-    pub idx: u64,
-    pub key: String,
+struct Event {
+    /// Its position in the feed.
+    idx: u64,
+    key: String,
     /// `id: …\ndata: {…}\n\n`.
-    pub frame: Bytes,
+    frame: Bytes,
 }
 
-/// The changes at feed positions `start..end` (internal keys left out).
+/// What one prefix group gets from one step of the hub.
 #[derive(Debug)]
 pub struct Batch {
+    /// Feed positions covered: every change at `start..end` that matches the
+    /// group's prefix is in `bytes`.
     pub start: u64,
     pub end: u64,
-    pub events: Vec<Event>,
+    /// The matching frames, concatenated: what a watcher at `start` sends.
+    pub bytes: Bytes,
+    /// Feed position and offset in `bytes` of each frame, to cut the part
+    /// a watcher already past `start` still wants.
+    pub marks: Vec<(u64, usize)>,
+}
+
+impl Batch {
+    /// The frames at positions `from..` and how many there are.
+    fn frames_from(&self, from: u64) -> (Bytes, u64) {
+        let i = self.marks.partition_point(|(idx, _)| *idx < from);
+        let n = (self.marks.len() - i) as u64;
+        match self.marks.get(i) {
+            Some((_, 0)) => (self.bytes.clone(), n),
+            Some((_, at)) => (self.bytes.slice(*at..), n),
+            None => (Bytes::new(), 0),
+        }
+    }
+}
+
+/// The watchers of one prefix.
+struct Group {
+    tx: broadcast::Sender<Arc<Batch>>,
+    /// Feed position up to which this group has been sent everything it
+    /// wants (the next batch it gets starts here).
+    sent: u64,
 }
 
 /// Follows the store's change feed and fans it out to watchers.
 pub struct ChangeHub {
-    tx: broadcast::Sender<Arc<Batch>>,
-    /// Feed position up to which batches have been broadcast.
+    /// By prefix. Also guards `published` moving, so a watcher subscribing
+    /// sees a position and a ring that agree.
+    groups: Mutex<HashMap<String, Group>>,
+    /// Feed position up to which changes have been handed to the groups.
     published: AtomicU64,
     stop: watch::Receiver<bool>,
 }
 
-/// The SSE frame of one change.
-pub fn frame(idx: u64, c: &Change) -> Bytes {
-    let data = change_json(idx, c);
-    Bytes::from(format!("id: {idx}\ndata: {data}\n\n"))
+/// The SSE frame of the change at feed position `idx`.
+fn frame(idx: u64, c: &Change) -> Bytes {
+    let cursor = cursor_of(idx);
+    let data = change_json(cursor, c);
+    Bytes::from(format!("id: {cursor}\ndata: {data}\n\n"))
 }
 
-/// Reads the feed after `next` (a position) on the blocking pool.
+/// Reads the feed from position `next` on the blocking pool.
 async fn read(store: &Arc<Store>, next: u64) -> Result<Vec<(u64, Change)>, String> {
     let store = store.clone();
     tokio::task::spawn_blocking(move || store.changes(next.checked_sub(1), READ_BATCH))
@@ -93,20 +136,23 @@ async fn read(store: &Arc<Store>, next: u64) -> Result<Vec<(u64, Change)>, Strin
 
 impl ChangeHub {
     /// Starts the reader task; it ends when `stop` turns true.
+    /// `clock` gives the peers' measured clock offsets, by which the
+    /// replication delay of their deltas is corrected.
     pub fn start(
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        clock: ClockGate,
         node: NodeId,
         stop: watch::Receiver<bool>,
     ) -> (Arc<ChangeHub>, JoinHandle<()>) {
         let mut tip = store.feed_tip();
         let start = *tip.borrow_and_update();
         let hub = Arc::new(ChangeHub {
-            tx: broadcast::channel(RING).0,
+            groups: Mutex::new(HashMap::new()),
             published: AtomicU64::new(start),
             stop: stop.clone(),
         });
-        let task = tokio::spawn(hub.clone().follow(store, metrics, node, tip, stop));
+        let task = tokio::spawn(hub.clone().follow(store, metrics, clock, node, tip, stop));
         (hub, task)
     }
 
@@ -115,20 +161,81 @@ impl ChangeHub {
         self.published.load(Ordering::Acquire)
     }
 
+    /// Open streams.
+    fn watchers(&self) -> usize {
+        self.groups().values().map(|g| g.tx.receiver_count()).sum()
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<String, Group>> {
+        self.groups.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Joins the group of `prefix`; the ring and the position it starts at.
+    fn subscribe(&self, prefix: &str) -> (broadcast::Receiver<Arc<Batch>>, u64) {
+        let mut groups = self.groups();
+        let published = self.published();
+        let g = groups.entry(prefix.to_string()).or_insert_with(|| Group {
+            tx: broadcast::channel(RING).0,
+            sent: published,
+        });
+        (g.tx.subscribe(), published)
+    }
+
+    /// Hands the changes at `start..end` to every group with a watcher.
+    fn publish(&self, events: &[Event], end: u64) {
+        let mut groups = self.groups();
+        groups.retain(|_, g| g.tx.receiver_count() > 0);
+        for (prefix, g) in groups.iter_mut() {
+            let mut bytes = BytesMut::new();
+            let mut marks = Vec::new();
+            for e in events {
+                if e.idx >= g.sent && e.key.starts_with(prefix.as_str()) {
+                    marks.push((e.idx, bytes.len()));
+                    bytes.extend_from_slice(&e.frame);
+                }
+            }
+            // Nothing for this group: its next batch covers this step too.
+            if marks.is_empty() {
+                continue;
+            }
+            let batch = Batch {
+                start: g.sent,
+                end,
+                bytes: bytes.freeze(),
+                marks,
+            };
+            g.sent = end;
+            // Every receiver may have gone since `retain`: nothing to do.
+            let _ = g.tx.send(Arc::new(batch));
+        }
+        self.published.store(end, Ordering::Release);
+    }
+
     async fn follow(
         self: Arc<Self>,
         store: Arc<Store>,
         metrics: Arc<Metrics>,
+        clock: ClockGate,
         node: NodeId,
         mut tip: watch::Receiver<u64>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut next = self.published();
+        let mut last_step = tokio::time::Instant::now();
         loop {
             tokio::select! {
                 r = tip.changed() => if r.is_err() { break },
                 _ = stop.wait_for(|s| *s) => break,
             }
+            // When the changes became durable (for the replication delay).
+            let durable_ms = wall_ms();
+            // Commit groups that land within one step share it.
+            let step = step(self.watchers());
+            tokio::select! {
+                _ = tokio::time::sleep_until(last_step + step) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            last_step = tokio::time::Instant::now();
             loop {
                 let changes = match read(&store, next).await {
                     Ok(c) => c,
@@ -140,16 +247,18 @@ impl ChangeHub {
                 let Some(last) = changes.last().map(|(i, _)| *i) else {
                     break;
                 };
-                let now = wall_ms();
                 let full = changes.len() == READ_BATCH;
                 let mut events = Vec::with_capacity(changes.len());
+                let mut offsets: Option<HashMap<String, f64>> = None;
                 for (idx, c) in changes {
                     if let Some((origin, _)) = &c.origin {
                         if *origin != node {
+                            let offsets = offsets.get_or_insert_with(|| peer_offsets(&clock));
                             metrics.observe_applied(
                                 origin.as_str(),
                                 c.entry.version.hlc.physical_ms(),
-                                now,
+                                durable_ms,
+                                offsets.get(origin.as_str()).copied(),
                             );
                         }
                     }
@@ -161,17 +270,8 @@ impl ChangeHub {
                         });
                     }
                 }
-                let batch = Batch {
-                    start: next,
-                    end: last + 1,
-                    events,
-                };
-                next = batch.end;
-                // Published before the send: a watcher subscribing now
-                // either gets this batch or reads it from the store.
-                self.published.store(next, Ordering::Release);
-                // No watcher: nothing to do.
-                let _ = self.tx.send(Arc::new(batch));
+                next = last + 1;
+                self.publish(&events, next);
                 if !full {
                     break;
                 }
@@ -180,8 +280,15 @@ impl ChangeHub {
     }
 }
 
+/// Each measured peer's clock minus ours, in ms.
+fn peer_offsets(clock: &ClockGate) -> HashMap<String, f64> {
+    clock.verdict().map_or_else(HashMap::new, |v| {
+        v.peers.into_iter().map(|p| (p.peer, p.offset_ms)).collect()
+    })
+}
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 pub struct WatchQuery {
     prefix: Option<String>,
     since: Option<String>,
@@ -224,21 +331,15 @@ pub async fn watch(
         (None, Some(s)) => Some(cursor("since", s)?),
     };
     let hub = state.changes.clone();
-    // Subscribe before deciding where to start, so nothing published from
-    // here on can be missed.
-    let rx = hub.tx.subscribe();
-    let next = match since {
-        None => hub.published(),
-        // Cursor 0 is ambiguous between "after change 0" and "from the
-        // start"; replaying change 0 again is a repeat, never a gap.
-        Some(0) => 0,
-        Some(c) => c + 1,
-    };
+    // Join the ring before deciding where to start, so nothing published
+    // from here on can be missed. A cursor is the feed position right after
+    // its change, so it is where a resumed stream starts.
+    let (rx, published) = hub.subscribe(&prefix);
     let w = Watcher {
         store: state.store.clone(),
         metrics: state.metrics.clone(),
         rx,
-        next,
+        next: since.unwrap_or(published),
         catching_up: since.is_some(),
         prefix,
         stop: hub.stop.clone(),
@@ -284,18 +385,6 @@ impl Drop for Watcher {
 }
 
 impl Watcher {
-    /// Appends the frames of `batch` this watcher wants and has not had.
-    fn take(&mut self, batch: &Batch, chunk: &mut Vec<u8>, n: &mut u64) {
-        let from = self.next;
-        self.next = self.next.max(batch.end);
-        for e in &batch.events {
-            if e.idx >= from && self.wanted(&e.key) {
-                chunk.extend_from_slice(&e.frame);
-                *n += 1;
-            }
-        }
-    }
-
     fn wanted(&self, key: &str) -> bool {
         key.starts_with(self.prefix.as_str()) && !is_internal(key)
     }
@@ -304,7 +393,7 @@ impl Watcher {
     fn cutoff(&mut self, reason: &str) -> Bytes {
         self.done = true;
         self.metrics.watch_cutoffs.inc();
-        let resume = self.next.saturating_sub(1);
+        let resume = self.next;
         let data = serde_json::json!({ "resume": resume.to_string(), "reason": reason });
         Bytes::from(format!("event: cutoff\nid: {resume}\ndata: {data}\n\n"))
     }
@@ -339,6 +428,9 @@ impl Watcher {
                 }
                 continue;
             }
+            // Further batches already in the ring are taken by the next
+            // calls; hyper buffers every chunk that is ready before it
+            // writes to the socket, so they share one write.
             let batch = tokio::select! {
                 r = self.rx.recv() => r,
                 _ = self.keep_alive.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
@@ -361,32 +453,40 @@ impl Watcher {
                 self.catching_up = true;
                 continue;
             }
-            let mut chunk = Vec::new();
-            let mut n = 0;
-            self.take(&batch, &mut chunk, &mut n);
-            // Whatever else is already in the ring goes in the same chunk:
-            // one socket write per wake-up, however many groups committed.
-            while chunk.len() < MAX_CHUNK {
-                match self.rx.try_recv() {
-                    Ok(b) if b.start <= self.next => self.take(&b, &mut chunk, &mut n),
-                    Ok(_) => {
-                        // A gap: send what we have, then read the store.
-                        self.catching_up = true;
-                        break;
-                    }
-                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                        chunk.extend_from_slice(&self.cutoff(
-                            "this watcher fell behind the change feed; reconnect with since=resume",
-                        ));
-                        break;
-                    }
-                    Err(_) => break,
-                }
-            }
-            if n > 0 || self.done {
+            let (bytes, n) = batch.frames_from(self.next);
+            self.next = batch.end;
+            if n > 0 {
                 self.metrics.watch_events.inc_by(n);
-                return Some(Bytes::from(chunk));
+                return Some(bytes);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn more_watchers_make_longer_steps_within_bounds() {
+        assert_eq!(step(0), Duration::from_millis(1));
+        assert_eq!(step(1), Duration::from_millis(1));
+        assert_eq!(step(40), Duration::from_millis(2));
+        assert_eq!(step(100), Duration::from_millis(5));
+        assert_eq!(step(10_000), Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_batch_is_cut_at_the_first_frame_a_watcher_still_wants() {
+        let b = Batch {
+            start: 10,
+            end: 20,
+            bytes: Bytes::from_static(b"aaabbcccc"),
+            marks: vec![(11, 0), (14, 3), (19, 5)],
+        };
+        assert_eq!(b.frames_from(10), (Bytes::from_static(b"aaabbcccc"), 3));
+        assert_eq!(b.frames_from(12), (Bytes::from_static(b"bbcccc"), 2));
+        assert_eq!(b.frames_from(19), (Bytes::from_static(b"cccc"), 1));
+        assert_eq!(b.frames_from(20), (Bytes::new(), 0));
     }
 }

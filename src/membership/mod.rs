@@ -1,49 +1,64 @@
-//! Membership and failure detection, as a sans-IO state machine.
+//! Membership and failure detection, as a sans-IO state machine (SWIM with
+//! infection-style dissemination, as in HashiCorp memberlist).
 //!
 //! Messages ([`Msg`]) and ticks go in, [`Effect`]s come out; no sockets, no
 //! tokio, no wall clock (`now_ms` is any monotonic millisecond clock the
 //! caller owns), randomness passed in.
 //!
-//! **How it works.** A node joins by sending [`Msg::Hello`] to any member's
+//! **Joining.** A node joins by sending [`Msg::Hello`] to any member's
 //! address (retried with backoff until one answers); the answer
-//! ([`Msg::Welcome`]) is the full member list. From then on every node pings
-//! every known member each `heartbeat_interval_ms` (full mesh: meant for small
-//! fleets, tens of nodes). Pings and acks piggyback gossip: the sender's own
-//! entry first, then a rotating window of its table (`gossip_per_message`
-//! entries), so a new member, a new address or a new incarnation reaches
-//! everyone within one heartbeat in clusters up to that size, and within
-//! `n / gossip_per_message` heartbeats above it.
+//! ([`Msg::Welcome`]) is the full member list, and the member that answered
+//! spreads the newcomer to everyone else as an update (below).
 //!
-//! Failure detection is **local**: each node decides a peer's status from its
-//! own phi-accrual detector fed by the acks to its own pings (Cassandra/Akka
-//! style, [`detector`]). phi ≥ `phi_threshold` → suspect; suspect for
-//! `dead_after_ms` → dead; dead peers are kept and pinged every
-//! `dead_probe_interval_ms` until, `remove_dead_after_ms` after they died
-//! or left, they are forgotten ([`Effect::Forget`]); any message heard
-//! directly from a peer makes it alive again. Suspicion heard second-hand never changes our own view (with
-//! direct probes of everyone it would only add false positives), but it
-//! still matters SWIM-style: a node that hears it is suspect/dead at its
-//! current incarnation refutes by bumping its incarnation, and a peer that
-//! holds it suspect/dead and hears of that higher incarnation probes it at
-//! once instead of waiting for the slow dead-probe timer. This is what makes
-//! a healed partition turn alive within a heartbeat or two of the first
-//! message crossing it.
+//! **Failure detection** ([`probe`]). Every `heartbeat_interval_ms` (the
+//! protocol period) a node pings `probes_per_period` members, taken
+//! round-robin from a shuffled list of the members it does not hold dead —
+//! so in a cluster of up to `probes_per_period + 1` nodes everyone pings
+//! everyone every period, as a full mesh would, and in a larger one the
+//! cost per node stays the same. A ping unanswered after half of
+//! `acceptable_pause_ms` is retried through `indirect_probes` other members
+//! ([`Msg::PingReq`] → their ping → [`Msg::IndirectAck`]), which tells a
+//! dead member from a bad link between two live ones; with no ack, direct
+//! or relayed, after `acceptable_pause_ms` the member is **suspect**. A
+//! member suspect for `dead_after_ms × max(1, log10 n)` (n: members known)
+//! is **dead**: the suspicion has had time to reach it, and it did not
+//! refute. Dead members are pinged one at a time, one every
+//! `dead_probe_interval_ms`, so they can come back, until
+//! `remove_dead_after_ms` after they died or left they are forgotten
+//! ([`Effect::Forget`]). Any message heard directly from a peer makes it
+//! alive again here. The phi-accrual level of each member ([`detector`],
+//! fed by every message heard from it) is reported with the member for
+//! operators; the decisions come from the probes.
+//!
+//! **Dissemination** ([`broadcast`]). Every change of a member's state that
+//! is news to a node — joined, suspect, dead, left, alive again at a higher
+//! incarnation — is queued and piggybacked on the node's next pings and
+//! acks (own entry first, then the least-sent updates, then a rotating
+//! window of the table to fill `gossip_per_message`), each update
+//! `retransmit_mult × ⌈log10(n+1)⌉` times. That reaches every member in
+//! O(log n) periods with high probability; the rotating window repairs
+//! what is missed. Updates are ordered SWIM's way: for one member, a
+//! higher incarnation wins; at equal incarnation dead/left beats suspect
+//! beats alive. A member that hears it is suspect or dead at its current
+//! incarnation refutes by bumping its incarnation, which spreads the same
+//! way and clears the suspicion everywhere.
 //!
 //! **Trust.** The sender of every message is the id from its certificate,
 //! given to [`Membership::on_message`] by the transport. A `Hello` claiming
 //! another id is refused ([`Effect::Refused`]). Entries a peer gossips about
 //! *itself* are authoritative for its address; entries about third parties
-//! only add members and raise incarnations.
+//! add members and change statuses only by the rules above.
 //!
 //! **Guarantees.** With messages getting through, every member learns every
-//! other member (and its latest address); a peer that stops answering is
-//! suspect after roughly mean interval + `acceptable_pause_ms` + a few
-//! std-devs, dead `dead_after_ms` later; a peer that answers again is alive
-//! within one probe period (a heartbeat, or `dead_probe_interval_ms` if no
-//! gossip about it arrives first). No permanent dead after a partition heals.
-//! Not guaranteed: agreement between nodes at any instant; under asymmetric
-//! loss (we hear a peer but it never hears us) the peer flaps between alive
-//! and suspect in our view.
+//! other member (and its latest address); a member that stops answering is
+//! suspect after at most `acceptable_pause_ms` plus the time until someone
+//! probes it (at most a pass over the list, ⌈n / probes_per_period⌉
+//! periods, usually much less since every node probes), everywhere within
+//! O(log n) periods more, and dead `dead_after_ms × max(1, log10 n)` later;
+//! a member that answers again is alive within one probe period (or
+//! `dead_probe_interval_ms` if no news about it arrives first). No
+//! permanent dead after a partition heals. Not guaranteed: agreement
+//! between nodes at any instant.
 //!
 //! **Driving it (the async shell).** One task owns the [`Membership`]
 //! (behind a mutex or as an actor). `now_ms` is a monotonic clock (e.g.
@@ -60,16 +75,22 @@
 //! start anti-entropy with a peer that becomes alive); `Refused` → metrics.
 //! Send failures need not be reported back: missing acks are the signal.
 //!
-//! **Costs.** Per heartbeat interval each node sends one ping and one ack per
-//! peer: O(n²) messages cluster-wide, each ≤ `gossip_per_message` entries
-//! (~100 bytes each). Memory O(n · detector window).
+//! **Costs.** Per period each node sends `probes_per_period` pings and
+//! answers about as many (plus, rarely, `indirect_probes` ping requests
+//! after a missed ack): O(1) messages per node whatever the fleet size,
+//! each at most `gossip_per_message` entries (~60 bytes each). A join costs
+//! one Welcome of the whole member list; a graceful leave one message per
+//! member. Memory O(n · detector window).
 
+pub mod broadcast;
 pub mod detector;
 pub mod msg;
+pub mod probe;
 pub mod table;
 
 use std::net::SocketAddr;
 
+use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::Serialize;
 use tracing::{debug, info, warn};
@@ -77,44 +98,59 @@ use tracing::{debug, info, warn};
 use crate::model::NodeId;
 use crate::store::PeerRecord;
 
+pub use broadcast::{retransmit_limit, Broadcasts};
 pub use detector::{DetectorConfig, PhiAccrual};
 pub use msg::{MemberInfo, Msg, MsgTooLarge, Stamp, MAX_GOSSIP_PER_MSG, MAX_MEMBERS_PER_MSG};
+pub use probe::{Probe, ProbeRing, Probes};
 pub use table::{Member, MemberView, Status, Table};
 
-/// Settings. Defaults suit a small fleet on a LAN: a dead peer is suspect
-/// after ~2 s and dead after ~8 s.
+/// Settings. Defaults suit a LAN: a dead peer is suspect ~1–1.5 s after it
+/// stops answering and dead 6 s later in fleets up to 10 nodes (12 s at
+/// 100, 18 s at 1,000).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
-    /// Ping period per peer. Default 500 ms. Lower detects faster and costs
-    /// proportionally more messages (n² per period cluster-wide).
+    /// The protocol period. Default 500 ms. Lower detects faster and costs
+    /// proportionally more messages (per node, not per fleet size).
     pub heartbeat_interval_ms: u64,
-    /// Suspect when phi reaches this. Default 8 (≈1e-8 chance of a false
-    /// positive under the normal model). Must be > 0.
+    /// The phi level at which the reported detector value counts as high
+    /// (shown by `hub status` and the dashboard). Default 8. Must be > 0.
     pub phi_threshold: f64,
-    /// Floor of the inter-arrival std-dev. Default 100 ms.
+    /// Floor of the inter-arrival std-dev of the phi detector. Default 100 ms.
     pub min_std_dev_ms: f64,
-    /// Silence tolerated on top of the mean interval before phi rises.
-    /// Default 1000 ms (two lost heartbeats).
+    /// How long a probe waits for an ack, direct or relayed, before the
+    /// member is suspect; the relays are asked halfway. Default 1000 ms (two
+    /// periods: a GC pause or one lost message is not suspicious). At least
+    /// half a period is used.
     pub acceptable_pause_ms: f64,
     /// Inter-arrival samples kept per peer. Default 100.
     pub window: usize,
-    /// Suspect for this long → dead. Default 6000 ms. Must be ≥ the
-    /// heartbeat interval.
+    /// Suspect for this long × max(1, log10 n) → dead. Default 6000 ms.
+    /// Must be ≥ the heartbeat interval.
     pub dead_after_ms: u64,
-    /// Ping period for dead peers, so they can come back. Default 2000 ms.
+    /// One dead peer is pinged every this often (round-robin), so they can
+    /// come back. Default 2000 ms.
     pub dead_probe_interval_ms: u64,
     /// First join retry delay; doubles up to `join_retry_max_ms`.
     /// Defaults 1000 / 8000 ms.
     pub join_retry_ms: u64,
     pub join_retry_max_ms: u64,
-    /// Gossip entries piggybacked per ping/ack (own entry included).
-    /// Default 32, at most [`MAX_GOSSIP_PER_MSG`].
+    /// Gossip entries piggybacked per message (own entry included).
+    /// Default 8, at most [`MAX_GOSSIP_PER_MSG`].
     pub gossip_per_message: usize,
     /// A dead or departed peer is forgotten this long after it died or left
     /// (foca's `remove_down_after`): no more probes, its record is deleted
     /// ([`Effect::Forget`]) so a restart does not bring it back. Default 1 h;
     /// at least `dead_probe_interval_ms`, so it is probed at least once.
     pub remove_dead_after_ms: u64,
+    /// Members pinged per period. Default 4 (a cluster of up to 5 nodes is
+    /// a full mesh). Must be ≥ 1.
+    pub probes_per_period: usize,
+    /// Members asked to ping a target that missed an ack (SWIM's k).
+    /// Default 3; 0 turns indirect probes off.
+    pub indirect_probes: usize,
+    /// Each update is piggybacked `retransmit_mult × ⌈log10(n+1)⌉` times
+    /// (SWIM's λ). Default 4. Must be ≥ 1.
+    pub retransmit_mult: u32,
 }
 
 impl Default for Config {
@@ -129,8 +165,11 @@ impl Default for Config {
             dead_probe_interval_ms: 2_000,
             join_retry_ms: 1_000,
             join_retry_max_ms: 8_000,
-            gossip_per_message: 32,
+            gossip_per_message: 8,
             remove_dead_after_ms: 3_600_000,
+            probes_per_period: 4,
+            indirect_probes: 3,
+            retransmit_mult: 4,
         }
     }
 }
@@ -156,6 +195,8 @@ pub enum ConfigError {
     BadIntervals,
     #[error("membership: gossip_per_message must be 1..={MAX_GOSSIP_PER_MSG}, got {0}")]
     BadGossip(usize),
+    #[error("membership: probes_per_period and retransmit_mult must be >= 1")]
+    BadFanout,
 }
 
 impl Config {
@@ -192,6 +233,9 @@ impl Config {
         if self.gossip_per_message == 0 || self.gossip_per_message > MAX_GOSSIP_PER_MSG {
             return Err(ConfigError::BadGossip(self.gossip_per_message));
         }
+        if self.probes_per_period == 0 || self.retransmit_mult == 0 {
+            return Err(ConfigError::BadFanout);
+        }
         Ok(())
     }
 
@@ -199,6 +243,19 @@ impl Config {
     /// heartbeat (finer is harmless, coarser delays probes and detection).
     pub fn tick_interval_ms(&self) -> u64 {
         (self.heartbeat_interval_ms / 4).max(1)
+    }
+
+    /// How long a probe waits for an ack before the member is suspect.
+    pub fn probe_timeout_ms(&self) -> u64 {
+        (self.acceptable_pause_ms as u64).max(self.heartbeat_interval_ms / 2)
+    }
+
+    /// How long a member of a fleet of `members` nodes stays suspect before
+    /// it is dead: `dead_after_ms × max(1, log10 members)`, so a suspicion
+    /// has time to reach the member (which then refutes) as the fleet grows.
+    pub fn suspicion_timeout_ms(&self, members: usize) -> u64 {
+        let scale = (members as f64).log10().max(1.0);
+        (self.dead_after_ms as f64 * scale) as u64
     }
 
     fn detector(&self) -> DetectorConfig {
@@ -273,6 +330,10 @@ pub struct Stats {
     pub gossip_ignored: u64,
     /// Dead or departed peers forgotten after `remove_dead_after_ms`.
     pub forgotten: u64,
+    /// Ping requests sent after a missed ack (SWIM indirect probes).
+    pub indirect_probes: u64,
+    /// Pings sent on another member's behalf.
+    pub relayed_pings: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -294,6 +355,15 @@ pub struct Membership {
     left: bool,
     gossip_cursor: usize,
     stats: Stats,
+    /// Round-robin order of the members to probe.
+    ring: ProbeRing,
+    /// Probes in flight and relays for others.
+    probes: Probes,
+    /// Updates still to piggyback.
+    broadcasts: Broadcasts,
+    next_probe_ms: u64,
+    next_dead_probe_ms: u64,
+    dead_cursor: usize,
     /// Both clocks in microseconds as of the current step (see
     /// [`Membership::set_clocks`]); pings carry them for offset estimates.
     clocks: Stamp,
@@ -323,6 +393,12 @@ impl Membership {
             left: false,
             gossip_cursor: 0,
             stats: Stats::default(),
+            ring: ProbeRing::default(),
+            probes: Probes::default(),
+            broadcasts: Broadcasts::default(),
+            next_probe_ms: 0,
+            next_dead_probe_ms: 0,
+            dead_cursor: 0,
             clocks: Stamp::default(),
             my_http: None,
             my_head: 0,
@@ -372,6 +448,11 @@ impl Membership {
         self.stats
     }
 
+    /// Updates waiting to be piggybacked (a gauge for introspection).
+    pub fn pending_broadcasts(&self) -> usize {
+        self.broadcasts.len()
+    }
+
     /// False while a join (or rejoin after restore) has not been answered.
     pub fn is_joined(&self) -> bool {
         self.join.is_none()
@@ -414,11 +495,16 @@ impl Membership {
         }
     }
 
+    /// Fleet size as this node sees it (itself included).
+    fn fleet(&self) -> usize {
+        self.table.len() + 1
+    }
+
     /// Loads peers remembered from a previous run. They start `Suspect`
-    /// (remembered, not confirmed): pinged at the normal rate, alive on the
-    /// first answer, dead after `dead_after_ms` without one. Also sends them
-    /// `Hello` (retried like a join) so the first to answer returns the
-    /// current member list.
+    /// (remembered, not confirmed): probed, alive on the first answer, dead
+    /// after the suspicion timeout without one. Also sends them `Hello`
+    /// (retried like a join) so the first to answer returns the current
+    /// member list.
     pub fn restore(
         &mut self,
         records: impl IntoIterator<Item = (NodeId, PeerRecord)>,
@@ -537,8 +623,8 @@ impl Membership {
             .collect()
     }
 
-    /// Timers: join retries, failure detection, heartbeats. Call every
-    /// [`Config::tick_interval_ms`].
+    /// Timers: join retries, probes and their deadlines, suspicion
+    /// timeouts. Call every [`Config::tick_interval_ms`].
     pub fn tick(&mut self, now_ms: u64, rng: &mut impl Rng) -> Vec<Effect> {
         let mut fx = Vec::new();
         if self.left {
@@ -552,68 +638,172 @@ impl Membership {
             }
             self.join = Some(j);
         }
+        self.check_probes(now_ms, rng, &mut fx);
+        self.check_suspects(now_ms, &mut fx);
+        if now_ms >= self.next_probe_ms {
+            let period = self.config.heartbeat_interval_ms;
+            // Up to 10 % jitter so the nodes' periods do not line up.
+            self.next_probe_ms = now_ms + period - rng.gen_range(0..=period / 10);
+            self.probe_round(now_ms, rng, &mut fx);
+        }
+        if now_ms >= self.next_dead_probe_ms {
+            let period = self.config.dead_probe_interval_ms;
+            self.next_dead_probe_ms = now_ms + period - rng.gen_range(0..=period / 10);
+            self.probe_one_dead(now_ms, &mut fx);
+        }
+        self.probes.expire_relays(now_ms);
+        self.forget_long_dead(now_ms, &mut fx);
+        fx
+    }
 
-        let threshold = self.config.phi_threshold;
-        let dead_after = self.config.dead_after_ms;
-        let me = self.me.clone();
-        let mut to_ping = Vec::new();
-        for m in self.table.iter_mut() {
-            let before = m.status;
-            match m.status {
-                Status::Alive => {
-                    let phi = m.detector.phi(now_ms);
-                    if phi >= threshold {
-                        m.status = Status::Suspect;
-                        m.status_since_ms = now_ms;
-                        m.status_incarnation = m.incarnation;
-                        self.stats.suspicions += 1;
-                        info!(node = %me, peer = %m.id, phi, "peer suspect");
-                    }
-                }
-                Status::Suspect => {
-                    if now_ms.saturating_sub(m.status_since_ms) >= dead_after {
-                        m.status = Status::Dead;
-                        m.status_since_ms = now_ms;
-                        self.stats.deaths += 1;
-                        warn!(node = %me, peer = %m.id, "peer dead");
-                    }
-                }
-                Status::Dead | Status::Left => {}
+    /// Pings the next `probes_per_period` members of the round-robin.
+    fn probe_round(&mut self, now_ms: u64, rng: &mut impl Rng, fx: &mut Vec<Effect>) {
+        let probing = |m: &Member| matches!(m.status, Status::Alive | Status::Suspect);
+        let eligible = self.table.iter().filter(|m| probing(m)).count();
+        let mut targets: Vec<NodeId> = Vec::new();
+        for _ in 0..self.config.probes_per_period.min(eligible) {
+            let table = &self.table;
+            let next = self.ring.next(
+                || {
+                    table
+                        .iter()
+                        .filter(|m| probing(m))
+                        .map(|m| m.id.clone())
+                        .collect()
+                },
+                |id| table.get(id).is_some_and(probing) && !targets.contains(id),
+                rng,
+            );
+            match next {
+                Some(id) => targets.push(id),
+                None => break,
             }
-            if m.status != before {
-                fx.push(Effect::StatusChanged {
-                    peer: m.id.clone(),
-                    from: Some(before),
-                    to: m.status,
+        }
+        let timeout = self.config.probe_timeout_ms();
+        for to in targets {
+            // A probe already in flight keeps its deadline: an ack to either
+            // ping answers it.
+            self.probes.ours.entry(to.clone()).or_insert(Probe {
+                sent_ms: now_ms,
+                indirect_at_ms: now_ms + timeout / 2,
+                deadline_ms: now_ms + timeout,
+                indirect_sent: false,
+            });
+            self.ping(&to, now_ms, fx);
+        }
+    }
+
+    fn ping(&mut self, to: &NodeId, now_ms: u64, fx: &mut Vec<Effect>) {
+        let Some(addr) = self.table.get(to).map(|m| m.addr) else {
+            return;
+        };
+        let gossip = self.gossip_batch(to);
+        self.stats.pings_sent += 1;
+        fx.push(Effect::Send {
+            to: to.clone(),
+            addr,
+            msg: Msg::Ping {
+                sent_ms: now_ms,
+                stamp: self.clocks,
+                gossip,
+            },
+        });
+    }
+
+    /// Dead members are pinged one at a time, round-robin, so a fleet with
+    /// many dead members (or the far side of a partition) costs O(1).
+    fn probe_one_dead(&mut self, now_ms: u64, fx: &mut Vec<Effect>) {
+        let dead: Vec<NodeId> = self
+            .table
+            .iter()
+            .filter(|m| m.status == Status::Dead)
+            .map(|m| m.id.clone())
+            .collect();
+        if dead.is_empty() {
+            return;
+        }
+        self.dead_cursor = self.dead_cursor.wrapping_add(1);
+        let to = dead[self.dead_cursor % dead.len()].clone();
+        self.ping(&to, now_ms, fx);
+    }
+
+    /// Probes past their halfway point go indirect; past their deadline,
+    /// their target is suspect.
+    fn check_probes(&mut self, now_ms: u64, rng: &mut impl Rng, fx: &mut Vec<Effect>) {
+        let mut indirect = Vec::new();
+        let mut failed = Vec::new();
+        for (target, p) in self.probes.ours.iter_mut() {
+            if now_ms >= p.deadline_ms {
+                failed.push(target.clone());
+            } else if !p.indirect_sent && now_ms >= p.indirect_at_ms {
+                p.indirect_sent = true;
+                indirect.push(target.clone());
+            }
+        }
+        for target in indirect {
+            let helpers: Vec<(NodeId, SocketAddr)> = self
+                .table
+                .iter()
+                .filter(|m| m.status == Status::Alive && m.id != target)
+                .map(|m| (m.id.clone(), m.addr))
+                .collect::<Vec<_>>()
+                .choose_multiple(rng, self.config.indirect_probes)
+                .cloned()
+                .collect();
+            for (helper, addr) in helpers {
+                let gossip = self.gossip_batch(&helper);
+                self.stats.indirect_probes += 1;
+                fx.push(Effect::Send {
+                    to: helper,
+                    addr,
+                    msg: Msg::PingReq {
+                        target: target.clone(),
+                        gossip,
+                    },
                 });
             }
-            if m.status != Status::Left && now_ms >= m.next_probe_ms {
-                let period = if m.status == Status::Dead {
-                    self.config.dead_probe_interval_ms
-                } else {
-                    self.config.heartbeat_interval_ms
-                };
-                // Up to 10 % jitter so probes of one node spread out.
-                let jitter = rng.gen_range(0..=period / 10);
-                m.next_probe_ms = now_ms + period - jitter;
-                to_ping.push((m.id.clone(), m.addr));
-            }
         }
-        self.forget_long_dead(now_ms, &mut fx);
-        for (to, addr) in to_ping {
-            let gossip = self.gossip_batch(&to);
-            self.stats.pings_sent += 1;
-            fx.push(Effect::Send {
-                to,
-                addr,
-                msg: Msg::Ping {
-                    sent_ms: now_ms,
-                    stamp: self.clocks,
-                    gossip,
-                },
+        for target in failed {
+            self.probes.ours.remove(&target);
+            let Some(m) = self.table.get_mut(&target) else {
+                continue;
+            };
+            if m.status != Status::Alive {
+                continue;
+            }
+            m.status = Status::Suspect;
+            m.status_since_ms = now_ms;
+            m.status_incarnation = m.incarnation;
+            self.stats.suspicions += 1;
+            info!(node = %self.me, peer = %target, incarnation = m.incarnation, "peer suspect: probe unanswered");
+            let info = m.info();
+            self.broadcasts.push(info);
+            fx.push(Effect::StatusChanged {
+                peer: target,
+                from: Some(Status::Alive),
+                to: Status::Suspect,
             });
         }
-        fx
+    }
+
+    /// Members suspect for longer than the suspicion timeout are dead.
+    fn check_suspects(&mut self, now_ms: u64, fx: &mut Vec<Effect>) {
+        let timeout = self.config.suspicion_timeout_ms(self.fleet());
+        let me = self.me.clone();
+        for m in self.table.iter_mut() {
+            if m.status == Status::Suspect && now_ms.saturating_sub(m.status_since_ms) >= timeout {
+                m.status = Status::Dead;
+                m.status_since_ms = now_ms;
+                self.stats.deaths += 1;
+                warn!(node = %me, peer = %m.id, incarnation = m.status_incarnation, "peer dead");
+                self.broadcasts.push(m.info());
+                fx.push(Effect::StatusChanged {
+                    peer: m.id.clone(),
+                    from: Some(Status::Suspect),
+                    to: Status::Dead,
+                });
+            }
+        }
     }
 
     /// Bounded memory: peers dead or gone for `remove_dead_after_ms` leave
@@ -629,27 +819,36 @@ impl Membership {
             .collect();
         for (peer, addr) in gone {
             self.table.remove(&peer);
+            self.probes.ours.remove(&peer);
+            self.broadcasts.forget(&peer);
             self.stats.forgotten += 1;
             info!(node = %self.me, peer = %peer, %addr, "dead peer forgotten");
             fx.push(Effect::Forget { peer, addr });
         }
     }
 
-    /// Own entry, then a rotating window of the table (not the recipient's
-    /// own entry: it knows itself better).
+    /// Own entry, then pending updates (least sent first), then a rotating
+    /// window of the table (not the recipient's own entry while it is
+    /// alive: it knows itself better).
     fn gossip_batch(&mut self, recipient: &NodeId) -> Vec<MemberInfo> {
         let n = self.config.gossip_per_message;
         let mut out = Vec::with_capacity(n.min(self.table.len() + 1));
         out.push(self.self_info());
+        let limit = retransmit_limit(self.config.retransmit_mult, self.fleet());
+        out.extend(self.broadcasts.take(n - 1, limit, recipient));
+        if out.len() >= n {
+            return out;
+        }
         let window = self.table.window(self.gossip_cursor, n);
         let mut taken = 0;
         for m in window {
-            taken += 1;
-            if &m.id == recipient && m.status == Status::Alive {
-                continue;
-            }
             if out.len() >= n {
                 break;
+            }
+            taken += 1;
+            if (&m.id == recipient && m.status == Status::Alive) || out.iter().any(|o| o.id == m.id)
+            {
+                continue;
             }
             out.push(m.info());
         }
@@ -711,8 +910,9 @@ impl Membership {
                 }
                 let own = members.iter().find(|m| m.id == *from);
                 self.heard_from(from, from_addr, own, now_ms, &mut fx);
+                // The member list is the state, not news: nothing to spread.
                 for m in members.iter().filter(|m| m.id != *from) {
-                    self.apply_gossip(m, now_ms, &mut fx);
+                    self.apply_gossip(m, false, now_ms, &mut fx);
                 }
             }
             Msg::Ping {
@@ -720,11 +920,7 @@ impl Membership {
                 stamp,
                 gossip,
             } => {
-                let own = gossip.iter().find(|m| m.id == *from);
-                let addr = self.heard_from(from, from_addr, own, now_ms, &mut fx);
-                for m in gossip.iter().filter(|m| m.id != *from) {
-                    self.apply_gossip(m, now_ms, &mut fx);
-                }
+                let addr = self.heard_with_gossip(from, from_addr, &gossip, now_ms, &mut fx);
                 let gossip = self.gossip_batch(from);
                 fx.push(Effect::Send {
                     to: from.clone(),
@@ -743,8 +939,7 @@ impl Membership {
                 wall_us,
                 gossip,
             } => {
-                let own = gossip.iter().find(|m| m.id == *from);
-                self.heard_from(from, from_addr, own, now_ms, &mut fx);
+                self.heard_with_gossip(from, from_addr, &gossip, now_ms, &mut fx);
                 // Only stamps of ours (both sides had clocks) give a sample.
                 let stamped =
                     echo.wall_us > 0 && wall_us > 0 && self.clocks.mono_us >= echo.mono_us;
@@ -761,14 +956,40 @@ impl Membership {
                 }
                 self.stats.acks_received += 1;
                 if let Some(m) = self.table.get_mut(from) {
-                    m.detector.heartbeat(now_ms);
                     // An echo from the future is a peer bug; no RTT from it.
                     if echo_ms <= now_ms {
                         m.observe_rtt(now_ms - echo_ms);
                     }
                 }
-                for m in gossip.iter().filter(|m| m.id != *from) {
-                    self.apply_gossip(m, now_ms, &mut fx);
+                // Acks of pings we sent for others go back to them.
+                for requester in self.probes.take_relays(from) {
+                    let Some(addr) = self.table.get(&requester).map(|m| m.addr) else {
+                        continue;
+                    };
+                    let gossip = self.gossip_batch(&requester);
+                    fx.push(Effect::Send {
+                        to: requester,
+                        addr,
+                        msg: Msg::IndirectAck {
+                            target: from.clone(),
+                            gossip,
+                        },
+                    });
+                }
+            }
+            Msg::PingReq { target, gossip } => {
+                self.heard_with_gossip(from, from_addr, &gossip, now_ms, &mut fx);
+                let known = self.table.get(&target).is_some();
+                let expires = now_ms + self.config.probe_timeout_ms();
+                if known && target != self.me && self.probes.add_relay(from, &target, expires) {
+                    self.stats.relayed_pings += 1;
+                    self.ping(&target, now_ms, &mut fx);
+                }
+            }
+            Msg::IndirectAck { target, gossip } => {
+                self.heard_with_gossip(from, from_addr, &gossip, now_ms, &mut fx);
+                if self.probes.ours.remove(&target).is_some() {
+                    debug!(node = %self.me, peer = %target, via = %from, "probe answered through a relay");
                 }
             }
             Msg::Leave { incarnation } => {
@@ -780,6 +1001,8 @@ impl Membership {
                         m.status_since_ms = now_ms;
                         m.status_incarnation = incarnation;
                         info!(node = %self.me, peer = %from, "peer left");
+                        self.broadcasts.push(m.info());
+                        self.probes.ours.remove(from);
                         fx.push(Effect::StatusChanged {
                             peer: from.clone(),
                             from: Some(before),
@@ -792,6 +1015,23 @@ impl Membership {
         fx
     }
 
+    /// A message with piggybacked gossip came directly from `from`.
+    fn heard_with_gossip(
+        &mut self,
+        from: &NodeId,
+        from_addr: SocketAddr,
+        gossip: &[MemberInfo],
+        now_ms: u64,
+        fx: &mut Vec<Effect>,
+    ) -> SocketAddr {
+        let own = gossip.iter().find(|m| m.id == *from);
+        let addr = self.heard_from(from, from_addr, own, now_ms, fx);
+        for m in gossip.iter().filter(|m| m.id != *from) {
+            self.apply_gossip(m, true, now_ms, fx);
+        }
+        addr
+    }
+
     fn refuse(&mut self, from: &NodeId, reason: RefuseReason, fx: &mut Vec<Effect>) {
         self.stats.refused += 1;
         warn!(node = %self.me, peer = %from, %reason, "membership message refused");
@@ -801,9 +1041,9 @@ impl Membership {
         });
     }
 
-    /// A message came directly from `from`: it is alive. `own` is what it
-    /// says about itself (authoritative for its address). Returns the address
-    /// to answer at.
+    /// A message came directly from `from`: it is alive (and any probe of
+    /// it is answered). `own` is what it says about itself (authoritative
+    /// for its address). Returns the address to answer at.
     fn heard_from(
         &mut self,
         from: &NodeId,
@@ -814,7 +1054,7 @@ impl Membership {
     ) -> SocketAddr {
         let addr = own.map_or(from_addr, |o| resolve_addr(o.addr, from_addr));
         let incarnation = own.map_or(0, |o| o.incarnation);
-        let heartbeat = self.config.heartbeat_interval_ms;
+        self.probes.ours.remove(from);
         match self.table.get_mut(from) {
             None => {
                 let mut m = Member::new(
@@ -829,8 +1069,11 @@ impl Membership {
                 if let Some(o) = own {
                     m.learn(o, true);
                 }
+                let info = m.info();
                 self.table.insert(m);
                 info!(node = %self.me, peer = %from, %addr, incarnation, "new peer");
+                self.broadcasts.push(info);
+                self.ring.insert(from.clone());
                 fx.push(Effect::StatusChanged {
                     peer: from.clone(),
                     from: None,
@@ -840,16 +1083,19 @@ impl Membership {
             }
             Some(m) => {
                 m.last_seen_ms = Some(now_ms);
+                m.detector.heartbeat(now_ms);
                 if let Some(o) = own {
                     m.learn(o, o.incarnation >= m.incarnation);
                 }
-                let changed = own.is_some() && (m.addr != addr || incarnation > m.incarnation);
+                let newer = own.is_some() && incarnation > m.incarnation;
+                let changed = own.is_some() && (m.addr != addr || newer);
                 if changed {
                     m.addr = addr;
                     m.incarnation = m.incarnation.max(incarnation);
                     fx.push(persist(from, m.addr, m.incarnation));
                 }
-                if m.status != Status::Alive {
+                let revived = m.status != Status::Alive;
+                if revived {
                     let before = m.status;
                     m.status = Status::Alive;
                     m.status_since_ms = now_ms;
@@ -857,7 +1103,6 @@ impl Membership {
                     // The silence was an outage, not the peer's rhythm.
                     m.detector.reset();
                     m.detector.heartbeat(now_ms);
-                    m.next_probe_ms = m.next_probe_ms.min(now_ms + heartbeat);
                     self.stats.revivals += 1;
                     info!(node = %self.me, peer = %from, from = %before, "peer alive again");
                     fx.push(Effect::StatusChanged {
@@ -866,106 +1111,131 @@ impl Membership {
                         to: Status::Alive,
                     });
                 }
+                if newer || (revived && changed) {
+                    // Its new incarnation ends suspicion elsewhere too.
+                    let info = m.info();
+                    self.broadcasts.push(info);
+                }
             }
         }
         addr
     }
 
-    /// What a peer says about a third member (or about us).
-    fn apply_gossip(&mut self, g: &MemberInfo, now_ms: u64, fx: &mut Vec<Effect>) {
+    /// What a peer says about a third member (or about us). `spread`: the
+    /// entry came as news on a protocol message (not a Welcome's list), so
+    /// what changes here is passed on.
+    fn apply_gossip(&mut self, g: &MemberInfo, spread: bool, now_ms: u64, fx: &mut Vec<Effect>) {
         if g.id == self.me {
             let refute = match g.status {
                 Status::Alive => g.incarnation > self.incarnation,
                 Status::Suspect | Status::Dead | Status::Left => g.incarnation >= self.incarnation,
             };
-            if refute {
+            if refute && !self.left {
                 let old = self.incarnation;
                 self.incarnation = g.incarnation + 1;
                 self.stats.refutations += 1;
                 info!(node = %self.me, said = %g.status, old, new = self.incarnation, "refuting: incarnation bumped");
+                self.broadcasts.push(self.self_info());
             }
             return;
         }
         let table_full = self.table.len() >= MAX_MEMBERS_PER_MSG;
-        match self.table.get_mut(&g.id) {
-            None if table_full => {
+        let Some(m) = self.table.get_mut(&g.id) else {
+            if table_full {
                 // Bounded memory: second-hand entries cannot grow the table
                 // past what one Welcome can carry.
                 self.stats.gossip_ignored += 1;
                 debug!(node = %self.me, peer = %g.id, "member table full; gossip entry ignored");
+                return;
             }
-            None => {
-                let status = match g.status {
-                    // Suspicion is local: a member someone suspects is still
-                    // one we have not judged; start it alive and probe it.
-                    Status::Alive | Status::Suspect => Status::Alive,
-                    // Never heard of it and it is gone: nothing to track.
-                    // (Tracking second-hand dead peers would also let nodes
-                    // that forgot a peer teach it back to each other forever.)
-                    Status::Dead | Status::Left => return,
-                };
-                let mut m = Member::new(
-                    g.id.clone(),
-                    g.addr,
-                    g.incarnation,
-                    status,
-                    now_ms,
-                    self.config.detector(),
-                );
-                m.learn(g, true);
-                self.table.insert(m);
-                debug!(node = %self.me, peer = %g.id, addr = %g.addr, %status, "peer learned from gossip");
-                fx.push(Effect::StatusChanged {
-                    peer: g.id.clone(),
-                    from: None,
-                    to: status,
-                });
-                fx.push(persist(&g.id, g.addr, g.incarnation));
+            if matches!(g.status, Status::Dead | Status::Left) {
+                // Never heard of it and it is gone: nothing to track.
+                // (Tracking second-hand dead peers would also let nodes
+                // that forgot a peer teach it back to each other forever.)
+                return;
             }
-            Some(m) => {
-                m.learn(g, g.incarnation > m.incarnation);
-                if g.incarnation > m.incarnation {
-                    m.incarnation = g.incarnation;
-                    if !g.addr.ip().is_unspecified() {
-                        m.addr = g.addr;
-                    }
-                    fx.push(persist(&m.id, m.addr, m.incarnation));
-                    if g.status == Status::Alive {
-                        match m.status {
-                            // It refuted or restarted: check for ourselves now.
-                            Status::Suspect | Status::Dead => m.next_probe_ms = now_ms,
-                            Status::Left => {
-                                m.status = Status::Suspect;
-                                m.status_since_ms = now_ms;
-                                m.status_incarnation = m.incarnation;
-                                m.detector.reset();
-                                m.detector.heartbeat(now_ms);
-                                m.next_probe_ms = now_ms;
-                                fx.push(Effect::StatusChanged {
-                                    peer: m.id.clone(),
-                                    from: Some(Status::Left),
-                                    to: Status::Suspect,
-                                });
-                            }
-                            Status::Alive => {}
-                        }
-                    }
-                }
-                if g.status == Status::Left
-                    && g.incarnation >= m.incarnation
-                    && m.status != Status::Left
-                {
-                    let before = m.status;
-                    m.status = Status::Left;
-                    m.status_since_ms = now_ms;
-                    m.status_incarnation = g.incarnation;
-                    fx.push(Effect::StatusChanged {
-                        peer: m.id.clone(),
-                        from: Some(before),
-                        to: Status::Left,
-                    });
-                }
+            let mut m = Member::new(
+                g.id.clone(),
+                g.addr,
+                g.incarnation,
+                g.status,
+                now_ms,
+                self.config.detector(),
+            );
+            m.learn(g, true);
+            let info = m.info();
+            self.table.insert(m);
+            debug!(node = %self.me, peer = %g.id, addr = %g.addr, status = %g.status, "peer learned from gossip");
+            if spread {
+                self.broadcasts.push(info);
             }
+            self.ring.insert(g.id.clone());
+            fx.push(Effect::StatusChanged {
+                peer: g.id.clone(),
+                from: None,
+                to: g.status,
+            });
+            fx.push(persist(&g.id, g.addr, g.incarnation));
+            return;
+        };
+        m.learn(g, g.incarnation > m.incarnation);
+        let before = m.status;
+        // SWIM's order: a higher incarnation wins; at the incarnation of
+        // our current status, dead/left > suspect > alive.
+        let ours = match m.status {
+            Status::Suspect | Status::Dead => m.status_incarnation,
+            Status::Alive | Status::Left => m.incarnation,
+        };
+        let next = match (g.status, m.status) {
+            (Status::Alive, _) if g.incarnation > ours => Some(Status::Alive),
+            (Status::Suspect, Status::Alive) if g.incarnation >= ours => Some(Status::Suspect),
+            (Status::Suspect, Status::Suspect | Status::Dead | Status::Left)
+                if g.incarnation > ours =>
+            {
+                Some(Status::Suspect)
+            }
+            (Status::Dead, Status::Alive | Status::Suspect) if g.incarnation >= ours => {
+                Some(Status::Dead)
+            }
+            (Status::Dead, Status::Left) if g.incarnation > ours => Some(Status::Dead),
+            (Status::Left, s) if s != Status::Left && g.incarnation >= ours => Some(Status::Left),
+            _ => None,
+        };
+        if g.incarnation > m.incarnation {
+            m.incarnation = g.incarnation;
+            if !g.addr.ip().is_unspecified() {
+                m.addr = g.addr;
+            }
+            fx.push(persist(&m.id, m.addr, m.incarnation));
+        }
+        let Some(to) = next else {
+            return;
+        };
+        let news = to != before || g.incarnation > ours;
+        m.status_incarnation = g.incarnation;
+        if to != before {
+            m.status = to;
+            m.status_since_ms = now_ms;
+            if to == Status::Alive {
+                m.detector.reset();
+                m.detector.heartbeat(now_ms);
+            }
+            match to {
+                Status::Suspect => self.stats.suspicions += 1,
+                Status::Dead => self.stats.deaths += 1,
+                Status::Alive => self.stats.revivals += 1,
+                Status::Left => {}
+            }
+            info!(node = %self.me, peer = %g.id, from = %before, to = %to, incarnation = g.incarnation, "peer status from gossip");
+            fx.push(Effect::StatusChanged {
+                peer: g.id.clone(),
+                from: Some(before),
+                to,
+            });
+        }
+        if news && spread {
+            let info = m.info();
+            self.broadcasts.push(info);
         }
     }
 }

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use super::table::Status;
 use crate::model::NodeId;
 
-/// Most member entries accepted in one [`Msg::Welcome`]. Larger clusters
-/// than this are out of scope for full-mesh heartbeats anyway.
+/// Most member entries accepted in one [`Msg::Welcome`], and the most
+/// members one node tracks.
 pub const MAX_MEMBERS_PER_MSG: usize = 1024;
 /// Most gossip entries accepted on one [`Msg::Ping`] / [`Msg::Ack`].
 pub const MAX_GOSSIP_PER_MSG: usize = 64;
@@ -74,6 +74,18 @@ pub enum Msg {
     },
     /// Graceful departure of the sender.
     Leave { incarnation: u64 },
+    /// "Ping `target` for me": the sender's own probe of `target` went
+    /// unanswered (SWIM's indirect probe). Answered with
+    /// [`Msg::IndirectAck`] once `target` acks our ping, else not at all.
+    PingReq {
+        target: NodeId,
+        gossip: Vec<MemberInfo>,
+    },
+    /// `target` answered a ping sent on the receiver's behalf.
+    IndirectAck {
+        target: NodeId,
+        gossip: Vec<MemberInfo>,
+    },
 }
 
 /// A message that breaks a size bound (never produced by a correct peer).
@@ -93,6 +105,8 @@ impl Msg {
             Msg::Ping { .. } => "ping",
             Msg::Ack { .. } => "ack",
             Msg::Leave { .. } => "leave",
+            Msg::PingReq { .. } => "ping_req",
+            Msg::IndirectAck { .. } => "indirect_ack",
         }
     }
 
@@ -102,7 +116,10 @@ impl Msg {
         let infos: &[MemberInfo] = match self {
             Msg::Hello { member } => std::slice::from_ref(member),
             Msg::Welcome { members } => members,
-            Msg::Ping { gossip, .. } | Msg::Ack { gossip, .. } => gossip,
+            Msg::Ping { gossip, .. }
+            | Msg::Ack { gossip, .. }
+            | Msg::PingReq { gossip, .. }
+            | Msg::IndirectAck { gossip, .. } => gossip,
             Msg::Leave { .. } => &[],
         };
         if let Some(long) = infos
@@ -118,9 +135,10 @@ impl Msg {
         }
         let (len, max) = match self {
             Msg::Welcome { members } => (members.len(), MAX_MEMBERS_PER_MSG),
-            Msg::Ping { gossip, .. } | Msg::Ack { gossip, .. } => {
-                (gossip.len(), MAX_GOSSIP_PER_MSG)
-            }
+            Msg::Ping { gossip, .. }
+            | Msg::Ack { gossip, .. }
+            | Msg::PingReq { gossip, .. }
+            | Msg::IndirectAck { gossip, .. } => (gossip.len(), MAX_GOSSIP_PER_MSG),
             Msg::Hello { .. } | Msg::Leave { .. } => return Ok(()),
         };
         if len > max {
@@ -172,6 +190,14 @@ mod tests {
                 gossip: vec![],
             },
             Msg::Leave { incarnation: 9 },
+            Msg::PingReq {
+                target: NodeId::new("t").unwrap(),
+                gossip: vec![info("d")],
+            },
+            Msg::IndirectAck {
+                target: NodeId::new("t").unwrap(),
+                gossip: vec![],
+            },
         ] {
             let bytes = bincode::serde::encode_to_vec(&m, cfg).unwrap();
             let (back, _): (Msg, _) = bincode::serde::decode_from_slice(&bytes, cfg).unwrap();

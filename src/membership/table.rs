@@ -16,8 +16,9 @@ use crate::model::NodeId;
 pub enum Status {
     /// Answering heartbeats.
     Alive,
-    /// The failure detector passed its threshold; not used for replication,
-    /// still probed at the normal rate.
+    /// A probe went unanswered, here or at a member that spread the
+    /// suspicion; not used for replication, still probed, dead after the
+    /// suspicion timeout unless it refutes.
     Suspect,
     /// Suspect for longer than `dead_after`; kept and probed at a lower rate
     /// so it can come back.
@@ -54,8 +55,8 @@ pub struct Member {
     pub last_seen_ms: Option<u64>,
     /// Smoothed round-trip time of Ping/Ack.
     pub rtt_ms: Option<f64>,
+    /// Fed by every message heard directly from the member; reported.
     pub detector: PhiAccrual,
-    pub next_probe_ms: u64,
     /// Its advertised client URL, when known.
     pub http: Option<String>,
     /// Highest seq of its own origin it reported.
@@ -85,7 +86,6 @@ impl Member {
             last_seen_ms: None,
             rtt_ms: None,
             detector: d,
-            next_probe_ms: now_ms,
             http: None,
             head: None,
         }

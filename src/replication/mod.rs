@@ -83,7 +83,10 @@ mod anti_entropy;
 pub mod msg;
 mod pull;
 mod push;
+pub mod quorum;
+pub mod read_quorum;
 mod reader;
+mod replica;
 mod sharding;
 pub mod stats;
 
@@ -262,7 +265,7 @@ enum PendingKind {
     SessionEntries { session: u64 },
     /// The final version-vector advance of our session.
     SessionVv { session: u64 },
-    /// Entries a peer sent us in its session.
+    /// Entries a peer sent us in its session, or by read repair.
     ServedEntries,
     /// Handed-off partitions forgotten (`crate::placement`).
     Dropped,
@@ -288,6 +291,11 @@ struct Peer {
     handoff_due: bool,
     /// That session repairs values we only got stubs of.
     stub_repair: bool,
+    /// Until when this peer waits for acks of its own deltas (it asked in a
+    /// push): deltas of its origin that become durable here are acked.
+    ack_until_ms: u64,
+    /// The highest seq of its origin we acked to it.
+    acked_to: u64,
 }
 
 /// The replication state machine of one node. See the module docs.
@@ -448,7 +456,14 @@ impl Replicator {
             return out;
         }
         match msg {
-            Msg::Push { deltas, .. } => self.on_push(from, deltas, now, &mut out),
+            Msg::Push { deltas, ack, .. } => self.on_push(from, deltas, ack, now, store, &mut out),
+            // Quorum bookkeeping of the node machine (see `quorum`): it
+            // routes these to its trackers before they get here.
+            Msg::Ack { .. } | Msg::ReadReply { .. } => {}
+            Msg::ReadRequest { req, key, .. } => {
+                self.on_read_request(from, req, key, store, &mut out)
+            }
+            Msg::Repair { key, entry, .. } => self.on_repair(from, key, entry, now, &mut out),
             Msg::PullRequest { req, vv, .. } => {
                 self.on_pull_request(from, req, vv, store, &mut out)
             }
@@ -485,6 +500,7 @@ impl Replicator {
         let peer = pending.peer;
         match pending.kind {
             PendingKind::Deltas { pull, more } => {
+                self.send_acks(now, store, &mut out);
                 self.deltas_committed(&peer, pull, more, outcomes, now, store, &mut out)
             }
             PendingKind::SessionEntries { session } => {

@@ -36,7 +36,37 @@ pub struct ItemVersion {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// Freshly durable deltas (own or relayed), in seq order per origin.
-    Push { clock: Hlc, deltas: Vec<Delta> },
+    /// `ack`: a quorum write waits at the sender; once these deltas are
+    /// durable here, answer with [`Msg::Ack`].
+    Push {
+        clock: Hlc,
+        deltas: Vec<Delta>,
+        ack: bool,
+    },
+    /// "Every delta of `origin` up to `seq` is durable here" (cumulative),
+    /// sent to `origin` after a push that asked for it.
+    Ack {
+        clock: Hlc,
+        origin: NodeId,
+        seq: u64,
+    },
+    /// Read quorum: "what is your entry for `key`?"
+    ReadRequest { clock: Hlc, req: u64, key: String },
+    /// The answer to a [`Msg::ReadRequest`]: the entry as durable here
+    /// (`None`: never heard of the key; a tombstone is an entry).
+    ReadReply {
+        clock: Hlc,
+        req: u64,
+        key: String,
+        entry: Option<Entry>,
+    },
+    /// Read repair: a newer entry than the one the receiver answered with;
+    /// merged by LWW, no answer.
+    Repair {
+        clock: Hlc,
+        key: String,
+        entry: Entry,
+    },
     /// "Send me the deltas you hold beyond this vector."
     PullRequest {
         clock: Hlc,
@@ -143,6 +173,10 @@ impl Msg {
     pub fn clock(&self) -> Hlc {
         match self {
             Msg::Push { clock, .. }
+            | Msg::Ack { clock, .. }
+            | Msg::ReadRequest { clock, .. }
+            | Msg::ReadReply { clock, .. }
+            | Msg::Repair { clock, .. }
             | Msg::PullRequest { clock, .. }
             | Msg::PullResponse { clock, .. }
             | Msg::AeBegin { clock, .. }
@@ -159,6 +193,10 @@ impl Msg {
     pub fn kind(&self) -> &'static str {
         match self {
             Msg::Push { .. } => "push",
+            Msg::Ack { .. } => "ack",
+            Msg::ReadRequest { .. } => "read_request",
+            Msg::ReadReply { .. } => "read_reply",
+            Msg::Repair { .. } => "repair",
             Msg::PullRequest { .. } => "pull_request",
             Msg::PullResponse { .. } => "pull_response",
             Msg::AeBegin { .. } => "ae_begin",
@@ -183,6 +221,8 @@ impl Msg {
                 .iter()
                 .flat_map(|(_, items)| items.iter().map(|i| i.version.hlc))
                 .max(),
+            Msg::ReadReply { entry, .. } => entry.as_ref().map(|e| e.version.hlc),
+            Msg::Repair { entry, .. } => Some(entry.version.hlc),
             _ => None,
         };
         m.unwrap_or(Hlc::ZERO)
@@ -195,6 +235,9 @@ impl Msg {
                 cap("push", deltas.len(), MAX_ITEMS)?;
                 deltas.iter().try_for_each(|d| key_ok("push", &d.key))
             }
+            Msg::Ack { .. } => Ok(()),
+            Msg::ReadRequest { key, .. } | Msg::ReadReply { key, .. } => key_ok("read", key),
+            Msg::Repair { key, .. } => key_ok("repair", key),
             Msg::PullRequest { vv, .. } => cap("pull vector", vv.0.len(), MAX_ORIGINS),
             Msg::PullResponse {
                 deltas,

@@ -136,7 +136,7 @@ impl Replicator {
         p.stats.deltas_received += deltas.len() as u64;
         if !unavailable.is_empty() {
             p.stats.pulls_answered_unavailable += 1;
-            tracing::info!(node = %self.node, peer = %from, origins = ?unavailable,
+            tracing::info!(node = %self.node, peer = %from, origins = %crate::logfields::list(&unavailable),
                 "peer no longer logs deltas we miss; anti-entropy");
             self.start_anti_entropy(from, AeTrigger::PullUnavailable, now, store, out);
         }

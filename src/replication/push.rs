@@ -27,13 +27,35 @@ impl Replicator {
         store: &dyn ReplicaReader,
     ) -> Vec<Effect> {
         let _ = now;
+        self.push_committed(deltas, false, store)
+    }
+
+    /// [`Replicator::on_committed`] while a quorum write waits here: own
+    /// deltas go to every live peer (not `push_fanout` of them), and the
+    /// pushes ask for a durable ack (`Msg::Ack`).
+    pub fn on_committed_for_quorum(
+        &mut self,
+        deltas: &[Delta],
+        now: u64,
+        store: &dyn ReplicaReader,
+    ) -> Vec<Effect> {
+        let _ = now;
+        self.push_committed(deltas, true, store)
+    }
+
+    fn push_committed(
+        &mut self,
+        deltas: &[Delta],
+        ack: bool,
+        store: &dyn ReplicaReader,
+    ) -> Vec<Effect> {
         let mut out = Vec::new();
         let live = self.live_peers();
         if live.is_empty() || deltas.is_empty() {
             return out;
         }
         let fanout = self.config.push_fanout;
-        let own_targets: Vec<NodeId> = if live.len() <= fanout {
+        let own_targets: Vec<NodeId> = if ack || live.len() <= fanout {
             live.clone()
         } else {
             live.choose_multiple(&mut self.rng, fanout)
@@ -81,11 +103,13 @@ impl Replicator {
                 self.config.max_msg_bytes,
                 |d| approx_size(&d.key, &d.entry),
             ) {
+                let ack = ack && chunk.iter().any(|d| d.origin == self.node);
                 out.push(Effect::Send {
                     to: peer.clone(),
                     msg: Msg::Push {
                         clock,
                         deltas: chunk,
+                        ack,
                     },
                 });
             }
@@ -98,9 +122,14 @@ impl Replicator {
         &mut self,
         from: &NodeId,
         deltas: Vec<Delta>,
+        ack: bool,
         now: u64,
+        store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
+        if ack {
+            self.acks_asked(from, deltas.is_empty(), now, store, out);
+        }
         if deltas.is_empty() {
             return;
         }
@@ -109,18 +138,13 @@ impl Replicator {
             .or_default()
             .stats
             .deltas_received += deltas.len() as u64;
-        tracing::trace!(node = %self.node, peer = %from, n = deltas.len(), "push received");
+        tracing::trace!(node = %self.node, peer = %from, n = deltas.len(), ack, "push received");
         self.note_stubs(&deltas, now);
         let ops = deltas.into_iter().map(crate::store::Op::Delta).collect();
-        self.commit(
-            from,
-            ops,
-            PendingKind::Deltas {
-                pull: None,
-                more: false,
-            },
-            now,
-            out,
-        );
+        let kind = PendingKind::Deltas {
+            pull: None,
+            more: false,
+        };
+        self.commit(from, ops, kind, now, out);
     }
 }

@@ -89,6 +89,14 @@ pub struct PeerStats {
     /// Message stamps from the peer too far ahead of our wall clock to be
     /// adopted by our clock (the data is still applied).
     pub clock_stamps_not_adopted: u64,
+    /// Durable acks we sent this peer for its quorum writes.
+    pub acks_sent: u64,
+    /// Quorum reads of this peer we answered.
+    pub reads_served: u64,
+    /// Read repairs we sent this peer (it answered an older entry), and
+    /// the ones it sent us.
+    pub read_repairs_sent: u64,
+    pub read_repairs_received: u64,
     /// Length of the transport's send queue to this peer, as last reported
     /// by the shell (`Replicator::note_queue_len`).
     pub queue_len: u64,

@@ -39,6 +39,12 @@ pub enum StoreError {
     Unknown,
     #[error("data directory {0} does not exist")]
     Missing(String),
+    #[error("data directory {0} is empty: not a hub data directory (a node makes one at its first start; `hub snapshot restore` makes one from a snapshot)")]
+    EmptyDir(String),
+    #[error("{0} already holds a database: restore into a new or empty directory")]
+    NotEmpty(String),
+    #[error("cannot read data directory {0}: {1}")]
+    Unreadable(String, #[source] std::io::Error),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

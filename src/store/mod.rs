@@ -29,9 +29,11 @@
 mod backend;
 mod codec;
 pub mod commit;
+pub mod dump;
 mod error;
 mod identity;
 mod keys;
+pub mod load;
 mod schema;
 mod state;
 mod write;
@@ -284,8 +286,19 @@ impl Store {
     /// Opens an existing directory read-mostly for inspection, refusing to
     /// create one where there is none.
     pub fn open_existing(dir: &Path, cache_bytes: u64) -> Result<Store> {
+        let shown = dir.display().to_string();
+        let empty = match std::fs::read_dir(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Missing(shown))
+            }
+            Err(e) => return Err(StoreError::Unreadable(shown, e)),
+            Ok(mut it) => it.next().is_none(),
+        };
+        if empty {
+            return Err(StoreError::EmptyDir(shown));
+        }
         if !dir.join("conf").exists() {
-            return Err(StoreError::Missing(dir.display().to_string()));
+            return Err(StoreError::NotHubDir(shown));
         }
         Store::open(
             dir,
@@ -894,6 +907,29 @@ impl Store {
             staged.apply_to(&mut w.state);
         }
         w.state.commit = commit;
+    }
+}
+
+/// Meta flag of a directory restored from a snapshot under the node id it
+/// was taken from: until a peer has shown which of the node's own sequence
+/// numbers it holds, the node must not write (see [`Store::restored`]).
+pub(crate) const RESTORED_META: &str = "restored";
+
+impl Store {
+    /// Whether this directory was restored from a snapshot under its own
+    /// node id and has not yet been checked against a peer: writes the node
+    /// made after the snapshot may live on peers, and a fresh local write
+    /// would reuse one of their sequence numbers.
+    pub fn restored(&self) -> bool {
+        matches!(self.kv().get(&keys::meta(RESTORED_META)), Ok(Some(_)))
+    }
+
+    /// Clears [`Store::restored`] once a peer's vector has been checked.
+    pub fn clear_restored(&self) -> Result<()> {
+        let mut b = backend::WriteBatch::default();
+        b.remove(keys::meta(RESTORED_META));
+        self.kv().apply(b)?;
+        self.flush()
     }
 }
 

@@ -17,7 +17,9 @@ use serde::Serialize;
 
 /// Version of the frame payload; bump on any incompatible message change.
 /// 2: membership pings and acks carry clock stamps (`crate::clock`).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: quorums: pushes may ask for durable acks; acks, quorum reads and
+/// read repair (`crate::replication::quorum`).
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Default hard limit on one frame's payload.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;

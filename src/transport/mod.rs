@@ -428,7 +428,7 @@ impl<M: Serialize + DeserializeOwned + Send + 'static> Transport<M> {
             peer_queue_len: cfg.peer_queue_len,
             closed: AtomicBool::new(false),
         });
-        tracing::info!(node = %inner.shared.node_id, addr = ?inner.shared.endpoint.local_addr().ok(), "transport bound");
+        tracing::info!(node = %inner.shared.node_id, addr = %crate::logfields::opt(inner.shared.endpoint.local_addr().ok()), "transport bound");
         Ok((
             Transport {
                 inner,

@@ -50,7 +50,17 @@ pub(crate) async fn run<M: Send + 'static>(
             Ok(c) => c,
             Err(e) => {
                 counters.connect_failures.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(node = %shared.node_id, peer = %addr, expected = ?want, error = %e, retry_in_ms = backoff.as_millis() as u64, "connect failed");
+                let retry_in_ms = backoff.as_millis() as u64;
+                match want {
+                    // No node id to expect: a join address the operator
+                    // gave, so an unreachable one is worth a warning.
+                    None => {
+                        tracing::warn!(node = %shared.node_id, addr = %addr, error = %e, retry_in_ms, "cannot connect to the join address; retrying")
+                    }
+                    Some(want) => {
+                        tracing::info!(node = %shared.node_id, peer = %want, addr = %addr, error = %e, retry_in_ms, "connect failed")
+                    }
+                }
                 counters.set_error(e);
                 sleep_backoff(&mut backoff, shared.backoff_max).await;
                 continue;

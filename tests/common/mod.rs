@@ -345,6 +345,43 @@ pub async fn three_nodes(certs: &Certs, within: Duration) -> (TestNode, TestNode
 
 // ---------------------------------------------------------------- processes
 
+/// Runs `hub ARGS` with extra environment variables to its end.
+pub fn run_hub(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(args)
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+}
+
+/// Output bytes as text.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// `hub serve` arguments for node `id` on loopback: HTTP on a free port,
+/// QUIC on `port`, no simulated sensors, joining `join` if given.
+pub fn serve_args(
+    id: &str,
+    data: &Path,
+    certs: &Path,
+    port: u16,
+    join: Option<u16>,
+) -> Vec<String> {
+    let mut args: Vec<String> = ["--node-id", id, "--http", "127.0.0.1:0", "--no-sensors"]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--data-dir".into(), data.display().to_string()]);
+    args.extend(["--certs".into(), certs.display().to_string()]);
+    args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
+    if let Some(j) = join {
+        args.extend(["--join".into(), format!("127.0.0.1:{j}")]);
+    }
+    args
+}
+
 /// A `hub serve` process, killed on drop so a failing test leaves none behind.
 pub struct Proc {
     pub child: Child,

@@ -1,0 +1,386 @@
+//! The operator's daily experience, through the real binary: every message
+//! issue 12 listed is asserted here (a missing URL scheme, an empty data
+//! directory, a bad `HUB_*` variable, a too-large body, unknown query
+//! parameters, Display log fields, no colour codes in a redirected log, the
+//! join warning, progress lines, version, completions, man page).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hyper::{Method, StatusCode};
+
+use common::{call, free_udp_port, http_client, Certs, Proc};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+use common::{run_hub as hub, text};
+
+#[test]
+fn inspect_without_a_source_names_both_flags() {
+    let out = hub(&["inspect", "summary"], &[]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(e.contains("--data-dir") && e.contains("--node"), "{e}");
+}
+
+#[test]
+fn inspect_of_an_address_without_scheme_says_to_add_one_and_shows_no_made_up_path() {
+    let out = hub(&["inspect", "--node", "127.0.0.1:8081", "summary"], &[]);
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("http://127.0.0.1:8081") && e.contains("https://"),
+        "{e}"
+    );
+    assert!(!e.contains("/api/introspection"), "{e}");
+}
+
+#[test]
+fn inspect_of_an_empty_or_foreign_directory_says_what_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = hub(
+        &[
+            "inspect",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "summary",
+        ],
+        &[],
+    );
+    let e = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        e.contains("is empty") && e.contains("not a hub data directory"),
+        "{e}"
+    );
+    assert!(!e.contains("does not exist"), "{e}");
+    std::fs::write(tmp.path().join("notes.txt"), "x").unwrap();
+    let out = hub(
+        &[
+            "inspect",
+            "--data-dir",
+            tmp.path().to_str().unwrap(),
+            "summary",
+        ],
+        &[],
+    );
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("not a hub data directory") && !e.contains("is empty"),
+        "{e}"
+    );
+    // Inspection created nothing.
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn a_bad_hub_variable_is_reported_by_its_variable_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let out = hub(
+        &[
+            "serve",
+            "--no-sensors",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("HUB_LOG_RETENTION", "abc")],
+    );
+    assert!(!out.status.success());
+    let e = text(&out.stderr);
+    assert!(e.contains("HUB_LOG_RETENTION") && e.contains("abc"), "{e}");
+    assert!(!data.exists());
+}
+
+#[test]
+fn version_names_the_release_and_the_git_revision() {
+    let out = hub(&["--version"], &[]);
+    let v = text(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        v.contains(env!("CARGO_PKG_VERSION")) && v.contains("(git "),
+        "{v}"
+    );
+}
+
+#[test]
+fn completions_and_man_page_are_printed() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = hub(&["completions", shell], &[]);
+        assert!(out.status.success(), "{shell}");
+        let s = text(&out.stdout);
+        assert!(
+            s.contains("snapshot") && s.contains("inspect"),
+            "{shell}: {s}"
+        );
+    }
+    let out = hub(&["man"], &[]);
+    assert!(out.status.success());
+    assert!(text(&out.stdout).contains(".TH hub"));
+}
+
+/// A `hub serve` whose stderr is read line by line.
+struct Logged {
+    proc: Proc,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Logged {
+    fn start(args: &[String], env: &[(&str, &str)]) -> Logged {
+        let mut child: Child = Command::new(env!("CARGO_BIN_EXE_hub"))
+            .arg("serve")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut first = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut first)
+            .unwrap();
+        let base = first
+            .split_whitespace()
+            .last()
+            .unwrap_or_default()
+            .to_string();
+        Logged {
+            proc: Proc { child, base },
+            lines,
+        }
+    }
+
+    /// Every line read until one matches (returned last), or the deadline.
+    fn until(&self, what: &str, matches: impl Fn(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + WITHIN;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(l) => {
+                    let hit = matches(&l);
+                    seen.push(l);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line {what} within {WITHIN:?}; saw:\n{}",
+            seen.join("\n")
+        );
+    }
+}
+
+fn joining_args(data: &std::path::Path, certs: &Certs, join_port: u16) -> Vec<String> {
+    [
+        "--node-id",
+        "a",
+        "--no-sensors",
+        "--http",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--certs",
+        certs.path().to_str().unwrap(),
+        "--listen",
+        &format!("127.0.0.1:{}", free_udp_port()),
+        "--join",
+        &format!("127.0.0.1:{join_port}"),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+#[test]
+fn json_logs_carry_display_fields_and_warn_about_an_unreachable_join_address() {
+    let certs = Certs::new(&["a"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let join = free_udp_port();
+    let node = Logged::start(
+        &joining_args(&tmp.path().join("d"), &certs, join),
+        &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "json")],
+    );
+    let seen = node.until("warning about the join address", |l| {
+        l.contains("join address") && l.contains("\"WARN\"")
+    });
+    let warn: serde_json::Value = serde_json::from_str(seen.last().unwrap()).unwrap();
+    let fields = &warn["fields"];
+    assert_eq!(fields["addr"], format!("127.0.0.1:{join}"), "{warn}");
+    assert!(fields["retry_in_ms"].as_u64().is_some(), "{warn}");
+    assert!(
+        fields["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{warn}"
+    );
+    for line in &seen {
+        assert!(
+            !line.contains("Some("),
+            "Debug output in a log line: {line}"
+        );
+        assert!(!line.contains("expected"), "{line}");
+        if line.contains("cluster started") {
+            assert!(
+                line.contains(&format!("\"join\":\"127.0.0.1:{join}\"")),
+                "{line}"
+            );
+            assert!(line.contains("\"joins\":1"), "{line}");
+        }
+        if line.contains("transport bound") {
+            assert!(line.contains("\"addr\":\"127.0.0.1:"), "{line}");
+        }
+    }
+    node.proc.stop();
+}
+
+#[test]
+fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
+    let certs = Certs::new(&["a"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let node = Logged::start(
+        &joining_args(&tmp.path().join("d"), &certs, free_udp_port()),
+        &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "pretty")],
+    );
+    let seen = node.until("warning about the join address", |l| {
+        l.contains("join address")
+    });
+    for line in &seen {
+        assert!(!line.contains('\u{1b}'), "colour code in {line:?}");
+    }
+    assert!(seen.last().unwrap().contains("WARN"));
+    node.proc.stop();
+}
+
+fn small_limits_node(data: &std::path::Path) -> Proc {
+    Proc::start(
+        &[
+            "--no-sensors",
+            "--http",
+            "127.0.0.1:0",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--max-value-bytes",
+            "1000",
+            "--max-batch-bytes",
+            "4000",
+        ]
+        .map(String::from),
+    )
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_get_413_naming_the_limit_and_its_setting() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = small_limits_node(&tmp.path().join("d"));
+    let http = http_client();
+    let (status, body) = call(
+        &http,
+        Method::PUT,
+        &format!("{}/kv/big", node.base),
+        vec![b'x'; 5000],
+    )
+    .await
+    .unwrap();
+    let body = text(&body);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body.contains("1000") && body.contains("max_value_bytes"),
+        "{body}"
+    );
+    assert!(!body.contains("Failed to buffer"), "{body}");
+    let batch = format!("[{}]", vec![r#"{"sensor":"s","value":1}"#; 400].join(","));
+    let (status, body) = call(
+        &http,
+        Method::POST,
+        &format!("{}/api/readings", node.base),
+        batch,
+    )
+    .await
+    .unwrap();
+    let body = text(&body);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body.contains("4000") && body.contains("max_batch_bytes"),
+        "{body}"
+    );
+    // Nothing was written.
+    let (status, _) = call(&http, Method::GET, &format!("{}/kv/big", node.base), "")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    node.stop();
+}
+
+#[tokio::test]
+async fn unknown_query_parameters_are_ignored() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = small_limits_node(&tmp.path().join("d"));
+    let http = http_client();
+    let (status, _) = call(&http, Method::PUT, &format!("{}/kv/a", node.base), "1")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/kv?prefix=a&_=1700000000",
+        "/api/updates?limit=5&cachebust=1",
+        "/api/merkle?level=0&utm_source=x",
+        "/api/sensors/x/y/history?limit=1&_=2",
+    ] {
+        let (status, body) = call(&http, Method::GET, &format!("{}{path}", node.base), "")
+            .await
+            .unwrap();
+        assert!(status.is_success(), "{path}: {status} {}", text(&body));
+    }
+    // A known parameter with a bad value is still refused.
+    let (status, _) = call(
+        &http,
+        Method::GET,
+        &format!("{}/kv?limit=x&_=1", node.base),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    node.stop();
+}
+
+#[test]
+fn bench_prints_progress_lines_while_it_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = small_limits_node(&tmp.path().join("d"));
+    let out = hub(
+        &[
+            "bench",
+            "put",
+            "--url",
+            &node.base,
+            "--clients",
+            "2",
+            "--duration",
+            "1500ms",
+        ],
+        &[("HUB_PROGRESS_INTERVAL", "200ms")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let e = text(&out.stderr);
+    let progress: Vec<&str> = e.lines().filter(|l| l.starts_with("progress:")).collect();
+    assert!(progress.len() >= 3, "{e}");
+    assert!(progress.iter().all(|l| l.contains("writes")), "{e}");
+    assert!(text(&out.stdout).contains("writes:"));
+    node.stop();
+}
