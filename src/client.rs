@@ -203,6 +203,22 @@ impl Client {
         content_type: Option<&str>,
     ) -> Result<Reply, ClientError> {
         let req = self.build(method, url, body.into(), content_type)?;
+        self.forward(req, url).await
+    }
+
+    /// Sends a request built by the caller (its headers as they are: no
+    /// token added; a node forwarding a client's request to an owner) to
+    /// `url` and reads the whole answer.
+    pub async fn forward(
+        &self,
+        req: hyper::Request<Full<Bytes>>,
+        url: &str,
+    ) -> Result<Reply, ClientError> {
+        if url.starts_with("https://") && !self.has_ca {
+            return Err(ClientError::NeedCaCert {
+                url: url.to_string(),
+            });
+        }
         let exchange = async {
             let resp = self.send(url, req).await?;
             let status = resp.status();

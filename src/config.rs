@@ -274,6 +274,22 @@ pub struct ConfigLayer {
         skip_serializing_if = "Option::is_none"
     )]
     pub remove_dead_after: Option<Duration>,
+    /// Copies kept of each key: with fewer than the cluster's members, the
+    /// key space is split into 256 partitions, each stored by this many
+    /// nodes (see README "Sharding"). Default: every node (full replication).
+    #[arg(long, help_heading = "Sharding")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_factor: Option<usize>,
+    /// A member dead for longer than this loses its partitions to the next
+    /// nodes in line (re-replication). Default 30s.
+    #[arg(long, value_parser = parse_duration, help_heading = "Sharding")]
+    #[serde(
+        default,
+        alias = "rebalance_after_ms",
+        with = "opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub rebalance_after: Option<Duration>,
 
     /// A peer connection silent this long is closed. Default 10s.
     #[arg(long, value_parser = parse_duration, help_heading = "Transport")]
@@ -847,6 +863,15 @@ fn replication_config(l: &ConfigLayer) -> Result<ReplicationConfig, ConfigError>
             l.anti_entropy_interval
                 .unwrap_or(Duration::from_millis(d.ae_interval_ms)),
         )?),
+        replication_factor: match l.replication_factor {
+            Some(r) => Some(positive("replication_factor", r as u64)? as usize),
+            None => None,
+        },
+        rebalance_after_ms: ms(nonzero(
+            "rebalance_after",
+            l.rebalance_after
+                .unwrap_or(Duration::from_millis(d.rebalance_after_ms)),
+        )?),
         ..d
     };
     c.validate()
@@ -1266,6 +1291,35 @@ mod tests {
             assert!(err.starts_with(var), "{var}: {err:?}");
             assert!(!err.contains("--"), "{var}: names a flag: {err:?}");
         }
+    }
+
+    #[test]
+    fn replication_factor_from_file_env_and_flag_defaults_to_every_node() {
+        assert_eq!(
+            Config::resolve([]).unwrap().replication.replication_factor,
+            None
+        );
+        let file = ConfigLayer::from_toml(
+            "replication_factor = 3\nrebalance_after = \"1m\"",
+            "hub.toml",
+        )
+        .unwrap();
+        let c = Config::resolve([file]).unwrap();
+        assert_eq!(c.replication.replication_factor, Some(3));
+        assert_eq!(c.replication.rebalance_after_ms, 60_000);
+        let env = ConfigLayer::from_env([("HUB_REPLICATION_FACTOR".to_string(), "2".to_string())])
+            .unwrap();
+        assert_eq!(
+            Config::resolve([env])
+                .unwrap()
+                .replication
+                .replication_factor,
+            Some(2)
+        );
+        let env = ConfigLayer::from_env([("HUB_REPLICATION_FACTOR".to_string(), "0".to_string())])
+            .unwrap();
+        let err = Config::resolve([env]).unwrap_err().to_string();
+        assert!(err.contains("HUB_REPLICATION_FACTOR"), "{err}");
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub mod merkle;
 pub mod metrics;
 pub mod model;
 pub mod node;
+pub mod placement;
 pub mod replication;
 pub mod sensors;
 pub mod snapshot;

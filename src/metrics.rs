@@ -134,6 +134,8 @@ pub struct Metrics {
     pub watch_events: Counter,
     /// Watchers cut off for falling behind.
     pub watch_cutoffs: Counter,
+    /// `/kv` requests forwarded to an owner of the key (`crate::placement`).
+    pub forwarded: Counter,
     /// Writes with `w` above 1, and reads with `r` above 1, by outcome.
     pub quorum_writes: Family<QuorumLabel, Counter>,
     pub quorum_reads: Family<QuorumLabel, Counter>,
@@ -172,6 +174,7 @@ impl Metrics {
             watch_streams: Gauge::default(),
             watch_events: Counter::default(),
             watch_cutoffs: Counter::default(),
+            forwarded: Counter::default(),
             quorum_writes: Family::default(),
             quorum_reads: Family::default(),
             quorum_write_duration: Family::new_with_constructor(latency_histogram),
@@ -196,6 +199,11 @@ impl Metrics {
             "http_writes",
             "Keys written through the HTTP API",
             m.writes.clone(),
+        );
+        registry.register(
+            "http_forwarded",
+            "Requests for keys this node does not store, forwarded to an owner",
+            m.forwarded.clone(),
         );
         registry.register(
             "http_rejected",
@@ -450,6 +458,61 @@ type PeerCounter = (
     fn(&crate::replication::stats::PeerStats) -> u64,
 );
 
+/// Owned partitions and rebalancing progress (`crate::placement`).
+fn placement_families(p: &crate::placement::Progress) -> Vec<Fam> {
+    let gauges: [(&str, &str, f64); 3] = [
+        (
+            "placement_owned_partitions",
+            "Partitions (of 256) this node owns",
+            p.owned as f64,
+        ),
+        (
+            "placement_held_not_owned_partitions",
+            "Partitions this node holds data of without owning them (handed off to their owners)",
+            p.held_not_owned as f64,
+        ),
+        (
+            "placement_eligible_members",
+            "Members partitions are placed on",
+            p.eligible_members as f64,
+        ),
+    ];
+    let counters: [(&str, &str, f64); 4] = [
+        (
+            "placement_layout_changes",
+            "Times this node's partition layout changed",
+            p.layout_changes as f64,
+        ),
+        (
+            "placement_handoff_sessions",
+            "Anti-entropy sessions run to hand partitions to new owners",
+            p.handoff_sessions as f64,
+        ),
+        (
+            "placement_handoff_entries_sent",
+            "Entries sent to new owners by handoff sessions",
+            p.handoff_entries_sent as f64,
+        ),
+        (
+            "placement_stubs_for_owned",
+            "Stubs received for owned partitions (values then fetched by anti-entropy)",
+            p.stubs_for_owned as f64,
+        ),
+    ];
+    let mut out = Vec::new();
+    for (name, help, v) in gauges {
+        let mut f = Fam::gauge(name, help);
+        f.push(&[], v);
+        out.push(f);
+    }
+    for (name, help, v) in counters {
+        let mut f = Fam::counter(name, help);
+        f.push(&[], v);
+        out.push(f);
+    }
+    out
+}
+
 const STATUSES: [Status; 4] = [Status::Alive, Status::Suspect, Status::Dead, Status::Left];
 
 fn cluster_families(
@@ -557,6 +620,7 @@ fn cluster_families(
         }
     }
     out.extend([queue, ae_age, ae_moved]);
+    out.extend(placement_families(&view.placement));
 
     let mut status = Fam::gauge(
         "member_status",

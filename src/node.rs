@@ -232,6 +232,8 @@ impl Node {
             keys,
             http_url: http_url.clone(),
             changes,
+            placement: cluster.as_ref().map(Cluster::placement),
+            forwarder: forwarder(&config),
         });
         let app = http::router(shared);
         let http_task = tokio::spawn(http::server::serve(
@@ -549,4 +551,26 @@ fn host_name() -> String {
         }
     }
     "localhost".to_string()
+}
+
+/// The HTTP client `/kv` requests are forwarded to owners with: the
+/// cluster CA as trust root when the nodes serve HTTPS.
+fn forwarder(config: &Config) -> Option<crate::client::Client> {
+    let cacert = config
+        .certs
+        .as_ref()
+        .map(|d| d.join("ca.pem"))
+        .filter(|p| config.http_tls && p.exists());
+    let opts = crate::client::ClientOptions {
+        token: None,
+        cacert,
+        timeout: Some(std::time::Duration::from_secs(10)),
+    };
+    match crate::client::Client::new(&opts) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::error!(node = %config.node_id, error = %e, "no client to forward requests to owners");
+            None
+        }
+    }
 }

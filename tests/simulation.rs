@@ -7,6 +7,7 @@
 use std::time::Instant;
 
 use hub::model::{Entry, NodeId, VersionVector};
+use hub::placement::{partition_of, Layout};
 use hub::replication::{AeResult, Effect, Msg, ReplicationConfig, Replicator};
 use hub::store::{Condition, Op, Outcome, Store, StoreConfig};
 use rand::rngs::StdRng;
@@ -45,6 +46,9 @@ struct Sim {
     config: ReplicationConfig,
     messages: u64,
     bytes: u64,
+    /// Copies of each key (`hub::placement`); `None`: every node. Each node
+    /// places partitions on itself and the peers it sees up.
+    factor: Option<usize>,
 }
 
 impl Sim {
@@ -81,6 +85,7 @@ impl Sim {
             nodes,
             net: Net::new(n, faults),
             up: vec![vec![false; n]; n],
+            factor: config.replication_factor,
             config,
             messages: 0,
             bytes: 0,
@@ -110,6 +115,7 @@ impl Sim {
         let store = reopen(node.dir.path(), &node.store_config);
         let repl = Replicator::new(node.id.clone(), self.config.clone(), self.rng.gen());
         node.live = Some((store, repl));
+        self.relayout(i);
         for j in 0..self.nodes.len() {
             if j != i && self.alive(j) && self.net.connected(i, j) {
                 self.set_up(i, j, true);
@@ -130,11 +136,33 @@ impl Sim {
         }
     }
 
+    /// Node `i`'s layout from its own view of who is up (what membership
+    /// gives a real node, with a grace period of zero: maximal churn).
+    fn relayout(&mut self, i: usize) {
+        if self.factor.is_none() || !self.alive(i) {
+            return;
+        }
+        let members: Vec<NodeId> = (0..self.nodes.len())
+            .filter(|&j| j == i || self.up[i][j])
+            .map(|j| self.nodes[j].id.clone())
+            .collect();
+        let layout = std::sync::Arc::new(Layout::compute(members, self.factor));
+        let now = self.wall(i);
+        let effects = {
+            let me = self.nodes[i].id.clone();
+            let (store, repl) = self.nodes[i].live.as_mut().unwrap();
+            store.owned().store(layout.owned_by(&me));
+            repl.set_layout(layout, now, store)
+        };
+        self.run_effects(i, effects);
+    }
+
     fn set_up(&mut self, i: usize, j: usize, up: bool) {
         if self.up[i][j] == up || !self.alive(i) {
             return;
         }
         self.up[i][j] = up;
+        self.relayout(i);
         let peer = self.nodes[j].id.clone();
         let now = self.wall(i);
         let effects = {
@@ -298,6 +326,51 @@ impl Sim {
         Ok(())
     }
 
+    /// Sharded: every partition's owners (by the common final layout) hold
+    /// identical entries of it, and nothing any node holds is newer (no
+    /// write lost in a handoff).
+    fn converged_sharded(&self, factor: usize) -> Result<(), String> {
+        let ids: Vec<NodeId> = self.nodes.iter().map(|n| n.id.clone()).collect();
+        let layout = Layout::compute(ids, Some(factor));
+        let mut by_node = Vec::new();
+        for node in &self.nodes {
+            let (store, _) = node.live.as_ref().ok_or("a node is down")?;
+            assert_eq!(
+                store.merkle_root(),
+                hub::store::rebuild_merkle_root(store).unwrap(),
+                "seed {}: merkle drift",
+                self.seed
+            );
+            by_node.push(store.scan("", None, usize::MAX).unwrap());
+        }
+        for p in 0..=255u8 {
+            let in_p = |entries: &Vec<(String, Entry)>| -> Vec<(String, Entry)> {
+                entries
+                    .iter()
+                    .filter(|(k, _)| partition_of(k) == p)
+                    .cloned()
+                    .collect()
+            };
+            // The newest version of each key anywhere.
+            let mut newest: std::collections::BTreeMap<String, Entry> = Default::default();
+            for entries in &by_node {
+                for (k, e) in in_p(entries) {
+                    if e.supersedes(newest.get(&k)) {
+                        newest.insert(k, e);
+                    }
+                }
+            }
+            let want: Vec<(String, Entry)> = newest.into_iter().collect();
+            for owner in layout.owners(p) {
+                let i = self.idx(owner);
+                if in_p(&by_node[i]) != want {
+                    return Err(format!("{owner} lacks the newest data of partition {p}"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Runs until every node agrees (checked every 100 ms) or `limit_ms`.
     fn run_until_converged(&mut self, limit_ms: u64) -> u64 {
         let start = self.now;
@@ -305,7 +378,11 @@ impl Sim {
             for _ in 0..20 {
                 self.step();
             }
-            match self.converged() {
+            let verdict = match self.factor {
+                Some(r) => self.converged_sharded(r),
+                None => self.converged(),
+            };
+            match verdict {
                 Ok(()) => return self.now - start,
                 Err(why) if self.now - start > limit_ms => {
                     panic!(
@@ -349,11 +426,21 @@ struct Events {
     bytes: u64,
     ae_repaired: u64,
     took_ms: u64,
+    /// Sharded runs: handed-off partitions dropped by their old holders.
+    partitions_dropped: u64,
 }
 
 fn chaos_run(seed: u64, steps: usize) -> Events {
+    chaos_run_with(seed, steps, None)
+}
+
+fn chaos_run_with(seed: u64, steps: usize, factor: Option<usize>) -> Events {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
-    let n = rng.gen_range(3..=5);
+    let n = if factor.is_some() {
+        rng.gen_range(4..=6)
+    } else {
+        rng.gen_range(3..=5)
+    };
     let faults = Faults {
         drop: 0.15,
         dup: 0.05,
@@ -362,7 +449,13 @@ fn chaos_run(seed: u64, steps: usize) -> Events {
     // Every third seed trims logs hard, so pulls answer "unavailable" and
     // anti-entropy (with its vector advance) must do the healing.
     let retention = if seed % 3 == 0 { 16 } else { 1_000_000 };
-    let mut sim = Sim::new(seed, n, faults, sim_config(), retention);
+    let config = ReplicationConfig {
+        replication_factor: factor,
+        // Short, so handed-off partitions are dropped within the run.
+        rebalance_after_ms: 2_000,
+        ..sim_config()
+    };
+    let mut sim = Sim::new(seed, n, faults, config, retention);
     let keys: Vec<String> = (0..24).map(|k| format!("k{k}")).collect();
     let mut writes = 0;
     let mut events = Events::default();
@@ -415,6 +508,9 @@ fn chaos_run(seed: u64, steps: usize) -> Events {
             )
         })
         .count() as u64;
+    events.partitions_dropped = (0..n)
+        .map(|i| sim.repl(i).placement_progress().partitions_dropped)
+        .sum();
     if std::env::var("SIM_VERBOSE").is_ok() {
         eprintln!("seed {seed}: {n} nodes, {writes} writes, {events:?}");
     }
@@ -424,6 +520,23 @@ fn chaos_run(seed: u64, steps: usize) -> Events {
 #[test]
 fn all_nodes_converge_after_drops_duplicates_reordering_partitions_and_crashes() {
     for_each_seed("simulation", 32, |seed| chaos_run(seed, 1000));
+}
+
+/// Sharding with churn: crashes and partitions change every node's view of
+/// the membership, so layouts disagree and move all the time; after the
+/// heal each partition's owners hold identical, newest data.
+#[test]
+fn sharded_partitions_owners_converge_after_churn_partitions_and_crashes() {
+    let runs = for_each_seed("sharded simulation", 16, |seed| {
+        chaos_run_with(seed, 1000, Some(2 + (seed % 2) as usize))
+    });
+    // Drops happen (and so were checked by the convergence test above).
+    if runs.len() >= 8 {
+        assert!(
+            runs.iter().any(|e| e.partitions_dropped > 0),
+            "no run dropped a handed-off partition: {runs:?}"
+        );
+    }
 }
 
 #[test]

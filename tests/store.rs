@@ -543,3 +543,75 @@ fn schema_2_directory_is_migrated_and_its_identity_recorded() {
     )
     .is_err());
 }
+
+/// Sharding (`hub::placement`): a node that stores only some partitions
+/// logs another partition's delta as a stub (its vector advances, nothing
+/// is stored), and a handed-off partition is dropped with its Merkle items,
+/// surviving a crash right after with memory equal to disk.
+#[test]
+fn foreign_partition_deltas_are_stubs_and_a_dropped_partition_stays_dropped_after_a_crash() {
+    use hub::placement::{partition_of, Owned};
+    let dir = tempfile::tempdir().unwrap();
+    let keys: Vec<String> = (0..2000).map(|i| format!("key-{i}")).collect();
+    let gone = partition_of(&keys[0]);
+    let in_gone = keys.iter().filter(|k| partition_of(k) == gone).count();
+    assert!(in_gone > 0);
+    let root = {
+        let s = open(dir.path(), "a");
+        commit(&s, keys.iter().map(|k| put(k, "v")).collect());
+        commit(&s, vec![del(&keys[0])]);
+        let mut owned = Owned::ALL;
+        owned = owned.minus(&{
+            let mut o = Owned::NONE;
+            o.insert(gone);
+            o
+        });
+        s.owned().store(owned);
+
+        // A peer's delta of the partition we no longer own: logged as a stub.
+        let peer = id("b");
+        let delta = Delta {
+            origin: peer.clone(),
+            seq: 1,
+            key: keys[0].clone(),
+            entry: Entry {
+                version: Version {
+                    hlc: Hlc::new(1_700_000_000_000, 9),
+                    node: peer.clone(),
+                },
+                value: Some(b"new".to_vec()),
+                meta: Meta::new(),
+            },
+        };
+        assert_eq!(
+            commit(&s, vec![Op::Delta(delta)]),
+            vec![Outcome::Applied { won: false }]
+        );
+        assert_eq!(s.version_vector().get(&peer), 1);
+        assert!(
+            s.get(&keys[0]).unwrap().unwrap().is_tombstone(),
+            "stub stored"
+        );
+
+        let out = commit(&s, vec![Op::DropPartition(gone)]);
+        assert_eq!(
+            out,
+            vec![Outcome::Dropped {
+                keys: in_gone as u64
+            }]
+        );
+        for k in &keys {
+            assert_eq!(s.get(k).unwrap().is_some(), partition_of(k) != gone, "{k}");
+        }
+        assert_eq!(s.counts().live, (keys.len() - in_gone) as u64);
+        assert_eq!(store::rebuild_merkle_root(&s).unwrap(), s.merkle_root());
+        let root = s.merkle_root();
+        s.close_as_if_crashed();
+        root
+    };
+    let s = open(dir.path(), "a");
+    assert_eq!(s.merkle_root(), root);
+    assert_eq!(store::rebuild_merkle_root(&s).unwrap(), root);
+    assert_eq!(s.counts().live, (keys.len() - in_gone) as u64);
+    assert!(s.get(&keys[0]).unwrap().is_none());
+}

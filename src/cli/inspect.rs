@@ -226,6 +226,21 @@ fn text(view: &View, v: &Value) -> String {
                     let _ = writeln!(out, "counter {k:<20} {}", s(n));
                 }
             }
+            // Live only: which partitions this node owns (crate::placement).
+            let p = &v["cluster"]["placement"];
+            if p.is_object() {
+                let factor = match &p["replication_factor"] {
+                    Value::Null => "every node".to_string(),
+                    f => s(f),
+                };
+                let _ = writeln!(
+                    out,
+                    "partitions      {} of 256 owned ({}), {} held not owned, copies: {factor}",
+                    s(&p["owned"]),
+                    s(&p["owned_ranges"]),
+                    s(&p["held_not_owned"]),
+                );
+            }
         }
         View::Keys { .. } => {
             for k in v["keys"].as_array().into_iter().flatten() {

@@ -132,6 +132,7 @@ impl DriverWorkers {
 
 impl Driver {
     pub(super) fn new(
+        placement: Arc<crate::placement::PlacementHandle>,
         config: &ClusterConfig,
         quic_addr: SocketAddr,
         store: Arc<Store>,
@@ -164,6 +165,7 @@ impl Driver {
             rand::random(),
         )?;
         machine.set_http(config.http_url.clone());
+        machine.set_placement(placement);
         committer.clock_gate().expect_verdict();
         let mut driver = Driver {
             node: config.node_id.clone(),
@@ -637,6 +639,7 @@ fn placeholder_view(node: &NodeId, transport: &Transport<Message>) -> ClusterVie
         members: Vec::new(),
         membership: Default::default(),
         replication: Default::default(),
+        placement: Default::default(),
         transport: transport.stats(),
         clock: None,
     }

@@ -100,6 +100,8 @@ pub struct ClusterView {
     pub members: Vec<MemberView>,
     pub membership: membership::Stats,
     pub replication: ReplicationStats,
+    /// Owned partitions and rebalancing progress (`crate::placement`).
+    pub placement: crate::placement::Progress,
     pub transport: TransportStats,
     /// The clock fence's verdict: state, offsets per peer, refusal.
     pub clock: Option<crate::clock::Verdict>,
@@ -112,6 +114,7 @@ pub struct Cluster {
     transport: Transport<Message>,
     quic_addr: SocketAddr,
     discovered: mpsc::Sender<crate::discovery::Discovered>,
+    placement: Arc<crate::placement::PlacementHandle>,
     quorum: quorum::QuorumClient,
 }
 
@@ -135,7 +138,10 @@ impl Cluster {
         .await?;
         let quic_addr = transport.local_addr()?;
         let (stop, stop_rx) = watch::channel(false);
+        let placement =
+            crate::placement::PlacementHandle::new(config.node_id.clone(), store.owned().clone());
         let (driver, view) = driver::Driver::new(
+            placement.clone(),
             &config,
             quic_addr,
             store,
@@ -163,8 +169,14 @@ impl Cluster {
             transport,
             quic_addr,
             discovered,
+            placement,
             quorum,
         })
+    }
+
+    /// Partition owners and where to forward (`crate::placement`).
+    pub fn placement(&self) -> Arc<crate::placement::PlacementHandle> {
+        self.placement.clone()
     }
 
     /// The handle write and read quorums wait through.

@@ -157,6 +157,10 @@ pub struct NodeMachine {
     /// [`NodeMachine::start`] ran: before it, a node that will join has not
     /// begun to, so it must not look joined.
     started: bool,
+    /// Partition owners as the node's store and HTTP layer see them.
+    placement: Arc<crate::placement::PlacementHandle>,
+    /// Owner URLs last published (republished when one changes).
+    published_urls: std::collections::BTreeMap<NodeId, String>,
     /// Own writes waiting for durable acks (write quorums).
     writes: QuorumTracker,
     /// Quorum reads in progress, and their read repair.
@@ -179,7 +183,13 @@ impl NodeMachine {
     ) -> Result<NodeMachine, membership::ConfigError> {
         let membership = Membership::new(node.clone(), addr, incarnation, membership)?;
         let replicator = Replicator::new(node.clone(), replication, seed);
+        let placement = crate::placement::PlacementHandle::new(
+            node.clone(),
+            crate::placement::SharedOwned::new(),
+        );
         Ok(NodeMachine {
+            placement,
+            published_urls: Default::default(),
             membership,
             replicator,
             rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -216,6 +226,16 @@ impl NodeMachine {
 
     pub fn replicator(&self) -> &Replicator {
         &self.replicator
+    }
+
+    /// Shares the placement with the store (its owned set) and the HTTP
+    /// layer (forwarding); call before [`NodeMachine::start`].
+    pub fn set_placement(&mut self, placement: Arc<crate::placement::PlacementHandle>) {
+        self.placement = placement;
+    }
+
+    pub fn placement(&self) -> &Arc<crate::placement::PlacementHandle> {
+        &self.placement
     }
 
     pub fn membership(&self) -> &Membership {
@@ -275,6 +295,7 @@ impl NodeMachine {
             } => {
                 let fx = self.membership.on_message(&from, addr, m, now.mono_ms());
                 self.membership_effects(fx, now, reader, &mut out);
+                self.update_layout(now, reader, &mut out);
             }
             Input::Message {
                 from,
@@ -308,7 +329,8 @@ impl NodeMachine {
                 level,
                 timeout_ms,
             } => {
-                let replicas = replicas_for(&self.membership, &self.node, &key);
+                let replicas =
+                    replicas_for(&self.membership, self.replicator.layout(), &self.node, &key);
                 let needed = level.needed(replicas.len());
                 let (now_ms, deadline) = (now.mono_ms(), now.mono_ms() + timeout_ms);
                 let waited = self
@@ -352,6 +374,7 @@ impl NodeMachine {
                     .set_head(reader.version_vector().get(&self.node));
                 let fx = self.membership.tick(now.mono_ms(), &mut self.rng);
                 self.membership_effects(fx, now, reader, &mut out);
+                self.update_layout(now, reader, &mut out);
                 let fx = self.replicator.on_tick(now.mono_ms(), reader);
                 self.replication_effects(fx, &mut out);
                 let done = self.writes.on_tick(now.mono_ms());
@@ -400,8 +423,46 @@ impl NodeMachine {
             members: self.membership.members(now.mono_ms()),
             membership: self.membership.stats(),
             replication: replication_stats_on_wall_clock(self.replicator.stats(), now),
+            placement: self.replicator.placement_progress(),
             transport,
             clock: self.clock_verdict().cloned(),
+        }
+    }
+
+    /// Recomputes partition owners when the eligible members changed
+    /// (nothing to do with full replication beyond one list comparison),
+    /// and republishes owner URLs when one changed.
+    fn update_layout(&mut self, now: Now, reader: &dyn ReplicaReader, out: &mut Vec<Output>) {
+        let config = self.replicator.config();
+        let (r, grace) = (config.replication_factor, config.rebalance_after_ms);
+        if r.is_none() {
+            return; // every node owns everything, whatever the membership
+        }
+        let members = crate::placement::eligible_members(
+            &self.node,
+            self.membership.table(),
+            now.mono_ms(),
+            grace,
+        );
+        let changed = members != self.replicator.layout().members;
+        if changed {
+            let layout = Arc::new(crate::placement::Layout::compute(members, r));
+            let fx = self.replicator.set_layout(layout, now.mono_ms(), reader);
+            self.replication_effects(fx, out);
+        }
+        let urls: std::collections::BTreeMap<NodeId, String> = self
+            .membership
+            .table()
+            .iter()
+            .filter(|m| m.status == Status::Alive)
+            .filter_map(|m| m.http.clone().map(|u| (m.id.clone(), u)))
+            .collect();
+        if changed || urls != self.published_urls {
+            self.published_urls = urls.clone();
+            self.placement.publish(crate::placement::Routes {
+                layout: self.replicator.layout().clone(),
+                urls,
+            });
         }
     }
 
@@ -477,7 +538,7 @@ impl NodeMachine {
         reader: &dyn ReplicaReader,
         out: &mut Vec<Output>,
     ) {
-        let replicas = replicas_for(&self.membership, &self.node, &key);
+        let replicas = replicas_for(&self.membership, self.replicator.layout(), &self.node, &key);
         let needed = level.needed(replicas.len());
         let local = match reader.get(&key) {
             Ok(e) => e,

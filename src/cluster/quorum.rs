@@ -66,10 +66,23 @@ impl Level {
     }
 }
 
-/// The replicas of `key`, `me` first: every node holds every key, so this
-/// node and every member that has not left the cluster.
-pub fn replicas_for(membership: &Membership, me: &NodeId, key: &str) -> Vec<NodeId> {
-    let _ = key;
+/// The replicas of `key`, `me` first. With full replication every node
+/// holds every key: this node and every member that has not left the
+/// cluster. With sharding (`crate::placement`), the owners of the key's
+/// partition (this node first if it is one; a node that took the write
+/// without owning the key still counts its own durable copy first).
+pub fn replicas_for(
+    membership: &Membership,
+    layout: &crate::placement::Layout,
+    me: &NodeId,
+    key: &str,
+) -> Vec<NodeId> {
+    if !layout.is_full() && !crate::model::is_internal(key) {
+        let owners = layout.owners(crate::placement::partition_of(key));
+        return std::iter::once(me.clone())
+            .chain(owners.iter().filter(|o| *o != me).cloned())
+            .collect();
+    }
     std::iter::once(me.clone())
         .chain(
             membership

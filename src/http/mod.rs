@@ -8,6 +8,7 @@ pub mod canned;
 mod cluster;
 pub mod dashboard;
 pub mod error;
+pub mod forward;
 pub mod keys;
 pub mod kv;
 pub mod quorum;
@@ -60,6 +61,11 @@ pub struct Shared {
     pub http_url: String,
     /// The change streams' fan-out (`/api/watch`).
     pub changes: Arc<watch::ChangeHub>,
+    /// Partition owners, when clustered: requests for keys this node does
+    /// not store are forwarded to an owner.
+    pub placement: Option<Arc<crate::placement::PlacementHandle>>,
+    /// The client forwarded requests go out with.
+    pub forwarder: Option<crate::client::Client>,
 }
 
 pub type AppState = Arc<Shared>;
@@ -81,6 +87,10 @@ pub fn router(state: AppState) -> Router {
                 .post(kv::create)
                 .delete(kv::delete),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::to_owner,
+        ))
         .layer(DefaultBodyLimit::max(state.max_value_bytes));
     let api_routes = Router::new()
         .route("/", get(dashboard::index))

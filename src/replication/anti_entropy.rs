@@ -66,6 +66,13 @@ pub(super) struct Session {
     pub(super) commits: BTreeSet<u64>,
     vv_tag: Option<u64>,
     pub(super) run: AeRun,
+    /// Partitions compared (`crate::placement`): all, or those both sides
+    /// store. A partial session does not advance our vector.
+    scope: crate::placement::Owned,
+    /// Partitions with a differing leaf: not confirmed equal by this session.
+    touched: crate::placement::Owned,
+    /// The layout epoch the session began in (`Replicator::layout_epoch`).
+    epoch: u64,
 }
 
 impl Replicator {
@@ -85,6 +92,10 @@ impl Replicator {
         {
             return false;
         }
+        let scope = self.scope_with(peer);
+        if scope.is_empty() {
+            return false;
+        }
         let id = self.next_id();
         let msg = Msg::AeBegin {
             clock: store.clock(),
@@ -101,6 +112,9 @@ impl Replicator {
             waiting: Some(Waiting::Root),
             commits: BTreeSet::new(),
             vv_tag: None,
+            scope,
+            touched: crate::placement::Owned::NONE,
+            epoch: self.layout_epoch,
             run: AeRun {
                 peer: peer.to_string(),
                 trigger,
@@ -167,6 +181,13 @@ impl Replicator {
         }
         p.stats.anti_entropy_entries_received += run.entries_received;
         p.stats.last_anti_entropy = Some(run.clone());
+        if failure.is_none() && s.epoch == self.layout_epoch {
+            self.session_confirmed(peer, s.scope.minus(&s.touched), s.touched, now);
+        }
+        if run.trigger == AeTrigger::Handoff {
+            self.progress.handoff_sessions += 1;
+            self.progress.handoff_entries_sent += run.entries_sent;
+        }
         self.last_ae = Some(run);
         // Tags of this session still pending will be ignored when they come.
     }
@@ -474,6 +495,12 @@ impl Replicator {
         if !done || !s.commits.is_empty() || s.vv_tag.is_some() {
             return;
         }
+        if !s.scope.is_full() {
+            // Compared only some partitions: the peer's vector counts deltas
+            // of others we did not check, so it must not become ours.
+            self.finish_session(peer, now, None);
+            return;
+        }
         let Some(vv) = s.peer_vv.clone() else { return };
         let id = s.id;
         let tag = self.commit(
@@ -640,6 +667,9 @@ impl Replicator {
                 mine.insert(key, version);
             }
             for (key, version) in &theirs {
+                if !crate::placement::stores(&self.mine, key) {
+                    continue; // not ours to store
+                }
                 if !matches!(mine.get(key), Some(m) if m >= version) {
                     want.push(key.clone());
                 }
@@ -669,10 +699,12 @@ fn enqueue_differing(
     let Some(kids) = node.children() else { return };
     for (i, child) in kids.enumerate() {
         let (a, b) = (mine.get(i), theirs.get(i));
-        if a == b {
+        if a == b || !super::sharding::in_scope(&s.scope, child) {
             continue;
         }
         if child.is_leaf() {
+            s.touched
+                .insert(crate::placement::partition_of_bucket(child.index as u16));
             s.leaves.push_back(child.index as u16);
         } else {
             s.frontier.push_back(child);

@@ -87,6 +87,7 @@ pub mod quorum;
 pub mod read_quorum;
 mod reader;
 mod replica;
+mod sharding;
 pub mod stats;
 
 use std::collections::{BTreeMap, HashMap};
@@ -136,6 +137,10 @@ pub struct ReplicationConfig {
     /// A commit whose outcome is not reported within this time is forgotten.
     /// Default 60 s.
     pub commit_timeout_ms: u64,
+    /// Copies of each key (`crate::placement`); `None`: every node.
+    pub replication_factor: Option<usize>,
+    /// A member dead this long loses its partitions. Default 30 s.
+    pub rebalance_after_ms: u64,
 }
 
 impl Default for ReplicationConfig {
@@ -152,6 +157,8 @@ impl Default for ReplicationConfig {
             max_items_per_msg: 1024,
             max_msg_bytes: 1 << 20,
             commit_timeout_ms: 60_000,
+            replication_factor: None,
+            rebalance_after_ms: 30_000,
         }
     }
 }
@@ -260,6 +267,8 @@ enum PendingKind {
     SessionVv { session: u64 },
     /// Entries a peer sent us in its session, or by read repair.
     ServedEntries,
+    /// Handed-off partitions forgotten (`crate::placement`).
+    Dropped,
 }
 
 #[derive(Clone, Debug)]
@@ -278,6 +287,10 @@ struct Peer {
     pull_again: bool,
     /// When to start the post-(re)connect anti-entropy.
     ae_due_ms: Option<u64>,
+    /// That session hands off partitions the peer newly owns.
+    handoff_due: bool,
+    /// That session repairs values we only got stubs of.
+    stub_repair: bool,
     /// Until when this peer waits for acks of its own deltas (it asked in a
     /// push): deltas of its origin that become durable here are acked.
     ack_until_ms: u64,
@@ -298,6 +311,21 @@ pub struct Replicator {
     next_pull_ms: u64,
     next_ae_ms: u64,
     last_ae: Option<AeRun>,
+    /// Partition owners (`crate::placement`); full replication by default.
+    layout: std::sync::Arc<crate::placement::Layout>,
+    /// Partitions this node owns, and those it holds data of (a superset
+    /// while handing off).
+    mine: crate::placement::Owned,
+    held: crate::placement::Owned,
+    progress: crate::placement::Progress,
+    /// Per partition being handed off: owners seen holding all of it.
+    confirmed: BTreeMap<u8, std::collections::BTreeSet<NodeId>>,
+    /// Partitions whose drop is being committed.
+    dropping: crate::placement::Owned,
+    /// Counts layout changes; a session's confirmations count only within
+    /// the epoch it began in. And when the current layout began.
+    layout_epoch: u64,
+    layout_since_ms: u64,
 }
 
 impl Replicator {
@@ -310,7 +338,19 @@ impl Replicator {
         // Random id base: answers addressed to a previous incarnation of this
         // node never match a session or pull of this one.
         let next_id = rng.gen::<u64>() >> 1;
+        let layout = std::sync::Arc::new(crate::placement::Layout::compute(
+            vec![node.clone()],
+            config.replication_factor,
+        ));
         Replicator {
+            layout,
+            mine: crate::placement::Owned::ALL,
+            held: crate::placement::Owned::ALL,
+            progress: crate::placement::Progress::default(),
+            confirmed: BTreeMap::new(),
+            dropping: crate::placement::Owned::NONE,
+            layout_epoch: 0,
+            layout_since_ms: 0,
             node,
             config,
             rng,
@@ -480,6 +520,7 @@ impl Replicator {
                 }
             }
             PendingKind::ServedEntries => {}
+            PendingKind::Dropped => self.dropped(outcomes),
         }
         out
     }
@@ -500,6 +541,7 @@ impl Replicator {
                     }
                 }
                 PendingKind::ServedEntries => {}
+                PendingKind::Dropped => self.dropping = crate::placement::Owned::NONE,
             }
         }
     }
@@ -541,6 +583,7 @@ impl Replicator {
         // Periodic pull from one random live peer.
         if now >= self.next_pull_ms {
             self.next_pull_ms = now + self.config.pull_interval_ms;
+            out.extend(self.refresh_held(now, store));
             if let Some(peer) = self.live_peers().choose(&mut self.rng).cloned() {
                 self.send_pull(&peer, now, store, &mut out);
             }
@@ -553,7 +596,8 @@ impl Replicator {
             .map(|(id, _)| id.clone())
             .collect();
         for peer in due {
-            if self.start_anti_entropy(&peer, AeTrigger::Reconnect, now, store, &mut out) {
+            let trigger = self.due_trigger(&peer);
+            if self.start_anti_entropy(&peer, trigger, now, store, &mut out) {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.ae_due_ms = None;
                 }
@@ -567,7 +611,7 @@ impl Replicator {
             let idle: Vec<NodeId> = self
                 .live_peers()
                 .into_iter()
-                .filter(|p| !self.sessions.contains_key(p))
+                .filter(|p| !self.sessions.contains_key(p) && !self.scope_with(p).is_empty())
                 .collect();
             if let Some(peer) = idle.choose(&mut self.rng).cloned() {
                 self.start_anti_entropy(&peer, AeTrigger::Timer, now, store, &mut out);

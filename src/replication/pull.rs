@@ -82,7 +82,7 @@ impl Replicator {
                             break;
                         }
                         budget_bytes = budget_bytes.saturating_sub(size);
-                        deltas.push(d);
+                        deltas.push(self.for_peer(from, &d));
                     }
                     if last < have {
                         // Cut by the cap, or a hole in our log (our vector
@@ -146,6 +146,7 @@ impl Replicator {
             }
             return;
         }
+        self.note_stubs(&deltas, now);
         let ops = deltas.into_iter().map(crate::store::Op::Delta).collect();
         let pull = ours.then_some(req);
         self.commit(from, ops, PendingKind::Deltas { pull, more }, now, out);

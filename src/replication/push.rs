@@ -87,7 +87,8 @@ impl Replicator {
                     .clone()
             };
             for t in targets {
-                per_peer.entry(t).or_default().push(d.clone());
+                let d = self.for_peer(&t, d);
+                per_peer.entry(t).or_default().push(d);
             }
         }
         if per_peer.is_empty() {
@@ -138,6 +139,7 @@ impl Replicator {
             .stats
             .deltas_received += deltas.len() as u64;
         tracing::trace!(node = %self.node, peer = %from, n = deltas.len(), ack, "push received");
+        self.note_stubs(&deltas, now);
         let ops = deltas.into_iter().map(crate::store::Op::Delta).collect();
         let kind = PendingKind::Deltas {
             pull: None,

@@ -14,6 +14,10 @@ pub enum AeTrigger {
     Reconnect,
     PullUnavailable,
     Manual,
+    /// The layout changed: a peer newly owns partitions we hold data of.
+    Handoff,
+    /// A stub arrived for a partition we own: fetch the value from a co-owner.
+    StubRepair,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

@@ -166,6 +166,8 @@ pub struct Store {
     /// Bumped after every applied group that touched the internal keyspace,
     /// so caches of it (the API key table) know when to reload.
     internal_generation: std::sync::atomic::AtomicU64,
+    /// The partitions this node stores (`crate::placement`); all by default.
+    owned: Arc<crate::placement::SharedOwned>,
     /// The change-feed position served (one past the last durable change),
     /// published after every flush so change streams wake without polling.
     feed_tip: tokio::sync::watch::Sender<u64>,
@@ -270,6 +272,7 @@ impl Store {
             identity_written: Mutex::new(std::time::Instant::now()),
             skip_checkpoint: std::sync::atomic::AtomicBool::new(false),
             internal_generation: std::sync::atomic::AtomicU64::new(0),
+            owned: crate::placement::SharedOwned::new(),
             feed_tip,
         })
     }
@@ -749,7 +752,8 @@ impl Store {
                 if out.len() >= limit || scanned > scan_budget {
                     return Ok(out);
                 }
-                if k == key && before.is_none_or(|b| seq < b) {
+                let stub = crate::placement::is_stub(&entry);
+                if k == key && !stub && before.is_none_or(|b| seq < b) {
                     out.push(Delta {
                         origin: origin.clone(),
                         seq,
@@ -807,6 +811,13 @@ impl Store {
         Ok(out)
     }
 
+    /// The partitions this node stores: the placement layer updates it, the
+    /// write path reads it (a delta or entry of another partition is kept
+    /// as a stub or not at all).
+    pub fn owned(&self) -> &Arc<crate::placement::SharedOwned> {
+        &self.owned
+    }
+
     pub fn summary(&self) -> Result<Summary> {
         // Still a summary while the database is closed after an error.
         let disk_bytes = self.kv().size_on_disk().unwrap_or(0);
@@ -850,7 +861,16 @@ impl Store {
         let served_clock = self.served().clock.last();
         w.clock.observe(served_clock);
         let kv = self.kv();
-        let built = write::build(&kv, &self.node_id, &self.config, &mut w, ops, wall_ms);
+        let owned = self.owned.load();
+        let built = write::build(
+            &kv,
+            &self.node_id,
+            &self.config,
+            &mut w,
+            ops,
+            wall_ms,
+            owned,
+        );
         let (batch, mut staged, outcomes) = match built {
             Ok(b) => b,
             Err(e) => {

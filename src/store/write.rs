@@ -19,6 +19,7 @@ use super::state::{Staged, Writer};
 use super::{codec, keys, FeedItem, Result, Run, StoreConfig};
 use crate::merkle::{self, FANOUT};
 use crate::model::{Delta, Entry, Meta, NodeId, Version, VersionVector};
+use crate::placement::{self, Owned};
 
 /// Changes between two Merkle checkpoints: bounds the replay at open after a crash.
 pub(super) const CHECKPOINT_EVERY: u64 = 16_384;
@@ -50,6 +51,9 @@ pub enum Op {
     Entry { key: String, entry: Entry },
     /// After a complete anti-entropy round: we hold all a peer's vector said.
     AdvanceVv(VersionVector),
+    /// Forget the entries of a partition this node no longer owns, once its
+    /// owners hold them (`crate::placement`); a no-op if it owns it again.
+    DropPartition(u8),
 }
 
 impl Op {
@@ -58,7 +62,7 @@ impl Op {
         let key = match self {
             Op::Local { key, .. } | Op::Entry { key, .. } => key,
             Op::Delta(d) => &d.key,
-            Op::AdvanceVv(_) => return false,
+            Op::AdvanceVv(_) | Op::DropPartition(_) => return false,
         };
         crate::model::is_internal(key)
     }
@@ -85,6 +89,10 @@ pub enum Outcome {
         won: bool,
     },
     VvAdvanced,
+    /// Entries (tombstones included) forgotten by `Op::DropPartition`.
+    Dropped {
+        keys: u64,
+    },
 }
 
 struct Builder<'a> {
@@ -104,6 +112,11 @@ struct Builder<'a> {
     /// Deltas logged in this group per origin: first seq and the run.
     runs: BTreeMap<NodeId, (u64, Run)>,
     touched_vv: BTreeSet<NodeId>,
+    /// Partitions stored here; others get stubs (`crate::placement`).
+    owned: Owned,
+    /// Persist the Merkle leaves in this group (a partition was dropped:
+    /// replaying the feed at open could not remove its items).
+    force_checkpoint: bool,
 }
 
 /// Builds a group's batch, advancing the writer's state; on `Err` the
@@ -116,6 +129,7 @@ pub(super) fn build(
     st: &mut Writer,
     ops: Vec<Op>,
     wall_ms: u64,
+    owned: Owned,
 ) -> Result<(WriteBatch, Staged, Vec<Outcome>)> {
     let mut b = Builder {
         kv,
@@ -129,6 +143,8 @@ pub(super) fn build(
         feed: Vec::new(),
         runs: BTreeMap::new(),
         touched_vv: BTreeSet::new(),
+        owned,
+        force_checkpoint: false,
     };
     let mut outcomes = Vec::with_capacity(ops.len());
     for op in ops {
@@ -142,6 +158,7 @@ pub(super) fn build(
             Op::Delta(d) => b.delta(d)?,
             Op::Entry { key, entry } => b.sync_entry(key, entry)?,
             Op::AdvanceVv(vv) => b.advance_vv(&vv),
+            Op::DropPartition(p) => b.drop_partition(p)?,
         };
         outcomes.push(outcome);
     }
@@ -205,10 +222,29 @@ impl Builder<'_> {
             return Ok(Outcome::Gap { expected: have + 1 });
         }
         self.observe(&d.entry.version);
+        if placement::is_stub(&d.entry) || !placement::stores(&self.owned, &d.key) {
+            // Another partition's write (or only its stub): logged as a stub
+            // so the origin's stream stays gap-free, not stored.
+            self.log_stub(&d);
+            return Ok(Outcome::Applied { won: false });
+        }
         let cur = self.current(&d.key)?;
         let won = d.entry.supersedes(cur.as_ref());
         self.log_delta(&d, cur);
         Ok(Outcome::Applied { won })
+    }
+
+    /// Logs a delta's stub as the next of its origin; no entry, no Merkle
+    /// item, no change-feed record.
+    fn log_stub(&mut self, d: &Delta) {
+        let stub = placement::stub(d);
+        let run = self
+            .runs
+            .entry(d.origin.clone())
+            .or_insert_with(|| (d.seq, Run::default()));
+        run.1.items.push((stub.key, stub.entry));
+        self.st.state.vv.set(d.origin.clone(), d.seq);
+        self.touched_vv.insert(d.origin.clone());
     }
 
     fn observe(&mut self, version: &Version) {
@@ -241,6 +277,9 @@ impl Builder<'_> {
 
     fn sync_entry(&mut self, key: String, entry: Entry) -> Result<Outcome> {
         self.observe(&entry.version);
+        if placement::is_stub(&entry) || !placement::stores(&self.owned, &key) {
+            return Ok(Outcome::EntryMerged { won: false });
+        }
         let cur = self.current(&key)?;
         if !entry.supersedes(cur.as_ref()) {
             return Ok(Outcome::EntryMerged { won: false });
@@ -258,6 +297,50 @@ impl Builder<'_> {
             }
         }
         Outcome::VvAdvanced
+    }
+
+    /// Removes every entry of partition `p` with its bucket-index record,
+    /// Merkle item and count, unless `p` is owned (again). Internal keys
+    /// stay (every node stores them). Costs the partition's keys.
+    fn drop_partition(&mut self, p: u8) -> Result<Outcome> {
+        if self.owned.contains(p) {
+            return Ok(Outcome::Dropped { keys: 0 });
+        }
+        let mut n = 0;
+        let first = u16::from(p) << 8;
+        for bucket in first..=first | 0xff {
+            let mut members = Vec::new();
+            for item in self.kv.scan_prefix(&keys::bucket_prefix(bucket)) {
+                members.push(item?.0);
+            }
+            for member in members {
+                let Some(key) = keys::suffix_str(&member, 3).map(str::to_string) else {
+                    continue;
+                };
+                if crate::model::is_internal(&key) {
+                    continue;
+                }
+                if let Some(old) = self.current(&key)? {
+                    let d = merkle::item_digest(&key, &old.version, old.is_tombstone());
+                    self.toggle(bucket, d);
+                    let counts = &mut self.st.state.counts;
+                    if old.is_tombstone() {
+                        counts.tombstones = counts.tombstones.saturating_sub(1);
+                    } else {
+                        counts.live = counts.live.saturating_sub(1);
+                    }
+                }
+                self.batch.remove(&member);
+                self.batch.remove(keys::entry(&key));
+                self.pending.insert(key, None);
+                self.st.dirty_chunks.insert(bucket / FANOUT as u16);
+                n += 1;
+            }
+        }
+        if n > 0 {
+            self.force_checkpoint = true;
+        }
+        Ok(Outcome::Dropped { keys: n })
     }
 
     /// Replaces a key's entry, keeping Merkle leaf, bucket index and counts in step.
@@ -320,7 +403,7 @@ impl Builder<'_> {
             return Ok(());
         }
         self.trim_feed()?;
-        if self.st.changes_since_checkpoint >= CHECKPOINT_EVERY {
+        if self.st.changes_since_checkpoint >= CHECKPOINT_EVERY || self.force_checkpoint {
             write_checkpoint(&mut self.batch, self.st);
         }
         let st = &mut self.st.state;

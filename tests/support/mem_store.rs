@@ -66,6 +66,13 @@ impl MemStore {
                     s.vv.merge(vv);
                     Outcome::VvAdvanced
                 }
+                Op::DropPartition(p) => {
+                    let before = s.map.len();
+                    s.map.retain(|k, _| hub::placement::partition_of(k) != *p);
+                    Outcome::Dropped {
+                        keys: (before - s.map.len()) as u64,
+                    }
+                }
                 Op::Local { .. } => panic!("the bench writes through MemStore::write"),
             })
             .collect()

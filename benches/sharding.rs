@@ -1,0 +1,368 @@
+//! Sharding benchmark (issue 11): 6 `hub serve` processes on loopback with
+//! `--replication-factor 3`, then 6 with factor 6 (full replication), in
+//! the same run; then a 7th node joins the factor-3 cluster.
+//!
+//! `cargo bench --bench sharding -- [--duration 10s] [--writers 32] [--value-bytes 256]`
+//!
+//! - **writes**: `--writers` concurrent HTTP clients (one keep-alive
+//!   connection each) PUT fresh keys round-robin over all six nodes for
+//!   `--duration`; a 2xx means durable on the owner that took it (a node
+//!   that does not own the key forwards it). Aggregate writes/s. Factor 3
+//!   runs twice: writes to any node in turn (half of them forwarded), and
+//!   writes sent straight to the key's first owner (a client that knows
+//!   the layout, computed with `hub::placement::Layout`).
+//! - **disk**: once every owner holds every written key, each node's
+//!   `entries` and on-disk size (`disk_bytes` of `/api/introspection`).
+//! - **rebalance**: a 7th node joins the factor-3 cluster; time from its
+//!   start until it stores every key of the partitions it owns (computed
+//!   with `hub::placement::Layout`, as the nodes do); keys/s and MB/s of
+//!   values moved, and the time 1 M keys would take at that rate (linear
+//!   extrapolation: handoff is anti-entropy, whose cost per key is flat).
+//!
+//! The load average is printed with the figures: on a shared 2-core
+//! machine the six nodes and the load generator compete for the CPU, so
+//! the ratio between the two factors in one run is what counts.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use hyper::Method;
+use serde_json::Value;
+
+use hub::config::parse_duration;
+use hub::placement::{partition_of, Layout};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{free_udp_port, Certs, Proc};
+
+#[derive(Parser, Debug)]
+#[command(name = "sharding-bench")]
+struct Args {
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+    /// How long each factor is loaded.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Concurrent HTTP writers.
+    #[arg(long, default_value_t = 32)]
+    writers: usize,
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+}
+
+const IDS: [&str; 7] = ["s1", "s2", "s3", "s4", "s5", "s6", "s7"];
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "n/a".into())
+}
+
+struct Cluster {
+    certs: Certs,
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+    factor: usize,
+    procs: Vec<Proc>,
+}
+
+impl Cluster {
+    fn new(factor: usize) -> Cluster {
+        Cluster {
+            certs: Certs::new(&IDS),
+            dir: tempfile::tempdir().expect("temp dir"),
+            ports: IDS.iter().map(|_| free_udp_port()).collect(),
+            factor,
+            procs: Vec::new(),
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let mut a: Vec<String> = [
+            "--node-id",
+            IDS[i],
+            "--http",
+            "127.0.0.1:0",
+            "--no-sensors",
+            "--replication-factor",
+            &self.factor.to_string(),
+        ]
+        .map(String::from)
+        .to_vec();
+        a.push("--data-dir".into());
+        a.push(self.dir.path().join(IDS[i]).display().to_string());
+        a.push("--certs".into());
+        a.push(self.certs.path().display().to_string());
+        a.push("--listen".into());
+        a.push(format!("127.0.0.1:{}", self.ports[i]));
+        if i > 0 {
+            a.push("--join".into());
+            a.push(format!("127.0.0.1:{}", self.ports[0]));
+        }
+        self.procs.push(Proc::start(&a));
+    }
+
+    async fn introspect(&self, c: &hub::client::Client, i: usize) -> anyhow::Result<Value> {
+        Ok(
+            c.get_json(&format!("{}/api/introspection", self.procs[i].base))
+                .await?,
+        )
+    }
+
+    /// Waits until every running node places partitions on all of them.
+    async fn wait_layout(&self, c: &hub::client::Client) -> anyhow::Result<()> {
+        let n = self.procs.len() as u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        'poll: loop {
+            if Instant::now() > deadline {
+                bail!("the layout did not settle on {n} members");
+            }
+            for i in 0..self.procs.len() {
+                let v = self.introspect(c, i).await?;
+                if v["cluster"]["placement"]["eligible_members"].as_u64() != Some(n) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue 'poll;
+                }
+            }
+            return Ok(());
+        }
+    }
+}
+
+/// Writes fresh keys for `d`, each to the next node in turn, or with
+/// `direct` to the key's first owner (what a client that knows the layout
+/// does: no forwarding hop); returns the keys written.
+async fn load(cl: &Cluster, args: &Args, direct: bool) -> anyhow::Result<Vec<String>> {
+    let bases: Vec<String> = cl.procs.iter().map(|p| p.base.clone()).collect();
+    let ids: Vec<hub::model::NodeId> = IDS[..bases.len()].iter().map(|i| common::id(i)).collect();
+    let layout = Arc::new(Layout::compute(ids.clone(), Some(cl.factor)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let value = vec![b'x'; args.value_bytes];
+    let mut tasks = Vec::new();
+    for w in 0..args.writers {
+        let (bases, stop, errors, value) =
+            (bases.clone(), stop.clone(), errors.clone(), value.clone());
+        let (layout, ids) = (layout.clone(), ids.clone());
+        tasks.push(tokio::spawn(async move {
+            let client = common::http_client();
+            let mut written = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                let key = format!("w{w}-{i}");
+                let at = if direct {
+                    let owner = &layout.owners(partition_of(&key))[0];
+                    ids.iter().position(|i| i == owner).unwrap_or(0)
+                } else {
+                    (w + i) % bases.len()
+                };
+                let base = &bases[at];
+                match client
+                    .request(
+                        Method::PUT,
+                        &format!("{base}/kv/{key}"),
+                        value.clone(),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(r) if r.status.is_success() => written.push(key),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                i += 1;
+            }
+            written
+        }));
+    }
+    tokio::time::sleep(args.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut keys = Vec::new();
+    for t in tasks {
+        keys.extend(t.await?);
+    }
+    let e = errors.load(Ordering::Relaxed);
+    if e > 0 {
+        println!("  ({e} writes failed)");
+    }
+    Ok(keys)
+}
+
+/// Waits until the nodes together store `factor` copies of each key.
+async fn wait_copies(
+    cl: &Cluster,
+    c: &hub::client::Client,
+    keys: usize,
+) -> anyhow::Result<Vec<Value>> {
+    let want = (keys * cl.factor.min(cl.procs.len())) as u64;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let mut views = Vec::new();
+        for i in 0..cl.procs.len() {
+            views.push(cl.introspect(c, i).await?);
+        }
+        let have: u64 = views
+            .iter()
+            .map(|v| v["entries"].as_u64().unwrap_or(0))
+            .sum();
+        if have >= want {
+            return Ok(views);
+        }
+        if Instant::now() > deadline {
+            bail!("only {have} of {want} copies after 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+struct Figures {
+    writes_per_s: f64,
+    keys: usize,
+    entries: Vec<u64>,
+    disk: Vec<u64>,
+}
+
+async fn run_factor(
+    factor: usize,
+    args: &Args,
+    direct: bool,
+    keep: bool,
+) -> anyhow::Result<(Figures, Option<(Cluster, Vec<String>)>)> {
+    let c = common::http_client();
+    let mut cl = Cluster::new(factor);
+    for i in 0..6 {
+        cl.start(i);
+    }
+    cl.wait_layout(&c).await?;
+    let started = Instant::now();
+    let keys = load(&cl, args, direct).await?;
+    let secs = started.elapsed().as_secs_f64();
+    let views = wait_copies(&cl, &c, keys.len()).await?;
+    let fig = Figures {
+        writes_per_s: keys.len() as f64 / secs,
+        keys: keys.len(),
+        entries: views
+            .iter()
+            .map(|v| v["entries"].as_u64().unwrap_or(0))
+            .collect(),
+        disk: views
+            .iter()
+            .map(|v| v["disk_bytes"].as_u64().unwrap_or(0))
+            .collect(),
+    };
+    Ok((fig, keep.then_some((cl, keys))))
+}
+
+async fn rebalance(mut cl: Cluster, keys: Vec<String>, args: &Args) -> anyhow::Result<()> {
+    let c = common::http_client();
+    let layout = Layout::compute(IDS.iter().map(|i| common::id(i)).collect(), Some(cl.factor));
+    let me = common::id(IDS[6]);
+    let expected = keys
+        .iter()
+        .filter(|k| layout.owns(&me, partition_of(k)))
+        .count() as u64;
+    let started = Instant::now();
+    cl.start(6);
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let have = cl
+            .introspect(&c, 6)
+            .await
+            .ok()
+            .and_then(|v| v["entries"].as_u64())
+            .unwrap_or(0);
+        if have >= expected {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the 7th node holds {have} of {expected} keys after 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let per_s = expected as f64 / secs;
+    let mb_s = per_s * args.value_bytes as f64 / 1e6;
+    println!(
+        "rebalance: 7th node received {expected} keys ({} bytes each) in {secs:.2} s from its start: {per_s:.0} keys/s, {mb_s:.2} MB/s of values; 1 M keys at that rate: {:.0} s (extrapolated)  [load {}]",
+        args.value_bytes,
+        1e6 / per_s,
+        loadavg()
+    );
+    let v = cl.introspect(&c, 6).await?;
+    println!("  7th node placement: {}", v["cluster"]["placement"]);
+    Ok(())
+}
+
+fn print(what: &str, f: &Figures) {
+    let mb = |b: &u64| format!("{:.1}", *b as f64 / 1e6);
+    println!(
+        "{what}: {:.0} durable writes/s aggregate ({} keys); entries per node {:?}; disk MB per node [{}]  [load {}]",
+        f.writes_per_s,
+        f.keys,
+        f.entries,
+        f.disk.iter().map(mb).collect::<Vec<_>>().join(", "),
+        loadavg()
+    );
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    println!(
+        "sharding bench: 6 nodes, {} writers, {} s per factor, {} B values  [load {}]",
+        args.writers,
+        args.duration.as_secs(),
+        args.value_bytes,
+        loadavg()
+    );
+    let (full, _) = run_factor(6, &args, false, false)
+        .await
+        .context("factor 6")?;
+    print("R=6", &full);
+    let (any, _) = run_factor(3, &args, false, false)
+        .await
+        .context("factor 3")?;
+    print("R=3, writes to any node", &any);
+    let (direct, cluster) = run_factor(3, &args, true, true)
+        .await
+        .context("factor 3 direct")?;
+    print("R=3, writes to an owner", &direct);
+    let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
+    for (what, f) in [("any node", &any), ("owner", &direct)] {
+        println!(
+            "R=3 ({what}) / R=6: writes/s ×{:.2} (target ≥ 1.5); per key written: disk per node ×{:.2}, entries per node ×{:.2} (R/N = 0.5)",
+            f.writes_per_s / full.writes_per_s,
+            (avg(&f.disk) / f.keys.max(1) as f64) / (avg(&full.disk) / full.keys.max(1) as f64),
+            (avg(&f.entries) / f.keys.max(1) as f64) / (avg(&full.entries) / full.keys.max(1) as f64),
+        );
+    }
+    if let Some((cl, keys)) = cluster {
+        rebalance(cl, keys, &args).await?;
+    }
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start tokio: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("sharding bench failed: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Forwarding of `/kv/{key}` requests for keys this node does not store
+//! (`crate::placement`): the request goes, as it came (method, path, query,
+//! body, `Authorization`, content and condition headers), to an owner's
+//! advertised URL, and the owner's status, headers and body come back
+//! unchanged, so every status code and error body is the owner's own.
+//! Owners are tried in layout order; one that cannot be reached is skipped.
+//! A read that finds no key (404), here or at an owner, is tried at the
+//! other owners before 404 is the answer: an owner that just gained the
+//! partition may not hold the data yet while rebalancing streams it, and
+//! reads must go on meanwhile. (Cost: a true miss asks every owner.)
+//!
+//! Loops: the forwarded request carries [`FORWARDED_HEADER`]; a request
+//! that carries it is always served here, never forwarded again (two nodes
+//! with different views of the membership cannot bounce a request).
+//! Costs: one extra local HTTP round trip (~0.2 ms on loopback) for a
+//! request that reached a non-owner; nothing for one that reached an owner,
+//! and nothing at all with full replication (one bit test).
+
+use axum::body::Body;
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::{BodyExt, Full};
+
+use super::error::ApiError;
+use super::AppState;
+use crate::model::NodeId;
+
+/// Set on a forwarded request to the forwarding node's id.
+pub const FORWARDED_HEADER: &str = "x-hub-forwarded";
+
+/// Request headers carried to the owner.
+const CARRIED: [&str; 5] = [
+    "authorization",
+    "content-type",
+    "if-match",
+    "if-none-match",
+    "accept",
+];
+
+/// Route layer of `/kv/{*key}`: serves here or forwards to an owner.
+pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(placement) = state.placement.as_ref() else {
+        return next.run(req).await;
+    };
+    if req.headers().contains_key(FORWARDED_HEADER) {
+        return next.run(req).await;
+    }
+    let (mut parts, body) = req.into_parts();
+    let key = match Path::<String>::from_request_parts(&mut parts, &state).await {
+        Ok(Path(k)) => k,
+        // The handler gives the proper error for a bad path.
+        Err(_) => return next.run(Request::from_parts(parts, body)).await,
+    };
+    let read = parts.method == Method::GET || parts.method == Method::HEAD;
+    let Some(targets) = placement.forward_targets(&key) else {
+        if !read || placement.owned().is_full() {
+            return next.run(Request::from_parts(parts, body)).await;
+        }
+        // An owner that just gained the partition may not hold the key yet
+        // (rebalancing): a miss here is checked with the other owners.
+        let outgoing = Outgoing::of(&state, &parts, &key, Bytes::new());
+        let resp = next.run(Request::from_parts(parts, body)).await;
+        if resp.status() != StatusCode::NOT_FOUND {
+            return resp;
+        }
+        let others = placement.other_owners(&key);
+        return match outgoing.send(&state, &others, true).await {
+            Ok(found) if found.status() != StatusCode::NOT_FOUND => found,
+            _ => resp,
+        };
+    };
+    if state.forwarder.is_none() {
+        return next.run(Request::from_parts(parts, body)).await;
+    }
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return ApiError::bad_request("bad_body", format!("cannot read the body: {e}"))
+                .into_response()
+        }
+    };
+    let outgoing = Outgoing::of(&state, &parts, &key, body);
+    match outgoing.send(&state, &targets, read).await {
+        Ok(resp) => resp,
+        Err(why) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_owner_reachable",
+            format!("no owner of key {key:?} answered: {why}"),
+        )
+        .into_response(),
+    }
+}
+
+/// A request as it goes to an owner.
+struct Outgoing {
+    key: String,
+    method: Method,
+    path_q: String,
+    headers: Vec<(&'static str, HeaderValue)>,
+    body: Bytes,
+}
+
+impl Outgoing {
+    fn of(state: &AppState, parts: &Parts, key: &str, body: Bytes) -> Outgoing {
+        let mut headers: Vec<(&'static str, HeaderValue)> = CARRIED
+            .iter()
+            .filter_map(|name| parts.headers.get(*name).map(|v| (*name, v.clone())))
+            .collect();
+        let me = HeaderValue::from_str(state.node_id.as_str())
+            .unwrap_or(HeaderValue::from_static("unknown"));
+        headers.push((FORWARDED_HEADER, me));
+        Outgoing {
+            key: key.to_string(),
+            method: parts.method.clone(),
+            path_q: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+            headers,
+            body,
+        }
+    }
+
+    /// Sends to the owners in turn until one answers (for a read: answers
+    /// other than 404, else the last 404); `Err` when none answered.
+    async fn send(
+        &self,
+        state: &AppState,
+        owners: &[(NodeId, String)],
+        read: bool,
+    ) -> Result<Response, String> {
+        let Some(client) = state.forwarder.as_ref() else {
+            return Err("this node has no forwarding client".into());
+        };
+        if owners.is_empty() {
+            return Err("no owner is known to be reachable".into());
+        }
+        let mut miss: Option<Response> = None;
+        let mut last_err = String::new();
+        for (owner, base) in owners {
+            let url = format!("{base}{}", self.path_q);
+            let mut b = hyper::Request::builder()
+                .method(self.method.clone())
+                .uri(&url);
+            for (name, value) in &self.headers {
+                b = b.header(*name, value.clone());
+            }
+            let Ok(fwd) = b.body(Full::new(self.body.clone())) else {
+                continue;
+            };
+            match client.forward(fwd, &url).await {
+                Ok(reply) => {
+                    state.metrics.forwarded.inc();
+                    tracing::debug!(node = %state.node_id, owner = %owner, key = %self.key,
+                        status = %reply.status, "request forwarded");
+                    let resp = response_of(reply);
+                    if read && resp.status() == StatusCode::NOT_FOUND {
+                        miss = Some(resp);
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %state.node_id, owner = %owner, key = %self.key,
+                        error = %e, "owner unreachable; trying the next");
+                    last_err = e.to_string();
+                }
+            }
+        }
+        miss.ok_or(last_err)
+    }
+}
+
+fn response_of(reply: crate::client::Reply) -> Response {
+    let mut resp = Response::new(Body::from(reply.body));
+    *resp.status_mut() = reply.status;
+    for (name, value) in reply.headers.iter() {
+        if !is_hop_by_hop(name) {
+            resp.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    resp
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection" | "keep-alive" | "transfer-encoding" | "content-length" | "upgrade"
+    )
+}

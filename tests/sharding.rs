@@ -1,0 +1,314 @@
+//! Sharding with a replication factor (`hub::placement`), end to end: real
+//! `hub serve` processes (real QUIC, mTLS, sled) on loopback with
+//! `--replication-factor 3`. Every wait polls with a deadline.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hyper::{Method, StatusCode};
+use serde_json::Value;
+
+use common::*;
+use hub::placement::{partition_of, Layout};
+
+const MESH: Duration = Duration::from_secs(30);
+const SETTLE: Duration = Duration::from_secs(60);
+const KEYS: usize = 240;
+
+fn args(
+    id: &str,
+    dir: &std::path::Path,
+    certs: &std::path::Path,
+    port: u16,
+    join: Option<u16>,
+) -> Vec<String> {
+    let mut a: Vec<String> = [
+        "--node-id",
+        id,
+        "--http",
+        "127.0.0.1:0",
+        "--no-sensors",
+        "--replication-factor",
+        "3",
+        "--rebalance-after",
+        "1s",
+        "--dead-after",
+        "1s",
+        "--anti-entropy-interval",
+        "1s",
+    ]
+    .map(String::from)
+    .to_vec();
+    a.push("--data-dir".into());
+    a.push(dir.join(id).display().to_string());
+    a.push("--certs".into());
+    a.push(certs.display().to_string());
+    a.push("--listen".into());
+    a.push(format!("127.0.0.1:{port}"));
+    if let Some(j) = join {
+        a.push("--join".into());
+        a.push(format!("127.0.0.1:{j}"));
+    }
+    a
+}
+
+/// `hub serve` processes named `ids`, all joining through the first.
+struct Cluster<'a> {
+    ids: &'a [&'a str],
+    certs: Certs,
+    dir: tempfile::TempDir,
+    ports: Vec<u16>,
+}
+
+impl<'a> Cluster<'a> {
+    fn new(ids: &'a [&'a str]) -> Cluster<'a> {
+        Cluster {
+            ids,
+            certs: Certs::new(ids),
+            dir: tempfile::tempdir().unwrap(),
+            ports: ids.iter().map(|_| free_udp_port()).collect(),
+        }
+    }
+
+    /// Starts node `i`.
+    fn proc(&self, i: usize) -> Proc {
+        let join = (i > 0).then_some(self.ports[0]);
+        Proc::start(&args(
+            self.ids[i],
+            self.dir.path(),
+            self.certs.path(),
+            self.ports[i],
+            join,
+        ))
+    }
+
+    /// Starts the first `n` nodes.
+    fn start(&self, n: usize) -> Vec<Proc> {
+        (0..n).map(|i| self.proc(i)).collect()
+    }
+}
+
+async fn introspect(http: &HttpClient, p: &Proc) -> Option<Value> {
+    get_json(http, &format!("{}/api/introspection", p.base)).await
+}
+
+/// Placement of every node, once all agree there are `n` eligible members.
+async fn wait_layout(http: &HttpClient, procs: &[&Proc], n: u64) {
+    eventually_async(
+        "every node places partitions on all members",
+        MESH,
+        || async {
+            for p in procs {
+                let Some(v) = introspect(http, p).await else {
+                    return false;
+                };
+                if v["cluster"]["placement"]["eligible_members"].as_u64() != Some(n) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
+
+fn key(i: usize) -> String {
+    format!("item-{i:04}")
+}
+
+/// How many of `procs` store each key (`/api/entry` is served locally, never forwarded).
+async fn copies(http: &HttpClient, procs: &[&Proc], keys: usize) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for i in 0..keys {
+        let k = key(i);
+        let mut n = 0;
+        for p in procs {
+            if let Ok((StatusCode::OK, _)) =
+                call(http, Method::GET, &format!("{}/api/entry/{k}", p.base), "").await
+            {
+                n += 1;
+            }
+        }
+        out.insert(k, n);
+    }
+    out
+}
+
+/// Keys that some owner (by the layout of `members`, in `procs` order)
+/// does not store yet.
+async fn missing_at_owners(
+    http: &HttpClient,
+    procs: &[&Proc],
+    members: &[&str],
+    keys: usize,
+) -> Vec<(String, String)> {
+    let layout = Layout::compute(members.iter().map(|m| id(m)).collect(), Some(3));
+    let mut missing = Vec::new();
+    for i in 0..keys {
+        let k = key(i);
+        for owner in layout.owners(partition_of(&k)) {
+            let Some(at) = members.iter().position(|m| *m == owner.as_str()) else {
+                continue;
+            };
+            let url = format!("{}/api/entry/{k}", procs[at].base);
+            if !matches!(
+                call(http, Method::GET, &url, "").await,
+                Ok((StatusCode::OK, _))
+            ) {
+                missing.push((k.clone(), owner.to_string()));
+            }
+        }
+    }
+    missing
+}
+
+async fn read_everywhere(http: &HttpClient, procs: &[&Proc], keys: usize, tag: &str) {
+    for i in 0..keys {
+        for p in procs {
+            let (status, body) = call(http, Method::GET, &format!("{}/kv/{}", p.base, key(i)), "")
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{} from {}", key(i), p.base);
+            assert_eq!(
+                &body[..],
+                format!("{tag}-{i}").as_bytes(),
+                "{} from {}",
+                key(i),
+                p.base
+            );
+        }
+    }
+}
+
+async fn write_all(http: &HttpClient, procs: &[&Proc], keys: usize, tag: &str) {
+    for i in 0..keys {
+        let p = procs[i % procs.len()];
+        let (status, body) = call(
+            http,
+            Method::PUT,
+            &format!("{}/kv/{}", p.base, key(i)),
+            format!("{tag}-{i}"),
+        )
+        .await
+        .unwrap();
+        assert!(
+            status.is_success(),
+            "PUT {} at {}: {status} {body:?}",
+            key(i),
+            p.base
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn six_nodes_three_copies_store_half_each_serve_every_key_and_re_replicate_after_a_kill() {
+    let ids = ["n1", "n2", "n3", "n4", "n5", "n6"];
+    let c = Cluster::new(&ids);
+    let mut procs = c.start(6);
+    let http = http_client();
+    let all: Vec<&Proc> = procs.iter().collect();
+    wait_layout(&http, &all, 6).await;
+
+    // Writes go to every node in turn; those that do not own the key forward.
+    write_all(&http, &all, KEYS, "v1").await;
+    read_everywhere(&http, &all, KEYS, "v1").await;
+
+    // Exactly three copies of each key, and each node stores about half.
+    let n = copies(&http, &all, KEYS).await;
+    assert!(n.values().all(|c| *c == 3), "copies: {n:?}");
+    for p in &all {
+        let v = introspect(&http, p).await.unwrap();
+        let entries = v["entries"].as_u64().unwrap() as usize;
+        assert!(
+            (KEYS * 3 / 10..=KEYS * 7 / 10).contains(&entries),
+            "{} stores {entries} of {KEYS} keys",
+            p.base
+        );
+        let owned = v["cluster"]["placement"]["owned"].as_u64().unwrap();
+        assert!(
+            (64..=192).contains(&owned),
+            "{} owns {owned} partitions",
+            p.base
+        );
+    }
+    let metrics = http
+        .request(Method::GET, &format!("{}/metrics", procs[0].base), "", None)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains("hub_placement_owned_partitions"), "{text}");
+
+    // kill -9 one node: reads and writes go on from every other node.
+    let mut dead = procs.pop().unwrap();
+    dead.kill_9();
+    let live: Vec<&Proc> = procs.iter().collect();
+    read_everywhere(&http, &live, KEYS, "v1").await;
+    write_all(&http, &live, KEYS, "v2").await;
+    read_everywhere(&http, &live, KEYS, "v2").await;
+
+    // Once it is dead beyond the grace period, its partitions get new
+    // owners and the data streams to them: three copies again.
+    wait_layout(&http, &live, 5).await;
+    eventually_async("each key's new owners store it", SETTLE, || async {
+        missing_at_owners(&http, &live, &ids[..5], KEYS)
+            .await
+            .is_empty()
+    })
+    .await;
+    let n = copies(&http, &live, KEYS).await;
+    assert!(n.values().all(|c| *c >= 3), "copies: {n:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seventh_node_takes_partitions_and_no_key_is_lost() {
+    let ids = ["n1", "n2", "n3", "n4", "n5", "n6", "n7"];
+    let c = Cluster::new(&ids);
+    let mut procs = c.start(6);
+    let http = http_client();
+    {
+        let six: Vec<&Proc> = procs.iter().collect();
+        wait_layout(&http, &six, 6).await;
+        write_all(&http, &six, KEYS, "v1").await;
+    }
+    procs.push(c.proc(6));
+    let all: Vec<&Proc> = procs.iter().collect();
+    wait_layout(&http, &all, 7).await;
+    let n7 = &procs[6];
+    let v = introspect(&http, n7).await.unwrap();
+    let owned = v["cluster"]["placement"]["owned"].as_u64().unwrap();
+    assert!((50..=170).contains(&owned), "n7 owns {owned} partitions");
+
+    // The new node receives its partitions' data from their previous owners.
+    eventually_async(
+        "each key's owners, n7 included, store it",
+        SETTLE,
+        || async { missing_at_owners(&http, &all, &ids, KEYS).await.is_empty() },
+    )
+    .await;
+    let stored = introspect(&http, n7).await.unwrap()["entries"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(stored >= KEYS / 5, "n7 stores {stored} of {KEYS}");
+    read_everywhere(&http, &all, KEYS, "v1").await;
+
+    // Previous owners drop what they handed off once the owners hold it:
+    // three copies in all again, and still every key readable everywhere.
+    eventually_async("handed-off partitions are dropped", SETTLE, || async {
+        let mut total = 0;
+        for p in &all {
+            let Some(v) = introspect(&http, p).await else {
+                return false;
+            };
+            if v["cluster"]["placement"]["held_not_owned"].as_u64() != Some(0) {
+                return false;
+            }
+            total += v["entries"].as_u64().unwrap_or(0);
+        }
+        total == 3 * KEYS as u64
+    })
+    .await;
+    assert!(missing_at_owners(&http, &all, &ids, KEYS).await.is_empty());
+    read_everywhere(&http, &all, KEYS, "v1").await;
+}
