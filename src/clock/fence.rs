@@ -108,6 +108,10 @@ pub struct Fence {
     ahead_mark: Option<Hlc>,
     wall_minus_mono_us: i64,
     verdict: Verdict,
+    /// Samples or peers changed since the last judgement.
+    dirty: bool,
+    /// `alive_peers` of the last judgement.
+    last_alive: usize,
 }
 
 impl Fence {
@@ -147,6 +151,8 @@ impl Fence {
             valid_after_mono_ms: 0,
             wall_minus_mono_us,
             verdict,
+            dirty: false,
+            last_alive: 0,
         };
         fence.verdict = fence.judge(now, 0);
         fence
@@ -167,11 +173,12 @@ impl Fence {
             return;
         }
         self.peers.entry(peer.clone()).or_default().add(sample);
+        self.dirty = true;
     }
 
     /// `peer` is no longer alive: its offset no longer counts.
     pub fn peer_gone(&mut self, peer: &NodeId) {
-        self.peers.remove(peer);
+        self.dirty |= self.peers.remove(peer).is_some();
     }
 
     /// Judges anew; `Some(verdict)` when the state or the refusal changed.
@@ -186,8 +193,19 @@ impl Fence {
             }
             self.valid_after_mono_ms = now.mono_ms();
             self.unverified_until_ms = now.mono_ms() + self.config.grace_ms;
+            self.dirty = true;
         }
         self.wall_minus_mono_us = now.wall_minus_mono_us();
+        // Judging is O(peers); skip it when nothing it depends on changed
+        // (it runs on every input of the node machine, and fleets are big).
+        // Time matters only while a mark is ahead or the grace runs.
+        let timeless = self.ahead_mark.is_none()
+            && !(self.verdict.state == FenceState::Unverified && self.verdict.refusal.is_some());
+        if !self.dirty && alive_peers == self.last_alive && timeless {
+            return None;
+        }
+        self.dirty = false;
+        self.last_alive = alive_peers;
         let next = self.judge(now, alive_peers);
         let changed = next.state != self.verdict.state
             || next.refusal.as_ref().map(|r| r.code)

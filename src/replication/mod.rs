@@ -380,9 +380,22 @@ impl Replicator {
             return out;
         }
         let due = now + self.config.ae_after_connect_ms;
-        let p = self.peers.entry(peer.clone()).or_default();
-        p.stats.up = true;
-        p.ae_due_ms = Some(due);
+        self.peers.entry(peer.clone()).or_default().stats.up = true;
+        // Catching up with a peer that came up (a pull now, anti-entropy
+        // shortly) is for every peer in a cluster within the fanout; in a
+        // fleet, for each with chance fanout / live peers, so a node that
+        // joins (all peers up at once) or comes back (up at every peer)
+        // causes about `push_fanout` catch-ups, not N. The periodic pull
+        // and anti-entropy cover the rest.
+        let live = self.peers.values().filter(|p| p.stats.up).count();
+        let fanout = self.config.push_fanout.max(1);
+        if live > fanout && !self.rng.gen_bool(fanout as f64 / live as f64) {
+            tracing::debug!(node = %self.node, peer = %peer, "replication peer up (no catch-up: large fleet)");
+            return out;
+        }
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.ae_due_ms = Some(due);
+        }
         tracing::debug!(node = %self.node, peer = %peer, "replication peer up");
         self.send_pull(peer, now, store, &mut out);
         out

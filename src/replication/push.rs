@@ -7,6 +7,16 @@
 //! than the fanout (the origin could not reach everyone itself); in a small
 //! cluster relaying would only multiply messages by N, and the periodic pull
 //! covers a link that is down on one side only.
+//!
+//! **Fleet size.** Beyond the fanout this is infection-style gossip: each
+//! node forwards each delta the first time it makes it durable (a second
+//! copy is a duplicate to the store, so it goes no further) to `push_fanout`
+//! random live peers. A write reaches every node in O(log N) hops with high
+//! probability (`benches/fleet.rs`: 4 hops at 100 nodes, 5 at 1,000), at a
+//! cost of `push_fanout` messages per node per write whatever N is; the
+//! origin's own cost is `push_fanout` messages, not N − 1. The few nodes
+//! gossip misses get it from the periodic pull (one random peer per
+//! `pull_interval_ms`) or anti-entropy.
 
 use std::collections::BTreeMap;
 
@@ -73,10 +83,15 @@ impl Replicator {
                 relay_targets
                     .entry(d.origin.clone())
                     .or_insert_with(|| {
+                        // The origin pushed to everyone iff it had at most
+                        // `fanout` live peers: about as many as we have.
+                        if live.len() <= fanout {
+                            return Vec::new();
+                        }
                         let others: Vec<NodeId> =
                             live.iter().filter(|p| **p != d.origin).cloned().collect();
                         if others.len() <= fanout {
-                            Vec::new()
+                            others
                         } else {
                             others
                                 .choose_multiple(&mut self.rng, fanout)
@@ -146,5 +161,132 @@ impl Replicator {
             more: false,
         };
         self.commit(from, ops, kind, now, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::merkle::{Digest, NodeRef};
+    use crate::model::{Entry, Hlc, Version, VersionVector};
+    use crate::replication::ReplicationConfig;
+    use crate::store::LogRead;
+
+    /// A node with nothing stored.
+    struct Empty;
+
+    impl ReplicaReader for Empty {
+        fn clock(&self) -> Hlc {
+            Hlc(0)
+        }
+        fn observe_clock(&self, _: Hlc, _: u64) -> bool {
+            true
+        }
+        fn version_vector(&self) -> VersionVector {
+            VersionVector::default()
+        }
+        fn merkle_root(&self) -> Digest {
+            [0; 16]
+        }
+        fn merkle_children(&self, _: NodeRef) -> Option<Vec<Digest>> {
+            None
+        }
+        fn get(&self, _: &str) -> crate::store::Result<Option<Entry>> {
+            Ok(None)
+        }
+        fn bucket_versions(&self, _: u16) -> crate::store::Result<Vec<(String, Version, bool)>> {
+            Ok(Vec::new())
+        }
+        fn deltas_after(&self, _: &NodeId, _: u64, _: usize) -> crate::store::Result<LogRead> {
+            Ok(LogRead::Deltas(Vec::new()))
+        }
+    }
+
+    fn id(i: usize) -> NodeId {
+        NodeId::new(format!("p{i}")).unwrap()
+    }
+
+    fn with_peers(n: usize) -> Replicator {
+        let mut r = Replicator::new(NodeId::new("me").unwrap(), ReplicationConfig::default(), 7);
+        for i in 0..n {
+            r.peer_up(&id(i), 0, &Empty);
+        }
+        r
+    }
+
+    fn delta_from(origin: NodeId) -> Delta {
+        Delta {
+            origin: origin.clone(),
+            seq: 1,
+            key: "k".into(),
+            entry: Entry {
+                version: Version {
+                    hlc: Hlc(1),
+                    node: origin,
+                },
+                value: Some(b"v".to_vec()),
+                meta: Default::default(),
+            },
+        }
+    }
+
+    fn push_targets(fx: &[Effect]) -> Vec<NodeId> {
+        fx.iter()
+            .filter_map(|e| match e {
+                Effect::Send {
+                    to,
+                    msg: Msg::Push { .. },
+                } => Some(to.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_received_delta_is_relayed_only_when_its_origin_could_not_reach_everyone() {
+        // 8 live peers (the fanout): the origin pushed to all of them.
+        let mut r = with_peers(8);
+        assert!(push_targets(&r.on_committed(&[delta_from(id(0))], 0, &Empty)).is_empty());
+        // 9: the origin reached 8 of them; we relay to everyone but it.
+        let mut r = with_peers(9);
+        let mut to = push_targets(&r.on_committed(&[delta_from(id(0))], 0, &Empty));
+        to.sort();
+        assert_eq!(to, (1..9).map(id).collect::<Vec<_>>());
+        // 1,000: to `push_fanout` of them, not N.
+        let mut r = with_peers(1_000);
+        let to = push_targets(&r.on_committed(&[delta_from(id(0))], 0, &Empty));
+        assert_eq!(to.len(), 8);
+        assert!(!to.contains(&id(0)));
+        // An own write in a fleet goes to the fanout too.
+        let own = delta_from(NodeId::new("me").unwrap());
+        assert_eq!(push_targets(&r.on_committed(&[own], 0, &Empty)).len(), 8);
+    }
+
+    #[test]
+    fn peers_coming_up_in_a_fleet_cost_about_fanout_catch_ups_not_n() {
+        let mut r = Replicator::new(NodeId::new("me").unwrap(), ReplicationConfig::default(), 3);
+        let pulls: usize = (0..1_000)
+            .map(|i| {
+                r.peer_up(&id(i), 0, &Empty)
+                    .iter()
+                    .filter(|e| {
+                        matches!(
+                            e,
+                            Effect::Send {
+                                msg: Msg::PullRequest { .. },
+                                ..
+                            }
+                        )
+                    })
+                    .count()
+            })
+            .sum();
+        // Every one of the first 8, then each with chance 8 / live:
+        // about 8 · (1 + ln(1000 / 8)) ≈ 47.
+        assert!(
+            (8..=90).contains(&pulls),
+            "{pulls} catch-up pulls for 1,000 peers"
+        );
+        assert_eq!(r.live_peers().len(), 1_000, "all are replication targets");
     }
 }
