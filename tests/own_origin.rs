@@ -8,30 +8,18 @@ mod common;
 #[path = "support/sim_store.rs"]
 mod sim_store;
 
-use std::path::Path;
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 
-use common::{call, eventually_async, free_udp_port, get_json, http_client, Certs, Proc};
+use common::{
+    call, eventually_async, free_udp_port, get_json, http_client, serve_args, Certs, Proc,
+};
 use common::{Spec, TestNode};
 use sim_store::copy_dir;
 
 const WITHIN: Duration = Duration::from_secs(20);
-
-fn serve_args(id: &str, data: &Path, certs: &Path, port: u16, join: Option<u16>) -> Vec<String> {
-    let mut args: Vec<String> = ["--node-id", id, "--http", "127.0.0.1:0", "--no-sensors"]
-        .map(String::from)
-        .to_vec();
-    args.extend(["--data-dir".into(), data.display().to_string()]);
-    args.extend(["--certs".into(), certs.display().to_string()]);
-    args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
-    if let Some(j) = join {
-        args.extend(["--join".into(), format!("127.0.0.1:{j}")]);
-    }
-    args
-}
 
 /// PUT `key`; the status and the body as JSON.
 async fn put(http: &common::HttpClient, p: &Proc, key: &str) -> (StatusCode, Value) {
