@@ -636,6 +636,7 @@ fn delta_stamped_far_ahead_is_applied_but_not_adopted_by_our_clock() {
         clock: hub::model::Hlc::new(T0, 0),
         deltas: vec![delta],
         ack: false,
+        cover: None,
     };
     // Not refused: a receiver cannot tell from its own clock which clock
     // is wrong, and refusing would stall the origin's stream for good.

@@ -180,6 +180,63 @@ fn deltas_must_arrive_in_seq_order_and_duplicates_are_ignored() {
     assert!(s.hlc() >= Hlc(20));
 }
 
+/// A sharded receiver gets only its partitions' deltas of an origin: the
+/// holes between them are skipped (`Op::Skip`), the vector moves over them
+/// in the same batch, and the log holds only contiguous runs, so a pull
+/// that reaches a hole reads "unavailable", never a wrong sequence.
+#[test]
+fn skipped_seqs_move_the_vector_durably_and_a_hole_in_the_log_reads_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |seq: u64, key: &str| Delta {
+        origin: id("b"),
+        seq,
+        key: key.into(),
+        entry: entry(seq * 10, "b", Some("x")),
+    };
+    let skip = |from: u64, to: u64| Op::Skip {
+        origin: id("b"),
+        from,
+        to,
+    };
+    {
+        let s = open(dir.path(), "a");
+        // A skip that starts beyond the vector is a gap and changes nothing.
+        let out = commit(&s, vec![skip(2, 4)]);
+        assert_eq!(out[0], Outcome::Gap { expected: 1 });
+        assert_eq!(s.version_vector().get(&id("b")), 0);
+        // Seqs 1, 2 ours; 3..=5 not; 6 ours; 7..=8 not.
+        let out = commit(
+            &s,
+            vec![
+                Op::Delta(d(1, "k1")),
+                Op::Delta(d(2, "k2")),
+                skip(3, 5),
+                Op::Delta(d(6, "k6")),
+                skip(7, 8),
+            ],
+        );
+        assert_eq!(out[2], Outcome::Skipped);
+        assert_eq!(out[3], Outcome::Applied { won: true });
+        assert_eq!(s.version_vector().get(&id("b")), 8);
+        // Again: every op is a duplicate now.
+        let out = commit(&s, vec![skip(3, 5), Op::Delta(d(6, "k6"))]);
+        assert_eq!(out, vec![Outcome::Duplicate, Outcome::Duplicate]);
+    }
+    // Reopened: the vector, the entries and the runs are what was durable.
+    let s = open(dir.path(), "a");
+    assert_eq!(s.version_vector().get(&id("b")), 8);
+    assert_eq!(value(&s, "k6").as_deref(), Some("x"));
+    let seqs = |after| match s.deltas_after(&id("b"), after, 10).unwrap() {
+        LogRead::Deltas(ds) => Some(ds.iter().map(|d| d.seq).collect::<Vec<_>>()),
+        LogRead::Unavailable { .. } => None,
+    };
+    assert_eq!(seqs(0), Some(vec![1, 2]), "a read stops at the hole");
+    assert_eq!(seqs(2), None, "the hole is unavailable");
+    assert_eq!(seqs(5), Some(vec![6]));
+    assert_eq!(seqs(6), None);
+    assert_eq!(seqs(8), Some(vec![]));
+}
+
 #[test]
 fn log_retention_trims_old_deltas_without_touching_the_version_vector() {
     let dir = tempfile::tempdir().unwrap();

@@ -467,33 +467,8 @@ impl Driver {
         let peer = to
             .as_ref()
             .map_or_else(|| addr.to_string(), |t| t.to_string());
-        let (clock, mut deltas, rebuild): (_, _, fn(_, Vec<Delta>) -> Msg) = match (&e, msg) {
-            (SendError::Frame(_), Message::Replication(Msg::Push { clock, deltas, ack })) => {
-                let rebuild: fn(_, Vec<Delta>) -> Msg = if ack {
-                    |clock, deltas| Msg::Push {
-                        clock,
-                        deltas,
-                        ack: true,
-                    }
-                } else {
-                    |clock, deltas| Msg::Push {
-                        clock,
-                        deltas,
-                        ack: false,
-                    }
-                };
-                (clock, deltas, rebuild)
-            }
-            // A pull answer goes as pushes (applied the same way); the
-            // unanswered pull times out and the puller asks again.
-            (
-                SendError::Frame(_),
-                Message::Replication(Msg::PullResponse { clock, deltas, .. }),
-            ) => (clock, deltas, |clock, deltas| Msg::Push {
-                clock,
-                deltas,
-                ack: false,
-            }),
+        let m = match (&e, msg) {
+            (SendError::Frame(_), Message::Replication(m)) => m,
             (_, m) => {
                 let kind = match &m {
                     Message::Membership(m) => m.kind(),
@@ -510,15 +485,21 @@ impl Driver {
                 return;
             }
         };
-        if deltas.len() == 1 {
-            let d = &deltas[0];
-            tracing::warn!(node = %self.node, %peer, origin = %d.origin, seq = d.seq, key = %d.key, error = %e,
-                "delta cannot be sent (larger than a frame); later deltas still flow, anti-entropy carries the entry");
+        if let Some((a, b)) = m.halves() {
+            for half in [a, b] {
+                self.send(addr, to.clone(), Message::Replication(half));
+            }
             return;
         }
-        let tail = deltas.split_off(deltas.len() / 2);
-        for half in [deltas, tail] {
-            self.send(addr, to.clone(), Message::Replication(rebuild(clock, half)));
+        match &m {
+            Msg::Push { deltas, .. } | Msg::PullResponse { deltas, .. } if deltas.len() == 1 => {
+                let d = &deltas[0];
+                tracing::warn!(node = %self.node, %peer, origin = %d.origin, seq = d.seq, key = %d.key, error = %e,
+                    "delta cannot be sent (larger than a frame); later deltas still flow, anti-entropy carries the entry");
+            }
+            _ => {
+                tracing::warn!(node = %self.node, %peer, kind = m.kind(), error = %e, "message cannot be sent")
+            }
         }
     }
 

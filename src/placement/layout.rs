@@ -13,7 +13,7 @@ use crate::membership::{Status, Table};
 use crate::model::NodeId;
 
 /// A set of partitions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Owned([u64; 4]);
 
 impl Owned {

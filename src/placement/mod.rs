@@ -29,21 +29,25 @@
 //! **Internal keys** (API keys, `crate::model::is_internal`) are owned by
 //! every node whatever `R`: every node must authenticate every request.
 //!
-//! **Delta log and version vectors** (the hard part). An origin's deltas
-//! stay one gap-free stream per origin, as in the rest of hub; a node that
-//! does not own a delta's partition receives a *stub* ([`stub`]): the key and
-//! version with no value, marked in `meta`. The stub is logged (a few dozen
-//! bytes) and advances the version vector, and nothing else: no entry, no
-//! Merkle item. So pull, push, gap detection, the own-origin fence and log
-//! trimming work unchanged, and a node stores values only of its partitions
-//! (disk ≈ R/N of the data, plus ~60 bytes of stub log per foreign write).
-//! The price, said plainly: every write still reaches every node, as a small
-//! message and one log record per commit group; the stub costs CPU and a few
-//! bytes of disk per write on every node, the value only on owners. A stub
-//! reaching an owner (relayed in a cluster larger than the push fanout, or
-//! served by a non-owner's pull answer) leaves that owner without the value
-//! until anti-entropy with a co-owner repairs it; the replicator starts that
-//! anti-entropy at once when it sees such a stub.
+//! **Delta log and version vectors** (the hard part). An origin still
+//! numbers its writes 1, 2, 3, … without gaps, but a node receives only the
+//! writes of the partitions it owns: the origin pushes each write straight
+//! to the key's owners under a *cover* (`replication::msg::Cover`: the seq
+//! range the push stands for, and the partitions it was cut for), and the
+//! receiver logs the deltas and moves its version vector over the holes
+//! (`store::Op::Skip`) in the same durable batch. The vector then means
+//! "complete, for my partitions, up to here", so gap detection, pulls (an
+//! origin answers with its own stream cut to the asker's partitions), the
+//! own-origin fence and cumulative quorum acks work unchanged, and a write
+//! costs a message, a commit and a log record on its R owners only. The
+//! price: only the origin serves its stream (no other node holds all of
+//! it), so a delta an owner missed while the origin was unreachable comes
+//! by anti-entropy with a co-owner; and the log of a foreign origin has
+//! holes, which a pull reads as "unavailable". *Stubs* ([`stub`]: key and
+//! version, no value) remain for one passing case: a node that still sees
+//! full replication pulls the classic way from one that shards, and gets
+//! stubs for the partitions the answerer thinks it does not own; the store
+//! logs a stub without storing anything.
 //!
 //! **Forwarding.** Any node accepts any `/kv` request; a node that does not
 //! own the key forwards it over HTTP(S) to an owner's advertised client URL
@@ -63,15 +67,15 @@
 //! then the differing leaves). Reads and writes go on meanwhile: writes go to
 //! the current owners (the new ones included); a read that misses at an
 //! owner is tried at the other owners. Once the layout has held for the
-//! grace period and a session with every owner, begun under it, found the
-//! partition's subtree equal, the old holder drops the partition
+//! grace period and a session with every owner, begun under it, found that
+//! owner holding every item of ours there (it wanted none: it may hold
+//! more, as later writes reach only the owners), the old holder drops the partition
 //! (`Op::DropPartition`). Not a consensus: two nodes whose views disagree
 //! for longer than the grace period could each drop after confirming with
 //! the other. Progress: [`Progress`] in introspection and `/metrics`.
 //!
-//! Not done (README "Sharding"): a node down for longer than the log
-//! retention catches up by anti-entropy, but its vector stays behind;
-//! `?w=`/`?r=` quorums do not count owners yet.
+//! Not done (README "Sharding"): listings, the change feed and sensors are
+//! node-local; the drop of handed-off data is not a consensus (above).
 
 pub mod layout;
 pub mod rendezvous;

@@ -69,8 +69,10 @@ pub(super) struct Session {
     /// Partitions compared (`crate::placement`): all, or those both sides
     /// store. A partial session does not advance our vector.
     scope: crate::placement::Owned,
-    /// Partitions with a differing leaf: not confirmed equal by this session.
-    touched: crate::placement::Owned,
+    /// Partitions of the keys the peer wanted from us (it lacked our item,
+    /// or held an older one): the session does not show that it holds all
+    /// we hold there. Every other partition of `scope` it does show.
+    sent: crate::placement::Owned,
     /// The layout epoch the session began in (`Replicator::layout_epoch`).
     epoch: u64,
 }
@@ -113,7 +115,7 @@ impl Replicator {
             commits: BTreeSet::new(),
             vv_tag: None,
             scope,
-            touched: crate::placement::Owned::NONE,
+            sent: crate::placement::Owned::NONE,
             epoch: self.layout_epoch,
             run: AeRun {
                 peer: peer.to_string(),
@@ -182,7 +184,7 @@ impl Replicator {
         p.stats.anti_entropy_entries_received += run.entries_received;
         p.stats.last_anti_entropy = Some(run.clone());
         if failure.is_none() && s.epoch == self.layout_epoch {
-            self.session_confirmed(peer, s.scope.minus(&s.touched), s.touched, now);
+            self.session_confirmed(peer, s.scope.minus(&s.sent), s.sent, now);
         }
         if run.trigger == AeTrigger::Handoff {
             self.progress.handoff_sessions += 1;
@@ -292,6 +294,11 @@ impl Replicator {
                     }
                 }
                 if !want.is_empty() {
+                    if let Some(s) = self.sessions.get_mut(from) {
+                        for key in &want {
+                            s.sent.insert(crate::placement::partition_of(key));
+                        }
+                    }
                     self.send_wanted(from, id, want, store, out);
                 }
             }
@@ -703,8 +710,6 @@ fn enqueue_differing(
             continue;
         }
         if child.is_leaf() {
-            s.touched
-                .insert(crate::placement::partition_of_bucket(child.index as u16));
             s.leaves.push_back(child.index as u16);
         } else {
             s.frontier.push_back(child);

@@ -296,6 +296,11 @@ struct Peer {
     ack_until_ms: u64,
     /// The highest seq of its origin we acked to it.
     acked_to: u64,
+    /// Sharded: the last seq of our origin a push to this peer stood for
+    /// (its [`msg::Cover`] ended there); the next cover starts after it.
+    /// `None` (new peer, peer down, layout changed): it starts at the
+    /// push's first delta, and the peer pulls if that leaves it a gap.
+    covered_to: Option<u64>,
 }
 
 /// The replication state machine of one node. See the module docs.
@@ -326,6 +331,9 @@ pub struct Replicator {
     /// the epoch it began in. And when the current layout began.
     layout_epoch: u64,
     layout_since_ms: u64,
+    /// The partitions each member owns under `layout` (the scope of a
+    /// sharded push to it), computed once per layout.
+    scopes: BTreeMap<NodeId, crate::placement::Owned>,
 }
 
 impl Replicator {
@@ -351,6 +359,7 @@ impl Replicator {
             dropping: crate::placement::Owned::NONE,
             layout_epoch: 0,
             layout_since_ms: 0,
+            scopes: BTreeMap::new(),
             node,
             config,
             rng,
@@ -409,6 +418,7 @@ impl Replicator {
             p.pull = None;
             p.pull_again = false;
             p.ae_due_ms = None;
+            p.covered_to = None;
         }
         self.fail_session(peer, now, "peer down");
     }
@@ -469,7 +479,9 @@ impl Replicator {
             return out;
         }
         match msg {
-            Msg::Push { deltas, ack, .. } => self.on_push(from, deltas, ack, now, store, &mut out),
+            Msg::Push {
+                deltas, ack, cover, ..
+            } => self.on_push(from, deltas, ack, cover, now, store, &mut out),
             // Quorum bookkeeping of the node machine (see `quorum`): it
             // routes these to its trackers before they get here.
             Msg::Ack { .. } | Msg::ReadReply { .. } => {}
@@ -477,16 +489,27 @@ impl Replicator {
                 self.on_read_request(from, req, key, store, &mut out)
             }
             Msg::Repair { key, entry, .. } => self.on_repair(from, key, entry, now, &mut out),
-            Msg::PullRequest { req, vv, .. } => {
-                self.on_pull_request(from, req, vv, store, &mut out)
-            }
+            Msg::PullRequest { req, vv, scope, .. } => match scope {
+                Some(scope) => self.on_scoped_pull_request(from, req, &vv, scope, store, &mut out),
+                None => self.on_pull_request(from, req, vv, store, &mut out),
+            },
             Msg::PullResponse {
                 req,
                 deltas,
                 unavailable,
                 more,
+                cover,
                 ..
-            } => self.on_pull_response(from, req, deltas, unavailable, more, now, store, &mut out),
+            } => {
+                let answer = pull::Answer {
+                    req,
+                    deltas,
+                    unavailable,
+                    more,
+                    cover,
+                };
+                self.on_pull_response(from, answer, now, store, &mut out)
+            }
             m @ (Msg::AeBegin { .. }
             | Msg::AeNodes { .. }
             | Msg::AeLeaves { .. }

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::merkle::{Digest, NodeRef, FANOUT};
 use crate::model::{validate_key, Delta, Entry, Hlc, NodeId, Version, VersionVector};
+use crate::placement::Owned;
 
 /// Most deltas or entries in one message.
 pub const MAX_ITEMS: usize = 4096;
@@ -33,15 +34,64 @@ pub struct ItemVersion {
     pub tombstone: bool,
 }
 
+/// What a sharded push or pull answer stands for (`crate::placement`):
+/// every delta of the sender's own origin with a seq in `from..=to` whose
+/// key is in a partition of `scope` (or internal) is in the message; the
+/// others are writes of partitions the receiver does not own, which it
+/// never receives. The receiver applies the deltas and skips the rest of
+/// the range, so its version vector says "complete for my partitions".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cover {
+    pub from: u64,
+    pub to: u64,
+    pub scope: Owned,
+}
+
+impl Cover {
+    /// The deltas are the sender's, in increasing seq order inside the range.
+    fn check(&self, deltas: &[Delta]) -> Result<(), MsgError> {
+        let bad = |why: &'static str| Err(MsgError::BadCover(why));
+        if self.from == 0 || self.from > self.to {
+            return bad("empty or zero range");
+        }
+        let mut last = self.from - 1;
+        for d in deltas {
+            if d.origin != deltas[0].origin {
+                return bad("deltas of several origins");
+            }
+            if d.seq <= last || d.seq > self.to {
+                return bad("delta outside the range or out of order");
+            }
+            last = d.seq;
+        }
+        Ok(())
+    }
+
+    /// The cover of the deltas up to and including seq `at`, and of the
+    /// rest: how a too-large message is cut in two.
+    pub fn split_at(&self, at: u64) -> (Cover, Cover) {
+        (
+            Cover { to: at, ..*self },
+            Cover {
+                from: at + 1,
+                ..*self
+            },
+        )
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Msg {
     /// Freshly durable deltas (own or relayed), in seq order per origin.
     /// `ack`: a quorum write waits at the sender; once these deltas are
-    /// durable here, answer with [`Msg::Ack`].
+    /// durable here, answer with [`Msg::Ack`]. `cover`: a sharded push of
+    /// the sender's own deltas (see [`Cover`]); `None`: every delta of the
+    /// stream, as in a fully replicated cluster.
     Push {
         clock: Hlc,
         deltas: Vec<Delta>,
         ack: bool,
+        cover: Option<Cover>,
     },
     /// "Every delta of `origin` up to `seq` is durable here" (cumulative),
     /// sent to `origin` after a push that asked for it.
@@ -67,11 +117,14 @@ pub enum Msg {
         key: String,
         entry: Entry,
     },
-    /// "Send me the deltas you hold beyond this vector."
+    /// "Send me the deltas you hold beyond this vector." `scope`: the
+    /// asker stores only these partitions (sharded); the responder then
+    /// answers with its own origin's deltas in them, under a [`Cover`].
     PullRequest {
         clock: Hlc,
         req: u64,
         vv: VersionVector,
+        scope: Option<Owned>,
     },
     /// Contiguous deltas per origin starting right after the asked vector
     /// entry; `unavailable`: origins the responder has newer deltas of but no
@@ -83,6 +136,7 @@ pub enum Msg {
         deltas: Vec<Delta>,
         unavailable: Vec<NodeId>,
         more: bool,
+        cover: Option<Cover>,
     },
     /// Opens an anti-entropy session (initiator → responder).
     AeBegin { clock: Hlc, session: u64 },
@@ -152,6 +206,8 @@ pub enum MsgError {
     BadDigests(usize),
     #[error("part {part} of {parts} is out of range")]
     BadPart { part: u32, parts: u32 },
+    #[error("bad cover: {0}")]
+    BadCover(&'static str),
 }
 
 fn cap(what: &'static str, got: usize, limit: usize) -> Result<(), MsgError> {
@@ -169,6 +225,53 @@ fn key_ok(what: &'static str, key: &str) -> Result<(), MsgError> {
 }
 
 impl Msg {
+    /// A message carrying two or more deltas, cut into two halves that each
+    /// stand for their part of the range (for a frame too large to send).
+    /// A pull answer's halves go as pushes: they are applied the same way,
+    /// and the unanswered pull times out and is asked again. `None` for
+    /// any other message.
+    pub fn halves(&self) -> Option<(Msg, Msg)> {
+        let (clock, deltas, ack, cover) = match self {
+            Msg::Push {
+                clock,
+                deltas,
+                ack,
+                cover,
+            } => (*clock, deltas, *ack, *cover),
+            Msg::PullResponse {
+                clock,
+                deltas,
+                cover,
+                ..
+            } => (*clock, deltas, false, *cover),
+            _ => return None,
+        };
+        if deltas.len() < 2 {
+            return None;
+        }
+        let (a, b) = deltas.split_at(deltas.len() / 2);
+        let (ca, cb) = match cover {
+            Some(c) => {
+                let (x, y) = c.split_at(a[a.len() - 1].seq);
+                (Some(x), Some(y))
+            }
+            None => (None, None),
+        };
+        Some((
+            Msg::push(clock, a.to_vec(), ack, ca),
+            Msg::push(clock, b.to_vec(), ack, cb),
+        ))
+    }
+
+    pub fn push(clock: Hlc, deltas: Vec<Delta>, ack: bool, cover: Option<Cover>) -> Msg {
+        Msg::Push {
+            clock,
+            deltas,
+            ack,
+            cover,
+        }
+    }
+
     /// The sender's clock when it sent the message.
     pub fn clock(&self) -> Hlc {
         match self {
@@ -231,8 +334,11 @@ impl Msg {
     /// Checks every cap and every key, Merkle node and part number.
     pub fn validate(&self) -> Result<(), MsgError> {
         match self {
-            Msg::Push { deltas, .. } => {
+            Msg::Push { deltas, cover, .. } => {
                 cap("push", deltas.len(), MAX_ITEMS)?;
+                if let Some(c) = cover {
+                    c.check(deltas)?;
+                }
                 deltas.iter().try_for_each(|d| key_ok("push", &d.key))
             }
             Msg::Ack { .. } => Ok(()),
@@ -242,10 +348,14 @@ impl Msg {
             Msg::PullResponse {
                 deltas,
                 unavailable,
+                cover,
                 ..
             } => {
                 cap("pull response", deltas.len(), MAX_ITEMS)?;
                 cap("unavailable origins", unavailable.len(), MAX_ORIGINS)?;
+                if let Some(c) = cover {
+                    c.check(deltas)?;
+                }
                 deltas
                     .iter()
                     .try_for_each(|d| key_ok("pull response", &d.key))

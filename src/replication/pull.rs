@@ -6,13 +6,33 @@
 //! origin whose next delta is no longer logged is listed as unavailable and
 //! the asker runs anti-entropy with that peer. At most one pull per peer is in
 //! flight; a gap seen meanwhile sets a flag that pulls again when it is done,
-//! so a burst of out-of-order pushes costs one pull, not one per delta.
+//! so a burst of out-of-order pushes costs one pull, not one per delta. A
+//! gap seen a second or more after an unanswered pull sends it again (the
+//! first may have been lost).
+//!
+//! A sharded node asks with its partitions (`scope`), and the responder
+//! answers with its own origin's deltas in them under a cover (see
+//! `sharding`).
 
-use super::msg::approx_size;
+use super::msg::{approx_size, Cover};
 use super::ReplicaReader;
 use super::{AeTrigger, Effect, Msg, PendingKind, Replicator};
 use crate::model::{Delta, NodeId, VersionVector};
 use crate::store::{LogRead, Outcome};
+
+/// After this long without an answer, a pull that is wanted again (a gap)
+/// is sent again; the older answer, should it still come, is applied all
+/// the same (pull answers are idempotent).
+const PULL_RESEND_MS: u64 = 1_000;
+
+/// A pull answer, as received.
+pub(super) struct Answer {
+    pub req: u64,
+    pub deltas: Vec<Delta>,
+    pub unavailable: Vec<NodeId>,
+    pub more: bool,
+    pub cover: Option<Cover>,
+}
 
 impl Replicator {
     /// Asks `peer` for what we miss, unless a pull to it is in flight (then
@@ -24,7 +44,13 @@ impl Replicator {
         store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
-        let in_flight = self.peers.get(peer).is_some_and(|p| p.pull.is_some());
+        // A pull answered by now is in flight; one older may have been
+        // lost (sent before the connection was up, say): a gap seen now
+        // asks again rather than waiting for `pull_timeout_ms`.
+        let in_flight = self.peers.get(peer).is_some_and(|p| {
+            p.pull
+                .is_some_and(|(_, sent)| now.saturating_sub(sent) < PULL_RESEND_MS)
+        });
         if in_flight {
             self.peers.entry(peer.clone()).or_default().pull_again = true;
             return;
@@ -38,6 +64,7 @@ impl Replicator {
             clock: store.clock(),
             req,
             vv: store.version_vector(),
+            scope: (!self.layout.is_full()).then_some(self.mine),
         };
         out.push(Effect::Send {
             to: peer.clone(),
@@ -112,6 +139,7 @@ impl Replicator {
             deltas,
             unavailable,
             more,
+            cover: None,
         };
         out.push(Effect::Send {
             to: from.clone(),
@@ -119,27 +147,49 @@ impl Replicator {
         });
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_pull_response(
         &mut self,
         from: &NodeId,
-        req: u64,
-        deltas: Vec<Delta>,
-        unavailable: Vec<NodeId>,
-        more: bool,
+        answer: Answer,
         now: u64,
         store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
+        let Answer {
+            req,
+            deltas,
+            unavailable,
+            more,
+            cover,
+        } = answer;
         let p = self.peers.entry(from.clone()).or_default();
         let ours = p.pull.is_some_and(|(r, _)| r == req);
-        p.stats.deltas_received += deltas.len() as u64;
         if !unavailable.is_empty() {
             p.stats.pulls_answered_unavailable += 1;
             tracing::info!(node = %self.node, peer = %from, origins = %crate::logfields::list(&unavailable),
                 "peer no longer logs deltas we miss; anti-entropy");
-            self.start_anti_entropy(from, AeTrigger::PullUnavailable, now, store, out);
+            if cover.is_some() && !self.layout.is_full() {
+                // The origin's older writes of our partitions are with
+                // their co-owners.
+                self.repair_partitions(self.mine, now);
+            } else {
+                self.start_anti_entropy(from, AeTrigger::PullUnavailable, now, store, out);
+            }
         }
+        if let Some(cover) = cover {
+            let pull = ours.then_some(req);
+            self.on_covered(
+                from,
+                deltas,
+                cover,
+                Some(PendingKind::Deltas { pull, more }),
+                now,
+                out,
+            );
+            return;
+        }
+        let p = self.peers.entry(from.clone()).or_default();
+        p.stats.deltas_received += deltas.len() as u64;
         if deltas.is_empty() {
             if ours {
                 self.pull_done(from, more, now, store, out);

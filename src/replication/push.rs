@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 use rand::seq::SliceRandom;
 
-use super::msg::{approx_size, chunks};
+use super::msg::{approx_size, chunks, Cover};
 use super::ReplicaReader;
 use super::{Effect, Msg, PendingKind, Replicator};
 use crate::model::{Delta, NodeId};
@@ -59,6 +59,9 @@ impl Replicator {
         ack: bool,
         store: &dyn ReplicaReader,
     ) -> Vec<Effect> {
+        if !self.layout.is_full() {
+            return self.push_to_owners(deltas, ack, store);
+        }
         let mut out = Vec::new();
         let live = self.live_peers();
         if live.is_empty() || deltas.is_empty() {
@@ -121,11 +124,7 @@ impl Replicator {
                 let ack = ack && chunk.iter().any(|d| d.origin == self.node);
                 out.push(Effect::Send {
                     to: peer.clone(),
-                    msg: Msg::Push {
-                        clock,
-                        deltas: chunk,
-                        ack,
-                    },
+                    msg: Msg::push(clock, chunk, ack, None),
                 });
             }
             self.peers.entry(peer).or_default().stats.deltas_sent += n;
@@ -133,17 +132,23 @@ impl Replicator {
         out
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn on_push(
         &mut self,
         from: &NodeId,
         deltas: Vec<Delta>,
         ack: bool,
+        cover: Option<Cover>,
         now: u64,
         store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
         if ack {
-            self.acks_asked(from, deltas.is_empty(), now, store, out);
+            self.acks_asked(from, deltas.is_empty() && cover.is_none(), now, store, out);
+        }
+        if let Some(cover) = cover {
+            self.on_covered(from, deltas, cover, None, now, out);
+            return;
         }
         if deltas.is_empty() {
             return;
@@ -260,6 +265,72 @@ mod tests {
         // An own write in a fleet goes to the fanout too.
         let own = delta_from(NodeId::new("me").unwrap());
         assert_eq!(push_targets(&r.on_committed(&[own], 0, &Empty)).len(), 8);
+    }
+
+    /// Sharded: each own write goes to the live owners of its key only, and
+    /// the covers sent to one peer tile our stream with no gap and no
+    /// overlap, each cut to that peer's partitions; nothing is relayed.
+    #[test]
+    fn sharded_pushes_reach_owners_only_under_covers_that_tile_the_stream() {
+        use crate::placement::{partition_of, Layout};
+        let me = NodeId::new("me").unwrap();
+        let mut r = with_peers(5);
+        let ids: Vec<NodeId> = std::iter::once(me.clone()).chain((0..5).map(id)).collect();
+        let layout = std::sync::Arc::new(Layout::compute(ids, Some(3)));
+        r.set_layout(layout.clone(), 0, &Empty);
+        let mut next_from: BTreeMap<NodeId, u64> = BTreeMap::new();
+        let (mut seq, mut delivered, mut owed) = (0u64, 0usize, 0usize);
+        for group in 0..50 {
+            let ds: Vec<Delta> = (0..3)
+                .map(|i| {
+                    seq += 1;
+                    let mut d = delta_from(me.clone());
+                    d.seq = seq;
+                    d.key = format!("k{group}-{i}");
+                    d
+                })
+                .collect();
+            owed += ds
+                .iter()
+                .map(|d| {
+                    layout
+                        .owners(partition_of(&d.key))
+                        .iter()
+                        .filter(|o| **o != me)
+                        .count()
+                })
+                .sum::<usize>();
+            for e in r.on_committed(&ds, 0, &Empty) {
+                let Effect::Send {
+                    to,
+                    msg:
+                        Msg::Push {
+                            deltas,
+                            cover: Some(c),
+                            ..
+                        },
+                } = e
+                else {
+                    panic!("not a covered push: {e:?}");
+                };
+                assert_eq!(c.scope, layout.owned_by(&to));
+                if let Some(f) = next_from.get(&to) {
+                    assert_eq!(c.from, *f, "covers to {to} tile the stream");
+                }
+                assert_eq!(c.to, seq);
+                next_from.insert(to.clone(), c.to + 1);
+                assert!(!deltas.is_empty());
+                assert!(deltas
+                    .iter()
+                    .all(|d| layout.owns(&to, partition_of(&d.key)) && d.seq >= c.from));
+                delivered += deltas.len();
+            }
+        }
+        assert_eq!(delivered, owed, "every owner got each of its writes once");
+        assert!(
+            r.on_committed(&[delta_from(id(0))], 0, &Empty).is_empty(),
+            "a received delta is not relayed: its origin pushed it to the owners"
+        );
     }
 
     #[test]

@@ -74,6 +74,7 @@ impl Replicator {
                 clock: store.clock(),
                 deltas: Vec::new(),
                 ack: true,
+                cover: None,
             },
         }]
     }

@@ -1,15 +1,63 @@
 //! What replication does differently when keys have owners
-//! (`crate::placement`): stubs for non-owners, anti-entropy restricted to
-//! the partitions both sides store, and handoff when the layout changes.
-//! With a full layout (the default) every function here is a no-op.
+//! (`crate::placement`): pushes of a write to its owners only, pulls of an
+//! origin's deltas in the asker's partitions, anti-entropy restricted to the
+//! partitions both sides store, and handoff when the layout changes. With a
+//! full layout (the default) none of this runs.
+//!
+//! **Covered streams.** Each origin still numbers its writes 1, 2, 3, …
+//! without gaps, but a node receives only the writes of the partitions it
+//! owns. A push (or pull answer) from the origin carries a [`Cover`]: the
+//! seq range it stands for and the partitions it was cut for; the receiver
+//! logs the deltas and moves its version vector over the rest of the range
+//! (`store::Op::Skip`), in one durable batch. So its vector means
+//! "complete, for my partitions, up to here": gap detection, the own-origin
+//! fence and cumulative quorum acks work as before, and a write costs
+//! messages, commits and log records on its R owners only, not on all N
+//! nodes. The origin pushes each own write straight to the key's owners
+//! (R − 1 messages, no gossip relay: every owner gets it in one hop); the
+//! periodic pull and a gap pull ask an origin for its own stream, cut to
+//! the asker's partitions. Internal keys (API keys) are in every scope.
+//! What this gives up: only the origin serves its stream (a non-owner has
+//! no copy), so a delta an owner missed while the origin is unreachable
+//! reaches it by anti-entropy with a co-owner, which also repairs a cover
+//! whose scope lacked a partition the receiver owns (views of the
+//! membership differed for a moment).
 
 use std::sync::Arc;
 
+use super::msg::{approx_size, chunks, Cover};
 use super::ReplicaReader;
-use super::{AeTrigger, Effect, Replicator};
+use super::{AeTrigger, Effect, Msg, PendingKind, Replicator};
 use crate::merkle::{NodeRef, ZERO};
-use crate::model::{is_internal, Delta, NodeId};
+use crate::model::{is_internal, Delta, NodeId, VersionVector};
 use crate::placement::{self, Layout, Owned};
+use crate::store::{LogRead, Op};
+
+/// The ops that apply a covered range: its deltas, and a skip over every
+/// hole between them (seqs of partitions the receiver does not own).
+pub(super) fn covered_ops(origin: &NodeId, cover: Cover, deltas: Vec<Delta>) -> Vec<Op> {
+    let mut ops = Vec::with_capacity(deltas.len() + 2);
+    let mut next = cover.from;
+    for d in deltas {
+        if d.seq > next {
+            ops.push(Op::Skip {
+                origin: origin.clone(),
+                from: next,
+                to: d.seq - 1,
+            });
+        }
+        next = d.seq + 1;
+        ops.push(Op::Delta(d));
+    }
+    if next <= cover.to {
+        ops.push(Op::Skip {
+            origin: origin.clone(),
+            from: next,
+            to: cover.to,
+        });
+    }
+    ops
+}
 
 /// Partitions whose Merkle subtree holds data here (non-zero digest).
 pub(super) fn held(store: &dyn ReplicaReader) -> Owned {
@@ -63,6 +111,20 @@ impl Replicator {
         let old = std::mem::replace(&mut self.layout, layout);
         // Confirmations were for the old owners.
         self.confirmed.clear();
+        self.scopes.clear();
+        if !self.layout.is_full() {
+            for p in 0..=255u8 {
+                for o in self.layout.owners(p) {
+                    self.scopes.entry(o.clone()).or_default().insert(p);
+                }
+            }
+        }
+        // A cover computed under the old layout skipped writes of partitions
+        // a peer may own now: the next push to it starts a fresh range, and
+        // the peer pulls what lies between (cut to its new partitions).
+        for p in self.peers.values_mut() {
+            p.covered_to = None;
+        }
         self.layout_epoch += 1;
         self.layout_since_ms = now;
         self.mine = self.layout.owned_by(&self.node);
@@ -131,28 +193,16 @@ impl Replicator {
         if self.layout.is_full() {
             return;
         }
-        for d in deltas {
-            if !placement::is_stub(&d.entry) {
-                continue;
-            }
+        let mut parts = Owned::NONE;
+        for d in deltas.iter().filter(|d| placement::is_stub(&d.entry)) {
             let p = placement::partition_of(&d.key);
-            if !self.mine.contains(p) {
-                continue;
+            if self.mine.contains(p) {
+                self.progress.stubs_for_owned += 1;
+                parts.insert(p);
             }
-            self.progress.stubs_for_owned += 1;
-            let co_owner = self
-                .layout
-                .owners(p)
-                .iter()
-                .find(|o| **o != self.node && self.peers.get(*o).is_some_and(|x| x.stats.up))
-                .cloned();
-            if let Some(o) = co_owner {
-                let peer = self.peers.entry(o).or_default();
-                if peer.ae_due_ms.is_none() {
-                    peer.ae_due_ms = Some(now);
-                    peer.stub_repair = true;
-                }
-            }
+        }
+        if !parts.is_empty() {
+            self.repair_partitions(parts, now);
         }
     }
 
@@ -161,8 +211,9 @@ impl Replicator {
     /// layout has held for `rebalance_after_ms` and every owner of the
     /// partition has since been seen holding all of it: an anti-entropy
     /// session with that owner, begun under this layout and covering the
-    /// partition, found its subtree equal to ours. (Equal digests mean the
-    /// owner serves, hence holds durably, every item we have.) Not a
+    /// partition, wanted none of our items there (it serves, hence holds
+    /// durably, each of them or a newer version; it may hold more, since
+    /// writes after the move reach only the owners). Not a
     /// consensus: two nodes whose views of the membership disagree for
     /// longer than the grace period could each drop after confirming with
     /// the other.
@@ -209,24 +260,27 @@ impl Replicator {
         out
     }
 
-    /// A session with `peer` ended well: `equal` partitions were found
-    /// equal on both sides, `differed` were reconciled (and are checked
-    /// again by a follow-up session when we are handing them off).
+    /// A session with `peer` ended well: in the `confirmed` partitions it
+    /// holds every item we hold (or a newer one): it wanted nothing of ours
+    /// there. It may hold more (writes made since we stopped owning a
+    /// partition reach only its owners), which does not matter for a drop.
+    /// In `sent` it wanted entries, now sent: a follow-up session checks
+    /// again when we are handing those partitions off.
     pub(super) fn session_confirmed(
         &mut self,
         peer: &NodeId,
-        equal: Owned,
-        differed: Owned,
+        confirmed: Owned,
+        sent: Owned,
         now: u64,
     ) {
         if self.layout.is_full() {
             return;
         }
         let handing_off = self.held.minus(&self.mine);
-        for p in equal.intersect(&handing_off).iter() {
+        for p in confirmed.intersect(&handing_off).iter() {
             self.confirmed.entry(p).or_default().insert(peer.clone());
         }
-        if !differed.intersect(&handing_off).is_empty() {
+        if !sent.intersect(&handing_off).is_empty() {
             let due = now + self.config.ae_after_connect_ms;
             let p = self.peers.entry(peer.clone()).or_default();
             p.handoff_due = true;
@@ -259,6 +313,225 @@ impl Replicator {
         }
     }
 
+    /// The partitions `peer` owns (what a push to it is cut to).
+    fn scope_of(&self, peer: &NodeId) -> Owned {
+        if self.layout.is_full() {
+            return Owned::ALL;
+        }
+        self.scopes.get(peer).copied().unwrap_or(Owned::NONE)
+    }
+
+    /// Sharded push: each own delta to the live owners of its key (every
+    /// live peer for an internal key), under a [`Cover`] that runs from the
+    /// end of the previous push to that peer. Received deltas are not
+    /// relayed: their origin sent them to every owner itself.
+    pub(super) fn push_to_owners(
+        &mut self,
+        deltas: &[Delta],
+        ack: bool,
+        store: &dyn ReplicaReader,
+    ) -> Vec<Effect> {
+        let mut out = Vec::new();
+        let own: Vec<&Delta> = deltas.iter().filter(|d| d.origin == self.node).collect();
+        let (Some(first), Some(last)) = (own.first(), own.last()) else {
+            return out;
+        };
+        let (first, last) = (first.seq, last.seq);
+        let mut per_peer: std::collections::BTreeMap<NodeId, Vec<Delta>> = Default::default();
+        let live =
+            |r: &Replicator, p: &NodeId| *p != r.node && r.peers.get(p).is_some_and(|x| x.stats.up);
+        for d in &own {
+            if is_internal(&d.key) {
+                for (p, _) in self
+                    .peers
+                    .iter()
+                    .filter(|(p, x)| x.stats.up && **p != self.node)
+                {
+                    per_peer.entry(p.clone()).or_default().push((*d).clone());
+                }
+                continue;
+            }
+            for o in self.layout.owners(placement::partition_of(&d.key)) {
+                if live(self, o) {
+                    per_peer.entry(o.clone()).or_default().push((*d).clone());
+                }
+            }
+        }
+        let clock = store.clock();
+        for (peer, ds) in per_peer {
+            let scope = self.scope_of(&peer);
+            let p = self.peers.entry(peer.clone()).or_default();
+            let mut from = p.covered_to.map_or(first, |c| (c + 1).min(first));
+            p.covered_to = Some(last);
+            p.stats.deltas_sent += ds.len() as u64;
+            let parts = chunks(
+                ds,
+                self.config.max_items_per_msg,
+                self.config.max_msg_bytes,
+                |d| approx_size(&d.key, &d.entry),
+            );
+            let n = parts.len();
+            for (i, chunk) in parts.into_iter().enumerate() {
+                let to = if i + 1 == n {
+                    last
+                } else {
+                    chunk.last().map_or(from, |d| d.seq)
+                };
+                let cover = Cover { from, to, scope };
+                from = to + 1;
+                out.push(Effect::Send {
+                    to: peer.clone(),
+                    msg: Msg::push(clock, chunk, ack, Some(cover)),
+                });
+            }
+        }
+        out
+    }
+
+    /// A covered push or pull answer from `from` (its own origin's deltas):
+    /// applied with skips over the holes; partitions we own that the cover
+    /// left out are repaired by anti-entropy.
+    pub(super) fn on_covered(
+        &mut self,
+        from: &NodeId,
+        deltas: Vec<Delta>,
+        cover: Cover,
+        kind: Option<PendingKind>,
+        now: u64,
+        out: &mut Vec<Effect>,
+    ) {
+        let p = self.peers.entry(from.clone()).or_default();
+        if deltas.iter().any(|d| d.origin != *from) {
+            p.stats.bad_messages += 1;
+            tracing::warn!(node = %self.node, peer = %from, "covered deltas of another origin than the sender; ignored");
+            return;
+        }
+        p.stats.deltas_received += deltas.len() as u64;
+        if !self.layout.is_full() {
+            let left_out = self.mine.minus(&cover.scope);
+            if !left_out.is_empty() {
+                tracing::debug!(node = %self.node, peer = %from, partitions = %left_out.ranges(),
+                    "a cover left out partitions we own (views of the layout differ); anti-entropy");
+                self.repair_partitions(left_out, now);
+            }
+        }
+        let ops = covered_ops(from, cover, deltas);
+        let kind = kind.unwrap_or(PendingKind::Deltas {
+            pull: None,
+            more: false,
+        });
+        self.commit(from, ops, kind, now, out);
+    }
+
+    /// Runs anti-entropy soon with a live co-owner of each of `parts` (those
+    /// sessions compare the partitions both store).
+    pub(super) fn repair_partitions(&mut self, parts: Owned, now: u64) {
+        let mut chosen: Vec<NodeId> = Vec::new();
+        for part in parts.iter() {
+            let co_owner = self
+                .layout
+                .owners(part)
+                .iter()
+                .find(|o| **o != self.node && self.peers.get(*o).is_some_and(|x| x.stats.up))
+                .cloned();
+            if let Some(o) = co_owner {
+                if !chosen.contains(&o) {
+                    chosen.push(o);
+                }
+            }
+        }
+        for o in chosen {
+            let peer = self.peers.entry(o).or_default();
+            if peer.ae_due_ms.is_none() {
+                peer.ae_due_ms = Some(now);
+                peer.stub_repair = true;
+            }
+        }
+    }
+
+    /// A pull from a sharded node (`scope`: its partitions): our own
+    /// origin's deltas after its vector entry, cut to `scope`, under a
+    /// cover. Only an origin serves its stream this way (no other node has
+    /// all of it). A trimmed start is answered with a cover up to the
+    /// oldest retained seq and our origin listed unavailable: the asker
+    /// moves over it and gets that older data by anti-entropy.
+    pub(super) fn on_scoped_pull_request(
+        &mut self,
+        from: &NodeId,
+        req: u64,
+        theirs: &VersionVector,
+        scope: Owned,
+        store: &dyn ReplicaReader,
+        out: &mut Vec<Effect>,
+    ) {
+        let after = theirs.get(&self.node);
+        let mine = store.version_vector().get(&self.node);
+        let mut deltas = Vec::new();
+        let mut cover = None;
+        let mut unavailable = Vec::new();
+        if after < mine {
+            match store.deltas_after(&self.node, after, self.config.max_items_per_msg) {
+                Ok(LogRead::Deltas(ds)) => {
+                    let mut budget = self.config.max_msg_bytes;
+                    let mut to = after;
+                    for d in ds {
+                        if placement::stores(&scope, &d.key) {
+                            let size = approx_size(&d.key, &d.entry);
+                            if size > budget && !deltas.is_empty() {
+                                break;
+                            }
+                            budget = budget.saturating_sub(size);
+                            to = d.seq;
+                            deltas.push(d);
+                        } else {
+                            to = d.seq;
+                        }
+                    }
+                    if to > after {
+                        cover = Some(Cover {
+                            from: after + 1,
+                            to,
+                            scope,
+                        });
+                    }
+                }
+                Ok(LogRead::Unavailable { first_retained }) => {
+                    tracing::debug!(node = %self.node, peer = %from, after, first_retained,
+                        "scoped pull reaches before our oldest logged delta");
+                    unavailable.push(self.node.clone());
+                    if first_retained > after + 1 {
+                        cover = Some(Cover {
+                            from: after + 1,
+                            to: first_retained - 1,
+                            scope,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(node = %self.node, peer = %from, error = %e, "cannot read own log for a pull");
+                }
+            }
+        }
+        let more = cover.is_some_and(|c| c.to < mine);
+        let p = self.peers.entry(from.clone()).or_default();
+        p.stats.pulls_served += 1;
+        p.stats.deltas_sent += deltas.len() as u64;
+        if !unavailable.is_empty() {
+            p.stats.pulls_we_answered_unavailable += 1;
+        }
+        out.push(Effect::Send {
+            to: from.clone(),
+            msg: Msg::PullResponse {
+                clock: store.clock(),
+                req,
+                deltas,
+                unavailable,
+                more,
+                cover,
+            },
+        });
+    }
+
     pub fn placement_progress(&self) -> placement::Progress {
         let mut p = self.progress.clone();
         p.replication_factor = self.layout.replication_factor;
@@ -272,6 +545,46 @@ impl Replicator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cover_is_applied_as_its_deltas_and_skips_over_the_holes() {
+        let b = NodeId::new("b").unwrap();
+        let d = |seq| Delta {
+            origin: b.clone(),
+            seq,
+            key: format!("k{seq}"),
+            entry: crate::model::Entry {
+                version: crate::model::Version {
+                    hlc: crate::model::Hlc(seq),
+                    node: b.clone(),
+                },
+                value: Some(b"v".to_vec()),
+                meta: Default::default(),
+            },
+        };
+        let cover = Cover {
+            from: 3,
+            to: 9,
+            scope: Owned::ALL,
+        };
+        let shape: Vec<String> = covered_ops(&b, cover, vec![d(4), d(7)])
+            .iter()
+            .map(|op| match op {
+                Op::Skip { from, to, .. } => format!("skip {from}-{to}"),
+                Op::Delta(d) => format!("delta {}", d.seq),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            shape,
+            ["skip 3-3", "delta 4", "skip 5-6", "delta 7", "skip 8-9"]
+        );
+        let ends: Vec<usize> = [vec![d(3), d(9)], vec![]]
+            .into_iter()
+            .map(|ds| covered_ops(&b, cover, ds).len())
+            .collect();
+        assert_eq!(ends, [3, 1], "no empty skip at either end");
+    }
 
     #[test]
     fn scope_follows_the_tree_levels() {

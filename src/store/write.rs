@@ -51,6 +51,11 @@ pub enum Op {
     Entry { key: String, entry: Entry },
     /// After a complete anti-entropy round: we hold all a peer's vector said.
     AdvanceVv(VersionVector),
+    /// Seqs `from..=to` of `origin` are writes of partitions not stored here
+    /// (the holes of a sharded push's cover, `replication::msg::Cover`):
+    /// the vector moves over them, nothing is logged. Like a delta, a gap
+    /// when the vector is not yet at `from - 1`.
+    Skip { origin: NodeId, from: u64, to: u64 },
     /// Forget the entries of a partition this node no longer owns, once its
     /// owners hold them (`crate::placement`); a no-op if it owns it again.
     DropPartition(u8),
@@ -62,7 +67,7 @@ impl Op {
         let key = match self {
             Op::Local { key, .. } | Op::Entry { key, .. } => key,
             Op::Delta(d) => &d.key,
-            Op::AdvanceVv(_) | Op::DropPartition(_) => return false,
+            Op::AdvanceVv(_) | Op::DropPartition(_) | Op::Skip { .. } => return false,
         };
         crate::model::is_internal(key)
     }
@@ -89,6 +94,8 @@ pub enum Outcome {
         won: bool,
     },
     VvAdvanced,
+    /// An `Op::Skip` moved the vector.
+    Skipped,
     /// Entries (tombstones included) forgotten by `Op::DropPartition`.
     Dropped {
         keys: u64,
@@ -158,6 +165,7 @@ pub(super) fn build(
             Op::Delta(d) => b.delta(d)?,
             Op::Entry { key, entry } => b.sync_entry(key, entry)?,
             Op::AdvanceVv(vv) => b.advance_vv(&vv),
+            Op::Skip { origin, from, to } => b.skip(origin, from, to)?,
             Op::DropPartition(p) => b.drop_partition(p)?,
         };
         outcomes.push(outcome);
@@ -232,6 +240,35 @@ impl Builder<'_> {
         let won = d.entry.supersedes(cur.as_ref());
         self.log_delta(&d, cur);
         Ok(Outcome::Applied { won })
+    }
+
+    /// Moves `origin`'s vector over seqs this node never receives. The log
+    /// run of the group so far ends here, so a later delta of the origin in
+    /// this group starts a new run: runs stay contiguous, and a pull that
+    /// reaches the hole reads "unavailable" (the asker falls back to
+    /// anti-entropy) rather than a wrong sequence.
+    fn skip(&mut self, origin: NodeId, from: u64, to: u64) -> Result<Outcome> {
+        let have = self.st.state.vv.get(&origin);
+        if to <= have {
+            return Ok(Outcome::Duplicate);
+        }
+        if from > have + 1 {
+            return Ok(Outcome::Gap { expected: have + 1 });
+        }
+        if let Some((first, run)) = self.runs.remove(&origin) {
+            self.end_run(&origin, first, run)?;
+        }
+        self.st.state.vv.set(origin.clone(), to);
+        self.touched_vv.insert(origin);
+        Ok(Outcome::Skipped)
+    }
+
+    /// Puts a run of logged deltas into the batch.
+    fn end_run(&mut self, origin: &NodeId, first: u64, run: Run) -> Result<()> {
+        let len = run.items.len() as u64;
+        self.batch
+            .insert(keys::log_run(origin, first), codec::encode(&run));
+        self.record_run(origin, first, len)
     }
 
     /// Logs a delta's stub as the next of its origin; no entry, no Merkle
@@ -389,9 +426,7 @@ impl Builder<'_> {
             self.st.feed_first.get_or_insert(base);
         }
         for (origin, (first, run)) in std::mem::take(&mut self.runs) {
-            self.batch
-                .insert(keys::log_run(&origin, first), codec::encode(&run));
-            self.record_run(&origin, first, run.items.len() as u64)?;
+            self.end_run(&origin, first, run)?;
         }
         for origin in std::mem::take(&mut self.touched_vv) {
             let seq = self.st.state.vv.get(&origin);

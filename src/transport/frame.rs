@@ -19,7 +19,9 @@ use serde::Serialize;
 /// 2: membership pings and acks carry clock stamps (`crate::clock`).
 /// 3: quorums: pushes may ask for durable acks; acks, quorum reads and
 /// read repair (`crate::replication::quorum`).
-pub const PROTOCOL_VERSION: u16 = 3;
+/// 4: sharded pushes and pull answers carry a cover (seq range and
+/// partitions they stand for); pulls may name the asker's partitions.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Default hard limit on one frame's payload.
 pub const DEFAULT_MAX_FRAME_BYTES: usize = 16 * 1024 * 1024;

@@ -66,6 +66,17 @@ impl MemStore {
                     s.vv.merge(vv);
                     Outcome::VvAdvanced
                 }
+                Op::Skip { origin, from, to } => {
+                    let have = s.vv.get(origin);
+                    if *to <= have {
+                        Outcome::Duplicate
+                    } else if *from > have + 1 {
+                        Outcome::Gap { expected: have + 1 }
+                    } else {
+                        s.vv.set(origin.clone(), *to);
+                        Outcome::Skipped
+                    }
+                }
                 Op::DropPartition(p) => {
                     let before = s.map.len();
                     s.map.retain(|k, _| hub::placement::partition_of(k) != *p);
