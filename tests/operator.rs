@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 
-use common::{call, free_udp_port, http_client, Certs, Proc};
+use common::{call, free_udp_port, http_client, serve_args, Certs, Proc};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -42,15 +42,18 @@ fn inspect_of_an_address_without_scheme_says_to_add_one_and_shows_no_made_up_pat
 #[test]
 fn inspect_of_an_empty_or_foreign_directory_says_what_it_is() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = hub(
-        &[
-            "inspect",
-            "--data-dir",
-            tmp.path().to_str().unwrap(),
-            "summary",
-        ],
-        &[],
-    );
+    let summary = || {
+        hub(
+            &[
+                "inspect",
+                "--data-dir",
+                tmp.path().to_str().unwrap(),
+                "summary",
+            ],
+            &[],
+        )
+    };
+    let out = summary();
     let e = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -59,15 +62,7 @@ fn inspect_of_an_empty_or_foreign_directory_says_what_it_is() {
     );
     assert!(!e.contains("does not exist"), "{e}");
     std::fs::write(tmp.path().join("notes.txt"), "x").unwrap();
-    let out = hub(
-        &[
-            "inspect",
-            "--data-dir",
-            tmp.path().to_str().unwrap(),
-            "summary",
-        ],
-        &[],
-    );
+    let out = summary();
     let e = text(&out.stderr);
     assert!(
         e.contains("not a hub data directory") && !e.contains("is empty"),
@@ -125,6 +120,46 @@ fn completions_and_man_page_are_printed() {
     assert!(text(&out.stdout).contains(".TH hub"));
 }
 
+/// The lines of a child's pipe, read on their own thread; the channel
+/// ends when the pipe does.
+fn line_channel(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+/// Every line read until one matches (returned last), or the deadline.
+fn until(
+    lines: &mpsc::Receiver<String>,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + WITHIN;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(l) => {
+                let hit = matches(&l);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "no line {what} within {WITHIN:?}; saw:\n{}",
+        seen.join("\n")
+    );
+}
+
 /// A `hub serve` whose stderr is read line by line.
 struct Logged {
     proc: Proc,
@@ -141,15 +176,7 @@ impl Logged {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = line_channel(child.stderr.take().unwrap());
         let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut first)
@@ -165,47 +192,10 @@ impl Logged {
         }
     }
 
-    /// Every line read until one matches (returned last), or the deadline.
+    /// Every log line read until one matches (returned last), or the deadline.
     fn until(&self, what: &str, matches: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + WITHIN;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let hit = matches(&l);
-                    seen.push(l);
-                    if hit {
-                        return seen;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line {what} within {WITHIN:?}; saw:\n{}",
-            seen.join("\n")
-        );
+        until(&self.lines, what, matches)
     }
-}
-
-fn joining_args(data: &std::path::Path, certs: &Certs, join_port: u16) -> Vec<String> {
-    [
-        "--node-id",
-        "a",
-        "--no-sensors",
-        "--http",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--certs",
-        certs.path().to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{}", free_udp_port()),
-        "--join",
-        &format!("127.0.0.1:{join_port}"),
-    ]
-    .map(String::from)
-    .to_vec()
 }
 
 #[test]
@@ -214,7 +204,13 @@ fn json_logs_carry_display_fields_and_warn_about_an_unreachable_join_address() {
     let tmp = tempfile::tempdir().unwrap();
     let join = free_udp_port();
     let node = Logged::start(
-        &joining_args(&tmp.path().join("d"), &certs, join),
+        &serve_args(
+            "a",
+            &tmp.path().join("d"),
+            certs.path(),
+            free_udp_port(),
+            Some(join),
+        ),
         &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "json")],
     );
     let seen = node.until("warning about the join address", |l| {
@@ -253,7 +249,13 @@ fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
     let certs = Certs::new(&["a"]);
     let tmp = tempfile::tempdir().unwrap();
     let node = Logged::start(
-        &joining_args(&tmp.path().join("d"), &certs, free_udp_port()),
+        &serve_args(
+            "a",
+            &tmp.path().join("d"),
+            certs.path(),
+            free_udp_port(),
+            Some(free_udp_port()),
+        ),
         &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "pretty")],
     );
     let seen = node.until("warning about the join address", |l| {
