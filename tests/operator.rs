@@ -2,7 +2,8 @@
 //! issue 12 listed is asserted here (a missing URL scheme, an empty data
 //! directory, a bad `HUB_*` variable, a too-large body, unknown query
 //! parameters, Display log fields, no colour codes in a redirected log, the
-//! join warning, progress lines, version, completions, man page).
+//! join warning, progress lines, version, completions, man page), and
+//! `hub demo`'s banner: its token works and no warning misleads.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 
-use common::{call, free_udp_port, http_client, serve_args, Certs, Proc};
+use common::{call, free_udp_port, http_client, https_client, serve_args, Certs, Proc};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -385,4 +386,75 @@ fn bench_prints_progress_lines_while_it_runs() {
     assert!(progress.iter().all(|l| l.contains("writes")), "{e}");
     assert!(text(&out.stdout).contains("writes:"));
     node.stop();
+}
+
+/// The text after `label` on the first line that starts with it.
+fn after<'a>(lines: &'a [String], label: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in {lines:?}"))
+        .trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_working_token_and_logs_no_missing_key_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(["demo", "--nodes", "2", "--http-base-port", "0", "--dir"])
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = line_channel(child.stderr.take().unwrap());
+    let out = line_channel(child.stdout.take().unwrap());
+    let printed = until(&out, "ending the demo's banner", |l| {
+        l.contains("Ctrl-C stops")
+    });
+    let url = after(&printed, "node-1:")
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let ca = std::path::Path::new(after(&printed, "CA:"));
+    let token = after(&printed, "admin token (new each run):");
+    let membership = format!("{url}/api/membership");
+    for (client, want) in [
+        (https_client(ca, Some(token)), StatusCode::OK),
+        (https_client(ca, None), StatusCode::UNAUTHORIZED),
+    ] {
+        let (status, body) = call(&client, Method::GET, &membership, "").await.unwrap();
+        assert_eq!(status, want, "{}", text(&body));
+    }
+    Proc {
+        child,
+        base: url.to_string(),
+    }
+    .stop();
+    // The demo has exited, so its stderr is closed and the channel ends.
+    let warned: Vec<String> = log.iter().filter(|l| l.contains("no API keys")).collect();
+    assert!(warned.is_empty(), "{warned:?}");
+}
+
+#[test]
+fn keyless_serve_with_auth_says_how_to_make_the_first_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let node = Logged::start(
+        &[
+            "--no-sensors",
+            "--http",
+            "127.0.0.1:0",
+            "--auth",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from),
+        &[("RUST_LOG", "warn")],
+    );
+    let seen = node.until("advice on the first key", |l| l.contains("no API keys yet"));
+    assert!(seen.last().unwrap().contains("hub keys create"), "{seen:?}");
+    node.proc.stop();
 }
