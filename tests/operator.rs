@@ -286,37 +286,39 @@ fn small_limits_node(data: &std::path::Path) -> Proc {
     )
 }
 
+/// Sends `body`, expects 413 and returns the error body.
+async fn refused_as_too_large(
+    http: &common::HttpClient,
+    method: Method,
+    url: &str,
+    body: Vec<u8>,
+) -> String {
+    let (status, body) = call(http, method, url, body).await.unwrap();
+    let body = text(&body);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    body
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_naming_the_limit_and_its_setting() {
     let tmp = tempfile::tempdir().unwrap();
     let node = small_limits_node(&tmp.path().join("d"));
     let http = http_client();
-    let (status, body) = call(
+    let body = refused_as_too_large(
         &http,
         Method::PUT,
         &format!("{}/kv/big", node.base),
         vec![b'x'; 5000],
     )
-    .await
-    .unwrap();
-    let body = text(&body);
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    .await;
     assert!(
         body.contains("1000") && body.contains("max_value_bytes"),
         "{body}"
     );
     assert!(!body.contains("Failed to buffer"), "{body}");
     let batch = format!("[{}]", vec![r#"{"sensor":"s","value":1}"#; 400].join(","));
-    let (status, body) = call(
-        &http,
-        Method::POST,
-        &format!("{}/api/readings", node.base),
-        batch,
-    )
-    .await
-    .unwrap();
-    let body = text(&body);
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let url = format!("{}/api/readings", node.base);
+    let body = refused_as_too_large(&http, Method::POST, &url, batch.into_bytes()).await;
     assert!(
         body.contains("4000") && body.contains("max_batch_bytes"),
         "{body}"
