@@ -195,25 +195,19 @@ async fn no_token_appears_in_any_log_line_even_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // The first admin key, made offline on a node never started.
-    let out = hub()
-        .args([
-            "keys",
-            "create",
-            "--role",
-            "admin",
-            "--node-id",
-            "n1",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let data_dir = data.to_str().unwrap();
+    let admin = hub_ok(&[
+        "keys",
+        "create",
+        "--role",
+        "admin",
+        "--node-id",
+        "n1",
+        "--data-dir",
+        data_dir,
+    ])
+    .trim()
+    .to_string();
     assert!(
         admin.starts_with("hub_"),
         "stdout is only the token: {admin:?}"
