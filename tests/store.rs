@@ -8,6 +8,10 @@ use hub::merkle::{self, NodeRef};
 use hub::model::{Delta, Entry, Hlc, Meta, NodeId, Version, VersionVector};
 use hub::store::{self, Condition, LogRead, Op, Outcome, Store, StoreConfig, StoreError};
 
+#[path = "support/ops.rs"]
+mod ops;
+use ops::{del, put};
+
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
@@ -25,24 +29,6 @@ fn try_open(dir: &Path, node: &str) -> Result<Store, StoreError> {
 
 fn open(dir: &Path, node: &str) -> Store {
     try_open(dir, node).unwrap()
-}
-
-fn put(key: &str, value: &str) -> Op {
-    Op::Local {
-        key: key.into(),
-        value: Some(value.into()),
-        meta: Meta::new(),
-        cond: Condition::Always,
-    }
-}
-
-fn del(key: &str) -> Op {
-    Op::Local {
-        key: key.into(),
-        value: None,
-        meta: Meta::new(),
-        cond: Condition::IfPresent,
-    }
 }
 
 fn commit(s: &Store, ops: Vec<Op>) -> Vec<Outcome> {
