@@ -204,6 +204,11 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a part's title with the load average it starts under.
+fn part_title(title: std::fmt::Arguments) {
+    println!("\n{title} (load {})", shared::loadavg());
+}
+
 async fn run_parts(
     args: &ClusterArgs,
     parts: &[Part],
@@ -216,37 +221,31 @@ async fn run_parts(
         let mut cluster = LocalCluster::start(root.join("inproc"), certs_dir).await?;
         let r = async {
             if parts.contains(&Part::Latency) {
-                println!(
-                    "\n[latency] {} writes/s for {:?} on A (load {})",
-                    args.rate,
-                    args.duration,
-                    shared::loadavg()
-                );
+                part_title(format_args!(
+                    "[latency] {} writes/s for {:?} on A",
+                    args.rate, args.duration
+                ));
                 rows.extend(latency(&cluster, args).await?);
             }
             if parts.contains(&Part::Throughput) {
-                println!(
-                    "\n[throughput] {} writers on A for {:?} (load {})",
-                    args.writers,
-                    args.duration,
-                    shared::loadavg()
-                );
+                part_title(format_args!(
+                    "[throughput] {} writers on A for {:?}",
+                    args.writers, args.duration
+                ));
                 rows.extend(throughput(&cluster, args).await?);
             }
             if parts.contains(&Part::Dead) {
-                println!(
-                    "\n[dead] C shuts down, {}-write burst on A (load {})",
-                    args.burst,
-                    shared::loadavg()
-                );
+                part_title(format_args!(
+                    "[dead] C shuts down, {}-write burst on A",
+                    args.burst
+                ));
                 rows.extend(dead_peer(&mut cluster, args).await?);
             }
             if parts.contains(&Part::Catchup) {
-                println!(
-                    "\n[catchup] C misses {} writes, restarts (load {})",
-                    args.missed,
-                    shared::loadavg()
-                );
+                part_title(format_args!(
+                    "[catchup] C misses {} writes, restarts",
+                    args.missed
+                ));
                 rows.extend(catchup(&mut cluster, args).await?);
             }
             anyhow::Ok(())
@@ -256,31 +255,27 @@ async fn run_parts(
         r?;
     }
     if parts.contains(&Part::Split) {
-        println!(
-            "\n[split] {} writers on in-process A, B and C as child processes, for {:?} (load {})",
-            args.writers,
-            args.duration,
-            shared::loadavg()
-        );
+        part_title(format_args!(
+            "[split] {} writers on in-process A, B and C as child processes, for {:?}",
+            args.writers, args.duration
+        ));
         rows.extend(split_throughput(&root.join("split"), certs_dir, args).await?);
     }
     if parts.contains(&Part::Cpu) || parts.contains(&Part::Crash) {
         let mut procs = ProcCluster::start(root.join("procs"), certs_dir).await?;
         let r = async {
             if parts.contains(&Part::Cpu) {
-                println!(
-                    "\n[cpu] {} HTTP writes on A, child processes (load {})",
-                    args.cpu_writes,
-                    shared::loadavg()
-                );
+                part_title(format_args!(
+                    "[cpu] {} HTTP writes on A, child processes",
+                    args.cpu_writes
+                ));
                 rows.extend(cpu(&procs, args).await?);
             }
             if parts.contains(&Part::Crash) {
-                println!(
-                    "\n[crash] kill -9 C, {}-write bursts on A (load {})",
-                    args.burst,
-                    shared::loadavg()
-                );
+                part_title(format_args!(
+                    "[crash] kill -9 C, {}-write bursts on A",
+                    args.burst
+                ));
                 rows.extend(crash(&mut procs, args).await?);
             }
             anyhow::Ok(())
@@ -290,12 +285,10 @@ async fn run_parts(
         r?;
     }
     if parts.contains(&Part::Ae) {
-        println!(
-            "\n[ae] {} keys, {} differing (load {})",
-            args.ae_keys,
-            args.ae_diffs,
-            shared::loadavg()
-        );
+        part_title(format_args!(
+            "[ae] {} keys, {} differing",
+            args.ae_keys, args.ae_diffs
+        ));
         let (keys, diffs, dir) = (args.ae_keys, args.ae_diffs, root.join("ae"));
         let r = tokio::task::spawn_blocking(move || anti_entropy(&dir, keys, diffs))
             .await
