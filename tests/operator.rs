@@ -199,19 +199,24 @@ impl Logged {
     }
 }
 
+/// Node `a` in `dir`, joining through `join_port` on loopback.
+fn joining_args(dir: &std::path::Path, certs: &Certs, join_port: u16) -> Vec<String> {
+    serve_args(
+        "a",
+        &dir.join("d"),
+        certs.path(),
+        free_udp_port(),
+        Some(join_port),
+    )
+}
+
 #[test]
 fn json_logs_carry_display_fields_and_warn_about_an_unreachable_join_address() {
     let certs = Certs::new(&["a"]);
     let tmp = tempfile::tempdir().unwrap();
     let join = free_udp_port();
     let node = Logged::start(
-        &serve_args(
-            "a",
-            &tmp.path().join("d"),
-            certs.path(),
-            free_udp_port(),
-            Some(join),
-        ),
+        &joining_args(tmp.path(), &certs, join),
         &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "json")],
     );
     let seen = node.until("warning about the join address", |l| {
@@ -250,13 +255,7 @@ fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
     let certs = Certs::new(&["a"]);
     let tmp = tempfile::tempdir().unwrap();
     let node = Logged::start(
-        &serve_args(
-            "a",
-            &tmp.path().join("d"),
-            certs.path(),
-            free_udp_port(),
-            Some(free_udp_port()),
-        ),
+        &joining_args(tmp.path(), &certs, free_udp_port()),
         &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "pretty")],
     );
     let seen = node.until("warning about the join address", |l| {
