@@ -8,18 +8,11 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use hub::auth::{KeyTable, NewKey, Role};
-use hub::model::NodeId;
-use hub::store::{Store, StoreConfig};
+
+mod shared;
 
 fn table_with_keys(dir: &std::path::Path, n: usize) -> (KeyTable, String) {
-    let store = Store::open(
-        dir,
-        StoreConfig {
-            node_id: Some(NodeId::new("bench").unwrap()),
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let store = shared::bench_store(dir);
     let mut ops = Vec::new();
     let mut last = String::new();
     for i in 0..n {

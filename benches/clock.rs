@@ -28,11 +28,7 @@ use hub::membership::Stamp;
 use hub::model::{Hlc, NodeId};
 use hub::node::Node;
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
+mod shared;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -196,7 +192,7 @@ fn main() {
             seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds);
         }
     }
-    println!("load average at start: {}", loadavg());
+    println!("load average at start: {}", shared::loadavg());
     wire_bytes();
     cpu();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -205,5 +201,5 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(loopback_error(seconds));
-    println!("load average at end: {}", loadavg());
+    println!("load average at end: {}", shared::loadavg());
 }

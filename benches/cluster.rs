@@ -62,6 +62,7 @@ use hub::config::parse_duration;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -148,12 +149,6 @@ fn row(
     r
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
-}
-
 const IDS: [&str; 3] = ["bench-a", "bench-b", "bench-c"];
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
@@ -184,14 +179,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         "cluster bench: 3 nodes on loopback, data in {}",
         root.display()
     );
-    println!("load average at start: {}", loadavg());
+    println!("load average at start: {}", shared::loadavg());
     let result = run_parts(&args, &parts, &root, &certs_dir).await;
     if remove {
         let _ = std::fs::remove_dir_all(&root);
     }
     let rows = result?;
     println!();
-    println!("load average at end: {}", loadavg());
+    println!("load average at end: {}", shared::loadavg());
     println!("{:<46} {:<40} {:<12} ok", "measure", "result", "target");
     for r in &rows {
         println!(
@@ -209,6 +204,11 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a part's title with the load average it starts under.
+fn part_title(title: std::fmt::Arguments) {
+    println!("\n{title} (load {})", shared::loadavg());
+}
+
 async fn run_parts(
     args: &ClusterArgs,
     parts: &[Part],
@@ -221,37 +221,31 @@ async fn run_parts(
         let mut cluster = LocalCluster::start(root.join("inproc"), certs_dir).await?;
         let r = async {
             if parts.contains(&Part::Latency) {
-                println!(
-                    "\n[latency] {} writes/s for {:?} on A (load {})",
-                    args.rate,
-                    args.duration,
-                    loadavg()
-                );
+                part_title(format_args!(
+                    "[latency] {} writes/s for {:?} on A",
+                    args.rate, args.duration
+                ));
                 rows.extend(latency(&cluster, args).await?);
             }
             if parts.contains(&Part::Throughput) {
-                println!(
-                    "\n[throughput] {} writers on A for {:?} (load {})",
-                    args.writers,
-                    args.duration,
-                    loadavg()
-                );
+                part_title(format_args!(
+                    "[throughput] {} writers on A for {:?}",
+                    args.writers, args.duration
+                ));
                 rows.extend(throughput(&cluster, args).await?);
             }
             if parts.contains(&Part::Dead) {
-                println!(
-                    "\n[dead] C shuts down, {}-write burst on A (load {})",
-                    args.burst,
-                    loadavg()
-                );
+                part_title(format_args!(
+                    "[dead] C shuts down, {}-write burst on A",
+                    args.burst
+                ));
                 rows.extend(dead_peer(&mut cluster, args).await?);
             }
             if parts.contains(&Part::Catchup) {
-                println!(
-                    "\n[catchup] C misses {} writes, restarts (load {})",
-                    args.missed,
-                    loadavg()
-                );
+                part_title(format_args!(
+                    "[catchup] C misses {} writes, restarts",
+                    args.missed
+                ));
                 rows.extend(catchup(&mut cluster, args).await?);
             }
             anyhow::Ok(())
@@ -261,31 +255,27 @@ async fn run_parts(
         r?;
     }
     if parts.contains(&Part::Split) {
-        println!(
-            "\n[split] {} writers on in-process A, B and C as child processes, for {:?} (load {})",
-            args.writers,
-            args.duration,
-            loadavg()
-        );
+        part_title(format_args!(
+            "[split] {} writers on in-process A, B and C as child processes, for {:?}",
+            args.writers, args.duration
+        ));
         rows.extend(split_throughput(&root.join("split"), certs_dir, args).await?);
     }
     if parts.contains(&Part::Cpu) || parts.contains(&Part::Crash) {
         let mut procs = ProcCluster::start(root.join("procs"), certs_dir).await?;
         let r = async {
             if parts.contains(&Part::Cpu) {
-                println!(
-                    "\n[cpu] {} HTTP writes on A, child processes (load {})",
-                    args.cpu_writes,
-                    loadavg()
-                );
+                part_title(format_args!(
+                    "[cpu] {} HTTP writes on A, child processes",
+                    args.cpu_writes
+                ));
                 rows.extend(cpu(&procs, args).await?);
             }
             if parts.contains(&Part::Crash) {
-                println!(
-                    "\n[crash] kill -9 C, {}-write bursts on A (load {})",
-                    args.burst,
-                    loadavg()
-                );
+                part_title(format_args!(
+                    "[crash] kill -9 C, {}-write bursts on A",
+                    args.burst
+                ));
                 rows.extend(crash(&mut procs, args).await?);
             }
             anyhow::Ok(())
@@ -295,12 +285,10 @@ async fn run_parts(
         r?;
     }
     if parts.contains(&Part::Ae) {
-        println!(
-            "\n[ae] {} keys, {} differing (load {})",
-            args.ae_keys,
-            args.ae_diffs,
-            loadavg()
-        );
+        part_title(format_args!(
+            "[ae] {} keys, {} differing",
+            args.ae_keys, args.ae_diffs
+        ));
         let (keys, diffs, dir) = (args.ae_keys, args.ae_diffs, root.join("ae"));
         let r = tokio::task::spawn_blocking(move || anti_entropy(&dir, keys, diffs))
             .await
@@ -621,7 +609,7 @@ async fn throughput(c: &LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec<
     let committer = c.node(0)?.committer().clone();
     let groups0 = committer.stats().groups.load(Ordering::Relaxed);
     let value = vec![b'v'; args.value_bytes];
-    let cpu0 = cpu_seconds(std::process::id())?;
+    let cpu0 = shared::cpu_seconds(std::process::id())?;
     let started = Instant::now();
     let (tasks, done) = spawn_writers(&committer, args, &value, "tp");
     // Lag sampler: how far the replicas trail A, in writes.
@@ -637,7 +625,7 @@ async fn throughput(c: &LocalCluster, args: &ClusterArgs) -> anyhow::Result<Vec<
     }
     let ended = Instant::now();
     let elapsed = ended - started;
-    let cpu = cpu_seconds(std::process::id())? - cpu0;
+    let cpu = shared::cpu_seconds(std::process::id())? - cpu0;
     let n = done.load(Ordering::Relaxed);
     let head = sa.version_vector().get(&a);
     let behind = head - sb.version_vector().get(&a).min(sc.version_vector().get(&a));
@@ -1010,10 +998,10 @@ async fn split_throughput(
         let committer = a.committer().clone();
         let value = vec![b'v'; args.value_bytes];
         let pids: Vec<u32> = children.iter().map(|c| c.child.id()).collect();
-        let cpu0 = cpu_seconds(std::process::id())?;
+        let cpu0 = shared::cpu_seconds(std::process::id())?;
         let child_cpu0: Vec<f64> = pids
             .iter()
-            .map(|p| cpu_seconds(*p))
+            .map(|p| shared::cpu_seconds(*p))
             .collect::<Result<_, _>>()?;
         let started = Instant::now();
         let (tasks, done) = spawn_writers(&committer, args, &value, "split");
@@ -1038,10 +1026,10 @@ async fn split_throughput(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let final_lag = ended.elapsed();
-        let cpu_a = cpu_seconds(std::process::id())? - cpu0;
+        let cpu_a = shared::cpu_seconds(std::process::id())? - cpu0;
         let mut cpu_children = Vec::new();
         for (p, c0) in pids.iter().zip(&child_cpu0) {
-            cpu_children.push(cpu_seconds(*p)? - c0);
+            cpu_children.push(shared::cpu_seconds(*p)? - c0);
         }
         let rate = n as f64 / elapsed.as_secs_f64();
         let per = |cpu: f64| cpu / n.max(1) as f64 * 1e6;
@@ -1088,18 +1076,6 @@ async fn split_throughput(
     }
     a.shutdown().await;
     result
-}
-
-/// utime + stime of a process, in seconds (USER_HZ = 100 on Linux).
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised command name; utime and stime are the
-    // 14th and 15th fields of the whole line.
-    let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).context("no utime")?.parse::<u64>()?
-        + f.get(12).context("no stime")?.parse::<u64>()?;
-    Ok(ticks as f64 / 100.0)
 }
 
 async fn connect(authority: &str) -> anyhow::Result<http1::SendRequest<Full<Bytes>>> {
@@ -1210,12 +1186,12 @@ async fn cpu(c: &ProcCluster, args: &ClusterArgs) -> anyhow::Result<Vec<Row>> {
     let idle_for = Duration::from_secs(2);
     let cpu0: Vec<f64> = pids
         .iter()
-        .map(|&p| cpu_seconds(p))
+        .map(|&p| shared::cpu_seconds(p))
         .collect::<Result<_, _>>()?;
     tokio::time::sleep(idle_for).await;
     let cpu1: Vec<f64> = pids
         .iter()
-        .map(|&p| cpu_seconds(p))
+        .map(|&p| shared::cpu_seconds(p))
         .collect::<Result<_, _>>()?;
     let idle: Vec<f64> = (0..3)
         .map(|i| (cpu1[i] - cpu0[i]) / idle_for.as_secs_f64())
@@ -1240,7 +1216,7 @@ async fn cpu(c: &ProcCluster, args: &ClusterArgs) -> anyhow::Result<Vec<Row>> {
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu2: Vec<f64> = pids
         .iter()
-        .map(|&p| cpu_seconds(p))
+        .map(|&p| shared::cpu_seconds(p))
         .collect::<Result<_, _>>()?;
     let n = (args.cpu_writes + 1) as f64;
     let per = |i: usize| ((cpu2[i] - cpu1[i]) - idle[i] * elapsed).max(0.0) / n * 1e6;
@@ -1436,21 +1412,5 @@ fn anti_entropy(dir: &Path, keys: usize, diffs: usize) -> anyhow::Result<Vec<Row
 
 fn main() -> std::process::ExitCode {
     let args = ClusterArgs::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shared::main_with(run(args))
 }

@@ -27,6 +27,7 @@ use hub::config::parse_duration;
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -50,12 +51,6 @@ struct Args {
 
 const LEVELS: [&str; 3] = ["1", "quorum", "all"];
 const ROUND: usize = 100;
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
-}
 
 /// p50, p99 and mean in milliseconds of latencies in microseconds.
 fn summary(mut us: Vec<u64>) -> String {
@@ -87,23 +82,8 @@ async fn start() -> anyhow::Result<Cluster> {
     let ports = ids.map(|_| common::free_udp_port());
     let mut procs = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let mut args: Vec<String> = vec![
-            "--node-id".into(),
-            id.to_string(),
-            "--http".into(),
-            "127.0.0.1:0".into(),
-            "--no-sensors".into(),
-            "--data-dir".into(),
-            dir.path().join(id).display().to_string(),
-            "--certs".into(),
-            certs.path().display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{}", ports[i]),
-        ];
-        if i > 0 {
-            args.push("--join".into());
-            args.push(format!("127.0.0.1:{}", ports[0]));
-        }
+        let join = (i > 0).then_some(ports[0]);
+        let args = common::serve_args(id, &dir.path().join(id), certs.path(), ports[i], join);
         procs.push(common::Proc::start(&args));
     }
     let http = common::http_client();
@@ -221,20 +201,20 @@ async fn throughput(c: &Cluster, args: &Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    println!("load average before: {}", loadavg());
+    println!("load average before: {}", shared::loadavg());
     let c = start().await?;
     println!(
         "latency, one request at a time to node A ({} per level):",
         args.requests
     );
     latency(&c, &args).await?;
-    println!("load average: {}", loadavg());
+    println!("load average: {}", shared::loadavg());
     println!(
         "throughput, {} concurrent writers to node A, {:?} per level:",
         args.writers, args.duration
     );
     throughput(&c, &args).await?;
-    println!("load average after: {}", loadavg());
+    println!("load average after: {}", shared::loadavg());
     for p in c.procs {
         p.stop();
     }
@@ -243,21 +223,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shared::main_with(run(args))
 }

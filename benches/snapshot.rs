@@ -15,6 +15,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -25,8 +26,8 @@ use clap::Parser;
 use hyper::Method;
 
 use common::{http_client, run_hub, text, Proc};
-use hub::model::{Meta, NodeId};
-use hub::store::{Condition, Op, Store, StoreConfig};
+use hub::model::Meta;
+use hub::store::{Condition, Op};
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -44,22 +45,9 @@ struct Args {
     bench: bool,
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
-}
-
 /// Fills `dir` with `n` keys in large groups, straight through the store.
 fn fill(dir: &Path, n: u64) {
-    let store = Store::open(
-        dir,
-        StoreConfig {
-            node_id: Some(NodeId::new("bench").unwrap()),
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let store = shared::bench_store(dir);
     let value = vec![b'v'; 100];
     let wall = || {
         std::time::SystemTime::now()
@@ -135,7 +123,7 @@ async fn main() {
         "filled {} entries in {:.1} s (load {})",
         args.entries,
         t.elapsed().as_secs_f64(),
-        loadavg()
+        shared::loadavg()
     );
     let node = Proc::start(
         &[
@@ -160,7 +148,7 @@ async fn main() {
     .await;
     println!(
         "live: writes/s without a snapshot: {base1:.0} (load {})",
-        loadavg()
+        shared::loadavg()
     );
 
     let file = tmp.path().join("live.hubsnap");
@@ -222,7 +210,7 @@ async fn main() {
     println!(
         "live: writes/s during the snapshot: {during:.0}; without: {base1:.0} and {base2:.0}; during / without = {:.0} % (target >= 80 %) (load {})",
         100.0 * during / base,
-        loadavg()
+        shared::loadavg()
     );
     node.stop();
 
@@ -247,7 +235,7 @@ async fn main() {
         mb(bytes),
         mb(bytes) / secs,
         entries as f64 / secs,
-        loadavg()
+        shared::loadavg()
     );
 
     let restored = tmp.path().join("restored");
@@ -269,7 +257,7 @@ async fn main() {
         mb(bytes),
         mb(bytes) / secs,
         entries as f64 / secs,
-        loadavg()
+        shared::loadavg()
     );
 }
 

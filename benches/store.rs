@@ -11,19 +11,10 @@ use hub::merkle::{self, MerkleTree};
 use hub::model::{Delta, Entry, Hlc, Meta, NodeId, Version};
 use hub::store::{Condition, Op, Store, StoreConfig};
 
+mod shared;
+
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
-}
-
-fn open(dir: &std::path::Path) -> Store {
-    Store::open(
-        dir,
-        StoreConfig {
-            node_id: Some(id("bench")),
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap()
 }
 
 fn deltas(origin: &NodeId, from_seq: u64, n: u64) -> Vec<Op> {
@@ -49,7 +40,7 @@ fn deltas(origin: &NodeId, from_seq: u64, n: u64) -> Vec<Op> {
 
 fn apply_deltas(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
+    let store = shared::bench_store(dir.path());
     let origin = id("peer");
     let mut next = 1u64;
     let mut g = c.benchmark_group("store");
@@ -137,7 +128,7 @@ fn restart(c: &mut Criterion) {
         .unwrap_or(1_000_000);
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = open(dir.path());
+        let store = shared::bench_store(dir.path());
         let origin = id("peer");
         let t = Instant::now();
         for chunk in 0..n.div_ceil(10_000) {
@@ -171,7 +162,7 @@ fn restart(c: &mut Criterion) {
             let mut timed = Duration::ZERO;
             for _ in 0..iters {
                 let start = Instant::now();
-                let s = open(dir.path());
+                let s = shared::bench_store(dir.path());
                 std::hint::black_box(s.merkle_root());
                 timed += start.elapsed();
                 drop(s);

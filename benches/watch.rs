@@ -22,6 +22,7 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -52,18 +53,9 @@ struct Args {
     bench: bool,
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
-}
-
+/// The node's CPU seconds; 0 where /proc cannot tell (a figure, not a failure).
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |r| r.1);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    (tick(11) + tick(12)) as f64 / 100.0
+    shared::cpu_seconds(pid).unwrap_or(0.0)
 }
 
 /// Writes for `d` with `n` concurrent PUT loops; returns writes/s.
@@ -176,7 +168,7 @@ async fn watchers_part(node: &Proc, args: &Args) {
         args.prefix,
         args.writers,
         args.duration,
-        loadavg()
+        shared::loadavg()
     );
     let pid = node.child.id();
     let cpu = |from: f64| (cpu_seconds(pid) - from) / args.duration.as_secs_f64();
@@ -185,7 +177,7 @@ async fn watchers_part(node: &Proc, args: &Args) {
     let n0 = cpu(c0);
     println!(
         "  no watcher:            {r0:>9.0} writes/s   (load {})",
-        loadavg()
+        shared::loadavg()
     );
 
     let probes = (args.duration.as_millis() / 20) as usize;
@@ -249,14 +241,14 @@ async fn watchers_part(node: &Proc, args: &Args) {
     println!(
         "  {} watchers:          {r1:>9.0} writes/s   (load {})",
         args.watchers,
-        loadavg()
+        shared::loadavg()
     );
     let c2 = cpu_seconds(pid);
     let r2 = write_load(&base, args.writers, args.duration, "c").await;
     let n2 = cpu(c2);
     println!(
         "  no watcher again:      {r2:>9.0} writes/s   (load {})",
-        loadavg()
+        shared::loadavg()
     );
     println!("  node CPU (cores) without / with / without watchers: {n0:.2} / {n1:.2} / {n2:.2}");
     let ratio = r1 / ((r0 + r2) / 2.0);
@@ -353,7 +345,7 @@ async fn idle_part(node: &Proc, args: &Args) {
         idle * 100.0,
         tab * 100.0,
         (tab - idle) * 100.0,
-        loadavg()
+        shared::loadavg()
     );
 }
 
@@ -370,9 +362,9 @@ async fn main() {
         "--data-dir".into(),
         dir.path().join("data").display().to_string(),
     ]);
-    println!("load average at start: {}", loadavg());
+    println!("load average at start: {}", shared::loadavg());
     page_part(&node).await;
     watchers_part(&node, &args).await;
     idle_part(&node, &args).await;
-    println!("load average at end: {}", loadavg());
+    println!("load average at end: {}", shared::loadavg());
 }

@@ -223,7 +223,8 @@ pub struct ConfigLayer {
     )]
     pub quorum_timeout: Option<Duration>,
 
-    /// Ping period per peer (membership). Default 500ms.
+    /// Membership protocol period: each node pings 4 members (round-robin)
+    /// per period. Default 500ms.
     #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
     #[serde(
         default,
@@ -232,12 +233,13 @@ pub struct ConfigLayer {
         skip_serializing_if = "Option::is_none"
     )]
     pub probe_interval: Option<Duration>,
-    /// Suspect a peer when its phi-accrual value reaches this. Default 8.
+    /// Phi-accrual level reported as high (`/api/membership`, `hub status`);
+    /// suspicion itself comes from unanswered probes. Default 8.
     #[arg(long, help_heading = "Membership")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub phi_threshold: Option<f64>,
-    /// Silence tolerated beyond the mean ping interval before phi rises
-    /// (how soon a silent peer becomes suspect). Default 1s.
+    /// A probe unanswered this long, directly or through the relays asked
+    /// halfway, makes the peer suspect. Default 1s.
     #[arg(long, value_parser = parse_duration, help_heading = "Membership")]
     #[serde(
         default,
@@ -325,7 +327,8 @@ pub struct ConfigLayer {
     #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "HTTP security")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http_tls: Option<bool>,
-    /// Require an API key (`hub keys`) on every request but GET /health.
+    /// Require an API key (`hub keys`) on every request but GET /health,
+    /// /ready and the dashboard's static files.
     /// Default false.
     #[arg(long, num_args = 0..=1, default_missing_value = "true", help_heading = "HTTP security")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -6,7 +6,7 @@
 //! mirror store, cluster and worker state are read from snapshots when
 //! `/metrics` is scraped ([`scrape`]).
 //!
-//! Conventions (checked by `promtool check metrics` in `tests/metrics.rs`):
+//! Conventions (checked by `promtool check metrics` in `tests/ops.rs`):
 //! counters end in `_total`, units are in names (`_seconds`, `_bytes`),
 //! every family has help text, per-peer figures carry a `peer` label and
 //! member status is a label (`status`), one series per possible status

@@ -6,6 +6,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -160,35 +161,11 @@ async fn node_joining_through_one_seed_learns_every_peer_and_all_data() {
     shutdown([a, b, c]).await;
 }
 
-/// `hub serve` args for one node of the crash test.
-fn serve_args(
-    id: &str,
-    data: &std::path::Path,
-    certs: &std::path::Path,
-    port: u16,
-    join: Option<u16>,
-) -> Vec<String> {
-    let mut args: Vec<String> = [
-        "--node-id",
-        id,
-        "--http",
-        "127.0.0.1:0",
-        "--no-sensors",
-        "--log-retention",
-        "50",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push("--data-dir".into());
-    args.push(data.display().to_string());
-    args.push("--certs".into());
-    args.push(certs.display().to_string());
-    args.push("--listen".into());
-    args.push(format!("127.0.0.1:{port}"));
-    if let Some(j) = join {
-        args.push("--join".into());
-        args.push(format!("127.0.0.1:{j}"));
-    }
+/// `hub serve` args for one node of the crash test: the shared ones with a
+/// short log, so a node that was down long enough needs anti-entropy.
+fn crash_args(id: &str, data: &Path, certs: &Path, port: u16, join: Option<u16>) -> Vec<String> {
+    let mut args = serve_args(id, data, certs, port, join);
+    args.extend(["--log-retention".into(), "50".into()]);
     args
 }
 
@@ -202,15 +179,15 @@ async fn killed_node_catches_up_by_anti_entropy_and_deleted_key_stays_deleted() 
     let dir = tempfile::tempdir().unwrap();
     let data = |n: &str| dir.path().join(n);
     let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let n1 = Proc::start(&serve_args("n1", &data("n1"), certs.path(), ports[0], None));
-    let n2 = Proc::start(&serve_args(
+    let n1 = Proc::start(&crash_args("n1", &data("n1"), certs.path(), ports[0], None));
+    let n2 = Proc::start(&crash_args(
         "n2",
         &data("n2"),
         certs.path(),
         ports[1],
         Some(ports[0]),
     ));
-    let mut n3 = Proc::start(&serve_args(
+    let mut n3 = Proc::start(&crash_args(
         "n3",
         &data("n3"),
         certs.path(),
@@ -287,7 +264,7 @@ async fn killed_node_catches_up_by_anti_entropy_and_deleted_key_stays_deleted() 
     // Same directory, same QUIC address, no --join: it rejoins the peers it
     // remembers.
     let restarted = Instant::now();
-    let n3 = Proc::start(&serve_args("n3", &data("n3"), certs.path(), ports[2], None));
+    let n3 = Proc::start(&crash_args("n3", &data("n3"), certs.path(), ports[2], None));
     let took = eventually_async(
         "restarted n3 converges",
         Duration::from_secs(30),

@@ -212,22 +212,11 @@ fn http(base: &str, method: &str, path: &str, body: &str) -> (u16, String) {
     (code, raw.split_once("\r\n\r\n").unwrap().1.to_string())
 }
 
-fn serve_args(id: &str, data: &Path, certs: &Path, port: u16, join: Option<u16>) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "--node-id".into(),
-        id.into(),
-        "--http".into(),
-        "127.0.0.1:0".into(),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--certs".into(),
-        certs.display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-    ];
-    if let Some(j) = join {
-        args.extend(["--join".into(), format!("127.0.0.1:{j}")]);
-    }
+/// The shared `hub serve` args with the simulated sensors on: the
+/// dashboard's live sensor panel needs them.
+fn sensor_args(id: &str, data: &Path, certs: &Path, port: u16, join: Option<u16>) -> Vec<String> {
+    let mut args = serve_args(id, data, certs, port, join);
+    args.retain(|a| a != "--no-sensors");
     args
 }
 
@@ -242,21 +231,21 @@ fn dashboard_shows_members_and_live_sensors_marks_a_killed_node_and_shows_a_remo
     let certs = Certs::new(&["n1", "n2", "n3"]);
     let dir = tempfile::tempdir().unwrap();
     let ports = [free_udp_port(), free_udp_port(), free_udp_port()];
-    let n1 = Proc::start(&serve_args(
+    let n1 = Proc::start(&sensor_args(
         "n1",
         &dir.path().join("n1"),
         certs.path(),
         ports[0],
         None,
     ));
-    let n2 = Proc::start(&serve_args(
+    let n2 = Proc::start(&sensor_args(
         "n2",
         &dir.path().join("n2"),
         certs.path(),
         ports[1],
         Some(ports[0]),
     ));
-    let mut n3 = Proc::start(&serve_args(
+    let mut n3 = Proc::start(&sensor_args(
         "n3",
         &dir.path().join("n3"),
         certs.path(),

@@ -18,6 +18,22 @@ async fn https_node(certs: &Certs, data: &Path) -> Node {
     secure_node(certs, data).await
 }
 
+/// Runs an outside TLS client (installed by .ci/run) off the runtime's
+/// threads and expects it to succeed.
+async fn client_gets(program: &'static str, args: &[&str]) -> std::process::Output {
+    let owned: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || Command::new(program).args(owned).output())
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{program} is installed (.ci/run installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 async fn admin_token(node: &Node) -> String {
     mint_key(node, hub::auth::Role::Admin, None).await
 }
@@ -92,43 +108,17 @@ async fn curl_and_python_accept_the_node_certificate_for_its_ip_and_name() {
     let port = node.http_addr().port();
     for host in ["127.0.0.1", "localhost"] {
         let url = format!("https://{host}:{port}/health");
-        let (ca2, url2) = (ca.clone(), url.clone());
-        let out = tokio::task::spawn_blocking(move || {
-            Command::new("curl")
-                .args(["-sS", "--fail", "--cacert"])
-                .arg(&ca2)
-                .arg(&url2)
-                .output()
-                .expect("curl is installed (.ci/run installs it)")
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "curl {url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = client_gets(
+            "curl",
+            &["-sS", "--fail", "--cacert", ca.to_str().unwrap(), &url],
+        )
+        .await;
         assert!(String::from_utf8_lossy(&out.stdout).contains("\"ok\""));
         let script = "import ssl,sys,urllib.request\n\
                       ctx=ssl.create_default_context(cafile=sys.argv[1])\n\
                       if hasattr(ssl,'VERIFY_X509_STRICT'): ctx.verify_flags|=ssl.VERIFY_X509_STRICT\n\
                       print(urllib.request.urlopen(sys.argv[2],context=ctx).read().decode())";
-        let (ca2, url2) = (ca.clone(), url.clone());
-        let out = tokio::task::spawn_blocking(move || {
-            Command::new("python3")
-                .args(["-c", script])
-                .arg(&ca2)
-                .arg(&url2)
-                .output()
-                .expect("python3 is installed")
-        })
-        .await
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "python {url}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        client_gets("python3", &["-c", script, ca.to_str().unwrap(), &url]).await;
     }
     node.shutdown().await;
 }
@@ -205,25 +195,19 @@ async fn no_token_appears_in_any_log_line_even_at_debug_level() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // The first admin key, made offline on a node never started.
-    let out = hub()
-        .args([
-            "keys",
-            "create",
-            "--role",
-            "admin",
-            "--node-id",
-            "n1",
-            "--data-dir",
-        ])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let data_dir = data.to_str().unwrap();
+    let admin = hub_ok(&[
+        "keys",
+        "create",
+        "--role",
+        "admin",
+        "--node-id",
+        "n1",
+        "--data-dir",
+        data_dir,
+    ])
+    .trim()
+    .to_string();
     assert!(
         admin.starts_with("hub_"),
         "stdout is only the token: {admin:?}"

@@ -2,7 +2,8 @@
 //! issue 12 listed is asserted here (a missing URL scheme, an empty data
 //! directory, a bad `HUB_*` variable, a too-large body, unknown query
 //! parameters, Display log fields, no colour codes in a redirected log, the
-//! join warning, progress lines, version, completions, man page).
+//! join warning, progress lines, version, completions, man page), and
+//! `hub demo`'s banner: its token works and no warning misleads.
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hyper::{Method, StatusCode};
 
-use common::{call, free_udp_port, http_client, Certs, Proc};
+use common::{call, free_udp_port, http_client, https_client, serve_args, Certs, Proc};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -42,15 +43,18 @@ fn inspect_of_an_address_without_scheme_says_to_add_one_and_shows_no_made_up_pat
 #[test]
 fn inspect_of_an_empty_or_foreign_directory_says_what_it_is() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = hub(
-        &[
-            "inspect",
-            "--data-dir",
-            tmp.path().to_str().unwrap(),
-            "summary",
-        ],
-        &[],
-    );
+    let summary = || {
+        hub(
+            &[
+                "inspect",
+                "--data-dir",
+                tmp.path().to_str().unwrap(),
+                "summary",
+            ],
+            &[],
+        )
+    };
+    let out = summary();
     let e = text(&out.stderr);
     assert!(!out.status.success());
     assert!(
@@ -59,15 +63,7 @@ fn inspect_of_an_empty_or_foreign_directory_says_what_it_is() {
     );
     assert!(!e.contains("does not exist"), "{e}");
     std::fs::write(tmp.path().join("notes.txt"), "x").unwrap();
-    let out = hub(
-        &[
-            "inspect",
-            "--data-dir",
-            tmp.path().to_str().unwrap(),
-            "summary",
-        ],
-        &[],
-    );
+    let out = summary();
     let e = text(&out.stderr);
     assert!(
         e.contains("not a hub data directory") && !e.contains("is empty"),
@@ -125,6 +121,46 @@ fn completions_and_man_page_are_printed() {
     assert!(text(&out.stdout).contains(".TH hub"));
 }
 
+/// The lines of a child's pipe, read on their own thread; the channel
+/// ends when the pipe does.
+fn line_channel(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    lines
+}
+
+/// Every line read until one matches (returned last), or the deadline.
+fn until(
+    lines: &mpsc::Receiver<String>,
+    what: &str,
+    matches: impl Fn(&str) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + WITHIN;
+    let mut seen = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        match lines.recv_timeout(left) {
+            Ok(l) => {
+                let hit = matches(&l);
+                seen.push(l);
+                if hit {
+                    return seen;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    panic!(
+        "no line {what} within {WITHIN:?}; saw:\n{}",
+        seen.join("\n")
+    );
+}
+
 /// A `hub serve` whose stderr is read line by line.
 struct Logged {
     proc: Proc,
@@ -141,15 +177,7 @@ impl Logged {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let (tx, lines) = mpsc::channel();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    return;
-                }
-            }
-        });
+        let lines = line_channel(child.stderr.take().unwrap());
         let mut first = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut first)
@@ -165,47 +193,21 @@ impl Logged {
         }
     }
 
-    /// Every line read until one matches (returned last), or the deadline.
+    /// Every log line read until one matches (returned last), or the deadline.
     fn until(&self, what: &str, matches: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + WITHIN;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(l) => {
-                    let hit = matches(&l);
-                    seen.push(l);
-                    if hit {
-                        return seen;
-                    }
-                }
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line {what} within {WITHIN:?}; saw:\n{}",
-            seen.join("\n")
-        );
+        until(&self.lines, what, matches)
     }
 }
 
-fn joining_args(data: &std::path::Path, certs: &Certs, join_port: u16) -> Vec<String> {
-    [
-        "--node-id",
+/// Node `a` in `dir`, joining through `join_port` on loopback.
+fn joining_args(dir: &std::path::Path, certs: &Certs, join_port: u16) -> Vec<String> {
+    serve_args(
         "a",
-        "--no-sensors",
-        "--http",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-        "--certs",
-        certs.path().to_str().unwrap(),
-        "--listen",
-        &format!("127.0.0.1:{}", free_udp_port()),
-        "--join",
-        &format!("127.0.0.1:{join_port}"),
-    ]
-    .map(String::from)
-    .to_vec()
+        &dir.join("d"),
+        certs.path(),
+        free_udp_port(),
+        Some(join_port),
+    )
 }
 
 #[test]
@@ -214,7 +216,7 @@ fn json_logs_carry_display_fields_and_warn_about_an_unreachable_join_address() {
     let tmp = tempfile::tempdir().unwrap();
     let join = free_udp_port();
     let node = Logged::start(
-        &joining_args(&tmp.path().join("d"), &certs, join),
+        &joining_args(tmp.path(), &certs, join),
         &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "json")],
     );
     let seen = node.until("warning about the join address", |l| {
@@ -253,7 +255,7 @@ fn pretty_logs_into_a_pipe_carry_no_colour_codes() {
     let certs = Certs::new(&["a"]);
     let tmp = tempfile::tempdir().unwrap();
     let node = Logged::start(
-        &joining_args(&tmp.path().join("d"), &certs, free_udp_port()),
+        &joining_args(tmp.path(), &certs, free_udp_port()),
         &[("RUST_LOG", "info"), ("HUB_LOG_FORMAT", "pretty")],
     );
     let seen = node.until("warning about the join address", |l| {
@@ -283,37 +285,39 @@ fn small_limits_node(data: &std::path::Path) -> Proc {
     )
 }
 
+/// Sends `body`, expects 413 and returns the error body.
+async fn refused_as_too_large(
+    http: &common::HttpClient,
+    method: Method,
+    url: &str,
+    body: Vec<u8>,
+) -> String {
+    let (status, body) = call(http, method, url, body).await.unwrap();
+    let body = text(&body);
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    body
+}
+
 #[tokio::test]
 async fn bodies_over_the_limit_get_413_naming_the_limit_and_its_setting() {
     let tmp = tempfile::tempdir().unwrap();
     let node = small_limits_node(&tmp.path().join("d"));
     let http = http_client();
-    let (status, body) = call(
+    let body = refused_as_too_large(
         &http,
         Method::PUT,
         &format!("{}/kv/big", node.base),
         vec![b'x'; 5000],
     )
-    .await
-    .unwrap();
-    let body = text(&body);
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    .await;
     assert!(
         body.contains("1000") && body.contains("max_value_bytes"),
         "{body}"
     );
     assert!(!body.contains("Failed to buffer"), "{body}");
     let batch = format!("[{}]", vec![r#"{"sensor":"s","value":1}"#; 400].join(","));
-    let (status, body) = call(
-        &http,
-        Method::POST,
-        &format!("{}/api/readings", node.base),
-        batch,
-    )
-    .await
-    .unwrap();
-    let body = text(&body);
-    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    let url = format!("{}/api/readings", node.base);
+    let body = refused_as_too_large(&http, Method::POST, &url, batch.into_bytes()).await;
     assert!(
         body.contains("4000") && body.contains("max_batch_bytes"),
         "{body}"
@@ -383,4 +387,75 @@ fn bench_prints_progress_lines_while_it_runs() {
     assert!(progress.iter().all(|l| l.contains("writes")), "{e}");
     assert!(text(&out.stdout).contains("writes:"));
     node.stop();
+}
+
+/// The text after `label` on the first line that starts with it.
+fn after<'a>(lines: &'a [String], label: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|l| l.strip_prefix(label))
+        .unwrap_or_else(|| panic!("no {label:?} line in {lines:?}"))
+        .trim()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_prints_a_working_token_and_logs_no_missing_key_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hub"))
+        .args(["demo", "--nodes", "2", "--http-base-port", "0", "--dir"])
+        .arg(&dir)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = line_channel(child.stderr.take().unwrap());
+    let out = line_channel(child.stdout.take().unwrap());
+    let printed = until(&out, "ending the demo's banner", |l| {
+        l.contains("Ctrl-C stops")
+    });
+    let url = after(&printed, "node-1:")
+        .split_whitespace()
+        .next()
+        .unwrap();
+    let ca = std::path::Path::new(after(&printed, "CA:"));
+    let token = after(&printed, "admin token (new each run):");
+    let membership = format!("{url}/api/membership");
+    for (client, want) in [
+        (https_client(ca, Some(token)), StatusCode::OK),
+        (https_client(ca, None), StatusCode::UNAUTHORIZED),
+    ] {
+        let (status, body) = call(&client, Method::GET, &membership, "").await.unwrap();
+        assert_eq!(status, want, "{}", text(&body));
+    }
+    Proc {
+        child,
+        base: url.to_string(),
+    }
+    .stop();
+    // The demo has exited, so its stderr is closed and the channel ends.
+    let warned: Vec<String> = log.iter().filter(|l| l.contains("no API keys")).collect();
+    assert!(warned.is_empty(), "{warned:?}");
+}
+
+#[test]
+fn keyless_serve_with_auth_says_how_to_make_the_first_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("d");
+    let node = Logged::start(
+        &[
+            "--no-sensors",
+            "--http",
+            "127.0.0.1:0",
+            "--auth",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ]
+        .map(String::from),
+        &[("RUST_LOG", "warn")],
+    );
+    let seen = node.until("advice on the first key", |l| l.contains("no API keys yet"));
+    assert!(seen.last().unwrap().contains("hub keys create"), "{seen:?}");
+    node.proc.stop();
 }

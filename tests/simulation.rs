@@ -603,20 +603,23 @@ fn deleted_key_stays_deleted_when_pull_is_unavailable_and_anti_entropy_heals() {
     assert!(sim.store(0).get("doomed").unwrap().unwrap().is_tombstone());
 }
 
+/// Replica `a` on a fresh store in `dir`, and the id of a peer `b` that
+/// talks to it.
+fn lone_replica(dir: &std::path::Path) -> (Store, Replicator, NodeId) {
+    let me = NodeId::new("a").unwrap();
+    let config = StoreConfig {
+        node_id: Some(me.clone()),
+        ..StoreConfig::default()
+    };
+    let store = Store::open(dir, config).unwrap();
+    let repl = Replicator::new(me, ReplicationConfig::default(), 1);
+    (store, repl, NodeId::new("b").unwrap())
+}
+
 #[test]
 fn delta_stamped_far_ahead_is_applied_but_not_adopted_by_our_clock() {
     let dir = temp_dir();
-    let me = NodeId::new("a").unwrap();
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: Some(me.clone()),
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
-    let mut repl = Replicator::new(me, ReplicationConfig::default(), 1);
-    let peer = NodeId::new("b").unwrap();
+    let (store, mut repl, peer) = lone_replica(dir.path());
     let ahead = hub::model::Hlc::new(T0 + 10_000, 0);
     let delta = hub::model::Delta {
         origin: peer.clone(),
@@ -658,17 +661,7 @@ fn delta_stamped_far_ahead_is_applied_but_not_adopted_by_our_clock() {
 #[test]
 fn malformed_messages_are_counted_and_ignored() {
     let dir = temp_dir();
-    let me = NodeId::new("a").unwrap();
-    let store = Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: Some(me.clone()),
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
-    let mut repl = Replicator::new(me, ReplicationConfig::default(), 1);
-    let peer = NodeId::new("b").unwrap();
+    let (store, mut repl, peer) = lone_replica(dir.path());
     let clock = hub::model::Hlc::new(T0, 0);
     let bad = [
         Msg::AeNodes {

@@ -8,11 +8,16 @@ use hub::merkle::{self, NodeRef};
 use hub::model::{Delta, Entry, Hlc, Meta, NodeId, Version, VersionVector};
 use hub::store::{self, Condition, LogRead, Op, Outcome, Store, StoreConfig, StoreError};
 
+#[path = "support/ops.rs"]
+mod ops;
+use ops::{del, put};
+
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
 }
 
-fn open(dir: &Path, node: &str) -> Store {
+/// Opens `dir` as node `node` with default settings.
+fn try_open(dir: &Path, node: &str) -> Result<Store, StoreError> {
     Store::open(
         dir,
         StoreConfig {
@@ -20,25 +25,10 @@ fn open(dir: &Path, node: &str) -> Store {
             ..StoreConfig::default()
         },
     )
-    .unwrap()
 }
 
-fn put(key: &str, value: &str) -> Op {
-    Op::Local {
-        key: key.into(),
-        value: Some(value.into()),
-        meta: Meta::new(),
-        cond: Condition::Always,
-    }
-}
-
-fn del(key: &str) -> Op {
-    Op::Local {
-        key: key.into(),
-        value: None,
-        meta: Meta::new(),
-        cond: Condition::IfPresent,
-    }
+fn open(dir: &Path, node: &str) -> Store {
+    try_open(dir, node).unwrap()
 }
 
 fn commit(s: &Store, ops: Vec<Op>) -> Vec<Outcome> {
@@ -373,15 +363,7 @@ fn advancing_the_version_vector_is_persistent_and_never_lowers_it() {
 fn directory_of_another_node_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     drop(open(dir.path(), "a"));
-    let err = Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: Some(id("b")),
-            ..StoreConfig::default()
-        },
-    )
-    .err()
-    .unwrap();
+    let err = try_open(dir.path(), "b").err().unwrap();
     assert!(matches!(err, StoreError::WrongNode { .. }), "{err}");
 }
 
@@ -433,14 +415,7 @@ fn schema_1_directory_is_migrated_at_open() {
         );
     }
     write_schema1_fixture(dir.path(), &entries);
-    let s = Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: Some(id("old")),
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let s = open(dir.path(), "old");
     let summary = s.summary().unwrap();
     assert_eq!(summary.schema_version, store::SCHEMA_VERSION);
     assert_eq!((summary.entries, summary.tombstones), (270, 30));
@@ -467,14 +442,7 @@ fn schema_1_directory_is_migrated_at_open() {
         .any(|(k, _, _)| k == "k7"));
     drop(s);
     // Reopening does not migrate again and keeps everything.
-    let s = Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: Some(id("old")),
-            ..StoreConfig::default()
-        },
-    )
-    .unwrap();
+    let s = open(dir.path(), "old");
     assert_eq!(s.summary().unwrap().entries, 270);
 }
 
@@ -486,15 +454,7 @@ fn directory_from_a_newer_binary_is_refused() {
         db.insert(b"mschema_version", &99u32.to_be_bytes()).unwrap();
         db.flush().unwrap();
     }
-    let err = Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: Some(id("a")),
-            ..StoreConfig::default()
-        },
-    )
-    .err()
-    .unwrap();
+    let err = try_open(dir.path(), "a").err().unwrap();
     assert!(
         matches!(err, StoreError::SchemaTooNew { found: 99, .. }),
         "{err}"
@@ -591,14 +551,7 @@ fn schema_2_directory_is_migrated_and_its_identity_recorded() {
     assert!(dir.path().join(store::IDENTITY_FILE).exists());
     // From now on a lost database is detected.
     std::fs::remove_file(dir.path().join("db")).unwrap();
-    assert!(Store::open(
-        dir.path(),
-        StoreConfig {
-            node_id: Some(id("old")),
-            ..StoreConfig::default()
-        },
-    )
-    .is_err());
+    assert!(try_open(dir.path(), "old").is_err());
 }
 
 /// Sharding (`hub::placement`): a node that stores only some partitions

@@ -12,7 +12,11 @@ use std::sync::Arc;
 
 use hub::model::{Delta, Entry, Hlc, Meta, NodeId, Version};
 use hub::store::commit::Committer;
-use hub::store::{self, Condition, Counts, Fault, Faults, LogStats, Op, Store, StoreConfig};
+use hub::store::{self, Counts, Fault, Faults, LogStats, Op, Store, StoreConfig};
+
+#[path = "support/ops.rs"]
+mod ops;
+use ops::{del, put};
 
 fn id(s: &str) -> NodeId {
     NodeId::new(s).unwrap()
@@ -27,24 +31,6 @@ fn config(faults: &Arc<Faults>) -> StoreConfig {
         log_retention: 6,
         faults: Some(faults.clone()),
         ..StoreConfig::default()
-    }
-}
-
-fn put(key: &str, value: &str) -> Op {
-    Op::Local {
-        key: key.into(),
-        value: Some(value.into()),
-        meta: Meta::new(),
-        cond: Condition::Always,
-    }
-}
-
-fn del(key: &str) -> Op {
-    Op::Local {
-        key: key.into(),
-        value: None,
-        meta: Meta::new(),
-        cond: Condition::IfPresent,
     }
 }
 

@@ -3,10 +3,11 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{eventually_async, get_json, http_client, wait_full_mesh, Certs, Spec, TestNode};
+use common::{
+    eventually_async, get_json, http_client, hub_ok, wait_full_mesh, Certs, Spec, TestNode,
+};
 use serde_json::Value;
 
 const WORKERS: [&str; 7] = [
@@ -79,16 +80,7 @@ async fn every_worker_reports_runs_in_introspection_metrics_and_inspect() {
         );
     }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_hub"))
-        .args(["inspect", "--node", &b.base(), "workers"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = hub_ok(&["inspect", "--node", &b.base(), "workers"]);
     for name in WORKERS {
         assert!(
             text.lines().any(|l| l.starts_with(name)),

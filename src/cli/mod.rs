@@ -49,7 +49,7 @@ pub enum Command {
     },
     /// Show a node's state: offline from its data directory, or live over HTTP.
     Inspect(inspect::InspectArgs),
-    /// Load-test a running node over HTTP, or a local 3-node cluster.
+    /// Load-test a running node over HTTP: durable PUTs or reading batches.
     Bench(bench::BenchArgs),
     /// Create, list and revoke API keys (offline on --data-dir, or live on --node).
     Keys(keys::KeysArgs),

@@ -87,6 +87,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     hub::files::private_umask();
     let node = Node::start(config).await?;
+    if let Some(advice) = no_keys_advice(&node) {
+        tracing::warn!(node = %node.config().node_id, "{advice}");
+    }
     println!(
         "hub node {} serving {}",
         node.config().node_id,
@@ -96,6 +99,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!(node = %node.config().node_id, "shutting down");
     node.shutdown().await;
     Ok(())
+}
+
+/// With auth on and no API key in the store yet, how to make the first one.
+/// Said here rather than in `Node::start`, because `hub demo` starts its
+/// nodes keyless and mints its admin key right after.
+fn no_keys_advice(node: &Node) -> Option<&'static str> {
+    let keyless = hub::auth::keys::list(node.store()).is_ok_and(|k| k.is_empty());
+    (node.config().auth && keyless).then_some(
+        "auth is on but there are no API keys yet: create one with `hub keys create --data-dir DIR --role admin` on the stopped node",
+    )
 }
 
 pub async fn wait_for_signal() {

@@ -361,6 +361,13 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Runs `hub ARGS`, expects success and returns its stdout.
+pub fn hub_ok(args: &[&str]) -> String {
+    let out = run_hub(args, &[]);
+    assert!(out.status.success(), "hub {args:?}: {}", text(&out.stderr));
+    text(&out.stdout)
+}
+
 /// `hub serve` arguments for node `id` on loopback: HTTP on a free port,
 /// QUIC on `port`, no simulated sensors, joining `join` if given.
 pub fn serve_args(
