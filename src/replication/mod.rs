@@ -289,8 +289,8 @@ struct Peer {
     ae_due_ms: Option<u64>,
     /// That session hands off partitions the peer newly owns.
     handoff_due: bool,
-    /// That session repairs values we only got stubs of.
-    stub_repair: bool,
+    /// That session repairs partitions we own that may lack writes.
+    partition_repair: bool,
     /// Until when this peer waits for acks of its own deltas (it asked in a
     /// push): deltas of its origin that become durable here are acked.
     ack_until_ms: u64,

@@ -306,8 +306,8 @@ impl Replicator {
         };
         if std::mem::take(&mut p.handoff_due) {
             AeTrigger::Handoff
-        } else if std::mem::take(&mut p.stub_repair) {
-            AeTrigger::StubRepair
+        } else if std::mem::take(&mut p.partition_repair) {
+            AeTrigger::PartitionRepair
         } else {
             AeTrigger::Reconnect
         }
@@ -444,7 +444,7 @@ impl Replicator {
             let peer = self.peers.entry(o).or_default();
             if peer.ae_due_ms.is_none() {
                 peer.ae_due_ms = Some(now);
-                peer.stub_repair = true;
+                peer.partition_repair = true;
             }
         }
     }

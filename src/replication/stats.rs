@@ -16,8 +16,10 @@ pub enum AeTrigger {
     Manual,
     /// The layout changed: a peer newly owns partitions we hold data of.
     Handoff,
-    /// A stub arrived for a partition we own: fetch the value from a co-owner.
-    StubRepair,
+    /// Partitions we own may lack writes: a cover left them out (views of
+    /// the layout differed), the origin no longer logs them, or a stub of
+    /// one arrived. Fetched from a co-owner.
+    PartitionRepair,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
