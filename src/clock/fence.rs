@@ -25,7 +25,12 @@
 //!   writes: there is nothing to compare with.
 //! - `ok`.
 //!
-//! Cost: one estimator per peer; a verdict is a sort of the peers' offsets.
+//! Cost: one estimator per peer; a verdict is a sort of the peers' offsets,
+//! made when a peer goes, the wall clock steps, or a peer's estimate or the
+//! number of alive peers changes — while the verdict is `ok`, a new estimate
+//! at most every [`REJUDGE_MS`] (one sample moves the median little) and
+//! the alive count not at all (it cannot change an `ok` verdict), so that
+//! an ack or a join costs O(1), not a pass over a thousand peers.
 
 use std::collections::BTreeMap;
 
@@ -34,6 +39,10 @@ use serde::Serialize;
 use super::offset::{OffsetEstimator, Sample};
 use super::Now;
 use crate::model::{Hlc, NodeId};
+
+/// While the verdict is `ok`, new samples of already measured peers are
+/// judged at most this often.
+pub const REJUDGE_MS: u64 = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct FenceConfig {
@@ -108,8 +117,16 @@ pub struct Fence {
     ahead_mark: Option<Hlc>,
     wall_minus_mono_us: i64,
     verdict: Verdict,
-    /// Samples or peers changed since the last judgement.
+    /// A peer is gone or the wall clock stepped since the last judgement:
+    /// judged at the next evaluation.
     dirty: bool,
+    /// A peer's estimate changed (or its first came) since the last
+    /// judgement: judged at once unless the verdict is `ok`, then at most every
+    /// [`REJUDGE_MS`] (the median moves slowly; every ack would otherwise
+    /// cost a pass over all peers, which a fleet of 1,000 cannot afford).
+    resampled: bool,
+    /// Monotonic ms of the last judgement.
+    judged_ms: u64,
     /// `alive_peers` of the last judgement.
     last_alive: usize,
 }
@@ -152,6 +169,8 @@ impl Fence {
             wall_minus_mono_us,
             verdict,
             dirty: false,
+            resampled: false,
+            judged_ms: now.mono_ms(),
             last_alive: 0,
         };
         fence.verdict = fence.judge(now, 0);
@@ -172,8 +191,19 @@ impl Fence {
         if sent_mono_ms < self.valid_after_mono_ms {
             return;
         }
-        self.peers.entry(peer.clone()).or_default().add(sample);
-        self.dirty = true;
+        match self.peers.get_mut(peer) {
+            Some(e) => {
+                let before = e.estimate();
+                e.add(sample);
+                self.resampled |= e.estimate() != before;
+            }
+            None => {
+                let mut e = OffsetEstimator::default();
+                e.add(sample);
+                self.peers.insert(peer.clone(), e);
+                self.resampled = true;
+            }
+        }
     }
 
     /// `peer` is no longer alive: its offset no longer counts.
@@ -201,10 +231,17 @@ impl Fence {
         // Time matters only while a mark is ahead or the grace runs.
         let timeless = self.ahead_mark.is_none()
             && !(self.verdict.state == FenceState::Unverified && self.verdict.refusal.is_some());
-        if !self.dirty && alive_peers == self.last_alive && timeless {
+        let settled = self.verdict.state == FenceState::Ok && self.verdict.refusal.is_none();
+        let resampled = self.resampled && !(settled && now.mono_ms() < self.judged_ms + REJUDGE_MS);
+        // While `ok`, how many peers are alive cannot change the verdict
+        // (it only gates `skewed`, which needs the median out of bounds).
+        let alive_same = alive_peers == self.last_alive || settled;
+        if !self.dirty && !resampled && alive_same && timeless {
             return None;
         }
         self.dirty = false;
+        self.resampled = false;
+        self.judged_ms = now.mono_ms();
         self.last_alive = alive_peers;
         let next = self.judge(now, alive_peers);
         let changed = next.state != self.verdict.state

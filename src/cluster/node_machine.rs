@@ -165,7 +165,26 @@ pub struct NodeMachine {
     writes: QuorumTracker,
     /// Quorum reads in progress, and their read repair.
     reads: ReadCoordinator,
+    /// Counts membership effects that can change what placement and the
+    /// clock fence read from the member table (a status, an address or
+    /// URL, a forgotten peer), so they rescan the table (O(members)) only
+    /// after one, not on every input: a fleet of 1,000 nodes would spend
+    /// its time rescanning.
+    members_gen: u64,
+    /// `members_gen` at the last layout check, and when it ran (the layout
+    /// also depends on time — a member dead beyond the grace period stops
+    /// being eligible — and a URL can arrive by gossip with no effect:
+    /// both are picked up by a recheck every [`LAYOUT_RECHECK_MS`]).
+    layout_gen: Option<u64>,
+    layout_checked_ms: u64,
+    /// Alive peers, counted at `alive_gen` (what the clock fence weighs).
+    alive: usize,
+    alive_gen: Option<u64>,
 }
+
+/// How often the layout is recomputed from the member table with no
+/// membership change seen (time-based eligibility: the grace of the dead).
+const LAYOUT_RECHECK_MS: u64 = 1_000;
 
 impl NodeMachine {
     /// `incarnation` must grow across restarts (the node uses wall-clock
@@ -202,6 +221,11 @@ impl NodeMachine {
             writes: QuorumTracker::new(node.clone()),
             reads: ReadCoordinator::new(),
             node,
+            members_gen: 0,
+            layout_gen: None,
+            layout_checked_ms: 0,
+            alive: 0,
+            alive_gen: None,
         })
     }
 
@@ -430,14 +454,21 @@ impl NodeMachine {
     }
 
     /// Recomputes partition owners when the eligible members changed
-    /// (nothing to do with full replication beyond one list comparison),
-    /// and republishes owner URLs when one changed.
+    /// (nothing to do with full replication), and republishes owner URLs
+    /// when one changed. The member table is rescanned only after a
+    /// membership effect or every [`LAYOUT_RECHECK_MS`].
     fn update_layout(&mut self, now: Now, reader: &dyn ReplicaReader, out: &mut Vec<Output>) {
         let config = self.replicator.config();
         let (r, grace) = (config.replication_factor, config.rebalance_after_ms);
         if r.is_none() {
             return; // every node owns everything, whatever the membership
         }
+        let due = now.mono_ms() >= self.layout_checked_ms + LAYOUT_RECHECK_MS;
+        if self.layout_gen == Some(self.members_gen) && !due {
+            return;
+        }
+        self.layout_gen = Some(self.members_gen);
+        self.layout_checked_ms = now.mono_ms();
         let members = crate::placement::eligible_members(
             &self.node,
             self.membership.table(),
@@ -490,12 +521,16 @@ impl NodeMachine {
     /// Judges this node's clock against the cluster; logs changes loudly,
     /// and reminds every 30 s while writes are refused.
     fn update_clock(&mut self, now: Now) {
-        let alive = self
-            .membership
-            .table()
-            .iter()
-            .filter(|m| m.status == Status::Alive)
-            .count();
+        if self.alive_gen != Some(self.members_gen) {
+            self.alive_gen = Some(self.members_gen);
+            self.alive = self
+                .membership
+                .table()
+                .iter()
+                .filter(|m| m.status == Status::Alive)
+                .count();
+        }
+        let alive = self.alive;
         let Some(fence) = self.fence.as_mut() else {
             return;
         };
@@ -705,6 +740,14 @@ impl NodeMachine {
         out: &mut Vec<Output>,
     ) {
         for effect in effects {
+            if matches!(
+                effect,
+                membership::Effect::StatusChanged { .. }
+                    | membership::Effect::Persist { .. }
+                    | membership::Effect::Forget { .. }
+            ) {
+                self.members_gen += 1;
+            }
             match effect {
                 membership::Effect::Send { to, addr, msg } => out.push(Output::Send {
                     to: Some(to),

@@ -23,6 +23,7 @@ use hub::cluster::node_machine::{Input, NodeMachine, Now, Output};
 use hub::cluster::Message;
 use hub::membership::{self, Status};
 use hub::model::NodeId;
+use hub::placement::{self, Layout, PlacementHandle};
 use hub::replication::{Msg, ReplicationConfig};
 use mem_store::MemStore;
 use rand::rngs::StdRng;
@@ -57,6 +58,8 @@ pub struct Traffic {
 }
 
 pub struct Sim {
+    /// Replication factor of every node (`None`: every node holds every key).
+    r: Option<usize>,
     rng: StdRng,
     now: u64,
     next_tick: u64,
@@ -74,22 +77,23 @@ fn addr_of(i: usize) -> SocketAddr {
     SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 7000))
 }
 
+/// Whether `msg` carries the value of `key` (a stub does not).
 fn carries(msg: &Message, key: &str) -> bool {
     match msg {
         Message::Replication(Msg::Push { deltas, .. })
-        | Message::Replication(Msg::PullResponse { deltas, .. }) => {
-            deltas.iter().any(|d| d.key == key)
-        }
+        | Message::Replication(Msg::PullResponse { deltas, .. }) => deltas
+            .iter()
+            .any(|d| d.key == key && !placement::is_stub(&d.entry)),
         Message::Replication(Msg::AeEntries { entries, .. })
-        | Message::Replication(Msg::AeLeafDiff { entries, .. }) => {
-            entries.iter().any(|(k, _)| k == key)
-        }
+        | Message::Replication(Msg::AeLeafDiff { entries, .. }) => entries
+            .iter()
+            .any(|(k, e)| k == key && !placement::is_stub(e)),
         _ => false,
     }
 }
 
 impl Sim {
-    fn new(seed: u64, capacity: usize) -> Sim {
+    fn new(seed: u64, capacity: usize, r: Option<usize>) -> Sim {
         let nodes = (0..capacity)
             .map(|i| Node {
                 id: NodeId::new(format!("n{i}")).expect("valid id"),
@@ -100,6 +104,7 @@ impl Sim {
             .collect::<Vec<_>>();
         let by_addr = nodes.iter().enumerate().map(|(i, n)| (n.addr, i)).collect();
         Sim {
+            r,
             rng: StdRng::seed_from_u64(seed),
             now: 0,
             next_tick: TICK_MS,
@@ -124,7 +129,10 @@ impl Sim {
             self.nodes[i].addr,
             now.wall_ms(),
             membership::Config::default(),
-            ReplicationConfig::default(),
+            ReplicationConfig {
+                replication_factor: self.r,
+                ..ReplicationConfig::default()
+            },
             0,
             hub::clock::FenceConfig {
                 max_offset_us: 500_000,
@@ -134,6 +142,9 @@ impl Sim {
             self.rng.gen(),
         )
         .expect("valid config");
+        // The store keeps what the machine's layout says this node owns.
+        let owned = self.nodes[i].store.owned().clone();
+        machine.set_placement(PlacementHandle::new(self.nodes[i].id.clone(), owned));
         let join: Vec<SocketAddr> = join.map(|j| self.nodes[j].addr).into_iter().collect();
         let out = machine.start(Vec::new(), &join, now, &self.nodes[i].store);
         self.nodes[i].machine = Some(machine);
@@ -305,25 +316,68 @@ impl Sim {
 
 pub struct Figures {
     pub n: usize,
+    /// Replication factor (`None`: every node holds every key).
+    pub r: Option<usize>,
     pub formed_ms: Option<u64>,
+    /// A write until every node that must hold its value does (every node;
+    /// with sharding, every owner of its partition), and the longest hop
+    /// chain that delivered the value to one of them.
     pub write_ms: Option<u64>,
     pub write_hops: u32,
+    /// With sharding: until every node's version vector covers the write
+    /// (owners by the value, the others by its stub).
+    pub write_vv_ms: Option<u64>,
     pub join_ms: Option<u64>,
+    /// With sharding: until every node computed the same layout (the same
+    /// eligible members: the layout is a pure function of them).
+    pub join_layout_ms: Option<u64>,
     pub suspect_ms: Option<u64>,
     pub dead_ms: Option<u64>,
+    /// With sharding: from the crash until no node's layout holds the dead
+    /// node (it stays eligible for the rebalance grace period after dying).
+    pub death_layout_ms: Option<u64>,
     pub idle: Traffic,
     pub idle_secs: u64,
     pub wall: std::time::Duration,
 }
 
-/// Forms a fleet of `n` (each joins through a random earlier node), lets
-/// it settle for `settle_ms`, counts `idle_secs` of idle traffic, then
-/// times a write at a random node, a join through a random member and the
-/// crash of a random member until every node knows.
+impl Sim {
+    /// Every node in `nodes` has computed its layout from exactly `members`.
+    fn same_layout(&self, nodes: &[usize], members: &[NodeId]) -> bool {
+        nodes.iter().all(|&i| {
+            self.nodes[i]
+                .machine
+                .as_ref()
+                .is_some_and(|m| m.replicator().layout().members == members)
+        })
+    }
+
+    fn ids(&self, nodes: &[usize]) -> Vec<NodeId> {
+        let mut ids: Vec<NodeId> = nodes.iter().map(|&i| self.nodes[i].id.clone()).collect();
+        ids.sort();
+        ids
+    }
+}
+
+/// [`measure_sharded`] with full replication.
 pub fn measure(n: usize, seed: u64, settle_ms: u64, idle_secs: u64) -> Figures {
+    measure_sharded(n, seed, settle_ms, idle_secs, None)
+}
+
+/// Forms a fleet of `n` (each joins through a random earlier node) with
+/// replication factor `r`, lets it settle for `settle_ms`, counts
+/// `idle_secs` of idle traffic, then times a write, a join through a random
+/// member and the crash of a random member until every node knows.
+pub fn measure_sharded(
+    n: usize,
+    seed: u64,
+    settle_ms: u64,
+    idle_secs: u64,
+    r: Option<usize>,
+) -> Figures {
     let started = Instant::now();
     // n members, plus one spare (no machine until it joins).
-    let mut sim = Sim::new(seed, n + 1);
+    let mut sim = Sim::new(seed, n + 1, r);
     sim.start(0, None);
     for i in 1..n {
         // Each joins through a random earlier node (any member will do).
@@ -344,30 +398,63 @@ pub fn measure(n: usize, seed: u64, settle_ms: u64, idle_secs: u64) -> Figures {
         replication_bytes: after.replication_bytes - before.replication_bytes,
     };
 
-    // A write at a random node until every node holds it.
-    let origin = sim.rng.gen_range(0..n);
+    // A write until every node that must hold it does. With sharding it is
+    // made at an owner of the key (any other node forwards it to one).
     let key = "fleet/probe".to_string();
+    let layout = Layout::compute(sim.ids(&members), r);
+    let owners: Vec<usize> = layout
+        .owners(placement::partition_of(&key))
+        .iter()
+        .filter_map(|id| members.iter().copied().find(|&i| sim.nodes[i].id == *id))
+        .collect();
+    let origin = *owners.choose(&mut sim.rng).expect("owners");
     let now = sim.now_of();
     let d = sim.nodes[origin]
         .store
         .write(&sim.nodes[origin].id, &key, now.wall_ms());
+    let (origin_id, seq) = (d.origin.clone(), d.seq);
     sim.tracked = Some(key.clone());
     sim.hops.insert(origin, 0);
     sim.inputs
         .push_back((origin, Input::Committed(Arc::new(vec![d]))));
     sim.drain_inputs();
+    let t0 = sim.now;
     let write_ms = sim.run_until(120_000, 1, |s| {
-        members.iter().all(|&i| s.nodes[i].store.has(&key))
+        owners.iter().all(|&i| s.nodes[i].store.has(&key))
     });
-    let write_hops = sim.hops.values().copied().max().unwrap_or(0);
+    let write_hops = owners
+        .iter()
+        .filter_map(|i| sim.hops.get(i))
+        .copied()
+        .max()
+        .unwrap_or(0);
     sim.tracked = None;
+    let write_vv_ms = match r {
+        None => None,
+        Some(_) => sim
+            .run_until(120_000, 1, |s| {
+                members
+                    .iter()
+                    .all(|&i| s.nodes[i].store.covers(&origin_id, seq))
+            })
+            .map(|_| sim.now - t0),
+    };
 
     // A join through a random member until everyone knows it.
     let via = sim.rng.gen_range(0..n);
     sim.start(n, Some(via));
     let mut all: Vec<usize> = members.clone();
     all.push(n);
+    let t0 = sim.now;
     let join_ms = sim.run_until(300_000, 1, |s| s.knows_and_known(n, &all));
+    let join_layout_ms = match r {
+        None => None,
+        Some(_) => {
+            let ids = sim.ids(&all);
+            sim.run_until(300_000, 1, |s| s.same_layout(&all, &ids))
+                .map(|_| sim.now - t0)
+        }
+    };
     sim.run_for(5_000);
 
     // A crash of a random member until every live node knows.
@@ -387,14 +474,26 @@ pub fn measure(n: usize, seed: u64, settle_ms: u64, idle_secs: u64) -> Figures {
                 .all(|&i| s.status(i, victim) == Some(Status::Dead))
         })
         .map(|_| sim.now - t0);
+    let death_layout_ms = match r {
+        None => None,
+        Some(_) => {
+            let ids = sim.ids(&survivors);
+            sim.run_until(600_000, 10, |s| s.same_layout(&survivors, &ids))
+                .map(|_| sim.now - t0)
+        }
+    };
     Figures {
         n,
+        r,
         formed_ms,
         write_ms,
         write_hops,
+        write_vv_ms,
         join_ms,
+        join_layout_ms,
         suspect_ms,
         dead_ms,
+        death_layout_ms,
         idle,
         idle_secs,
         wall: started.elapsed(),

@@ -4,15 +4,19 @@
 //! Merkle digests computed from the map on demand (XOR of the item digests
 //! under a node: any function of the items works, both sides of a
 //! comparison use the same one), so anti-entropy runs for real. Meant for
-//! small maps: a digest scans the map.
+//! small maps: a digest scans the map. With sharding it keeps what the sled
+//! store keeps: values of the partitions in its owned set (shared with the
+//! node machine's placement handle), and for every other delta only the
+//! stub (logged, advancing the version vector, no entry).
 //! Included with `#[path = "support/mem_store.rs"] mod mem_store;`.
 #![allow(dead_code)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use hub::merkle::{bucket_of, item_digest, leaf_range, Digest, NodeRef};
 use hub::model::{Delta, Entry, Hlc, NodeId, Version, VersionVector};
+use hub::placement::{self, SharedOwned};
 use hub::replication::ReplicaReader;
 use hub::store::{LogRead, Op, Outcome};
 
@@ -26,9 +30,16 @@ struct MemState {
 }
 
 #[derive(Default)]
-pub struct MemStore(Mutex<MemState>);
+pub struct MemStore(Mutex<MemState>, Arc<SharedOwned>);
 
 impl MemStore {
+    /// The partitions this store keeps values of (all until the node
+    /// machine publishes a layout): give it to the machine's
+    /// `PlacementHandle`.
+    pub fn owned(&self) -> &Arc<SharedOwned> {
+        &self.1
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, MemState> {
         self.0.lock().expect("mem store poisoned")
     }
@@ -52,6 +63,17 @@ impl MemStore {
                         Outcome::Duplicate
                     } else if d.seq > expected {
                         Outcome::Gap { expected }
+                    } else if placement::is_stub(&d.entry)
+                        || !placement::stores(&self.1.load(), &d.key)
+                    {
+                        // Another partition's write: only its stub is logged.
+                        s.hlc = s.hlc.max(d.entry.version.hlc.0);
+                        s.vv.set(d.origin.clone(), d.seq);
+                        s.log
+                            .entry(d.origin.clone())
+                            .or_default()
+                            .push(placement::stub(d));
+                        Outcome::Applied { won: false }
                     } else {
                         let won = MemStore::merge(&mut s, &d.key, &d.entry);
                         s.vv.set(d.origin.clone(), d.seq);
@@ -60,7 +82,9 @@ impl MemStore {
                     }
                 }
                 Op::Entry { key, entry } => Outcome::EntryMerged {
-                    won: MemStore::merge(&mut s, key, entry),
+                    won: !placement::is_stub(entry)
+                        && placement::stores(&self.1.load(), key)
+                        && MemStore::merge(&mut s, key, entry),
                 },
                 Op::AdvanceVv(vv) => {
                     s.vv.merge(vv);
@@ -116,6 +140,12 @@ impl MemStore {
 
     pub fn has(&self, key: &str) -> bool {
         self.state().map.contains_key(key)
+    }
+
+    /// Whether the version vector covers `seq` of `origin` (the value, or
+    /// its stub where the partition is not ours).
+    pub fn covers(&self, origin: &NodeId, seq: u64) -> bool {
+        self.state().vv.get(origin) >= seq
     }
 
     /// XOR of the item digests under a Merkle node: any function of the
