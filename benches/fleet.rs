@@ -25,8 +25,8 @@
 //!
 //! Then the same with sharding (`--replication-factor`, default 3): the
 //! write is made at an owner of its key and timed until every owner holds
-//! the value, and until every node's version vector covers it (the others
-//! get a stub); a join until every node knows it and until every node
+//! the value, and until every owner's version vector covers it (what its
+//! durable ack reports; non-owners never receive it); a join until every node knows it and until every node
 //! computed the same layout; a crash until every node holds it dead and
 //! until no layout holds it (after the rebalance grace period, 30 s).
 //! Last, each time divided by log2 N: flat or falling means O(log N).
@@ -115,7 +115,7 @@ fn main() {
     println!("\nsharded, replication factor {r}:");
     println!(
         "{:>6} {:>6} | {:>10} {:>5} | {:>9} | {:>8} {:>10} | {:>10} {:>8} {:>10} | {:>9} {:>9} | {:>9}",
-        "N", "log2N", "owners ms", "hops", "all vv ms", "join ms", "layout ms", "suspect ms",
+        "N", "log2N", "owners ms", "hops", "owners vv ms", "join ms", "layout ms", "suspect ms",
         "dead ms", "layout ms", "memb m/s", "repl m/s", "formed ms",
     );
     let mut sharded: Vec<Figures> = Vec::new();
@@ -144,7 +144,16 @@ fn main() {
     println!("\ntime / log2 N (ms; flat or falling = O(log N)):");
     println!(
         "{:>6} {:>5} | {:>8} {:>8} {:>8} {:>8} | {:>10} {:>10} {:>8} {:>8}",
-        "N", "hops/", "write", "join", "suspect", "dead", "R write", "R all vv", "R join", "R dead",
+        "N",
+        "hops/",
+        "write",
+        "join",
+        "suspect",
+        "dead",
+        "R write",
+        "R owners vv",
+        "R join",
+        "R dead",
     );
     for &n in sizes
         .iter()

@@ -76,7 +76,10 @@ fn a_sharded_fleet_gets_a_write_to_its_owners_and_agrees_on_the_layout_after_a_j
         let vv = f
             .write_vv_ms
             .expect("a version vector never covered the write");
-        assert!(vv <= 1_500, "every version vector covers it after {vv} ms");
+        assert!(
+            vv <= 1_500,
+            "every owner's version vector covers it after {vv} ms"
+        );
         let join = f.join_ms.expect("a join never reached every node");
         let layout = f
             .join_layout_ms

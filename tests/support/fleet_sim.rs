@@ -324,8 +324,10 @@ pub struct Figures {
     /// chain that delivered the value to one of them.
     pub write_ms: Option<u64>,
     pub write_hops: u32,
-    /// With sharding: until every node's version vector covers the write
-    /// (owners by the value, the others by its stub).
+    /// With sharding: until every owner's version vector covers the write
+    /// (what its cumulative durable ack reports, so what `w=all` waits
+    /// for). Non-owners never hear of it: their vector moves over it only
+    /// with the next push or pull of their own partitions from the origin.
     pub write_vv_ms: Option<u64>,
     pub join_ms: Option<u64>,
     /// With sharding: until every node computed the same layout (the same
@@ -433,7 +435,7 @@ pub fn measure_sharded(
         None => None,
         Some(_) => sim
             .run_until(120_000, 1, |s| {
-                members
+                owners
                     .iter()
                     .all(|&i| s.nodes[i].store.covers(&origin_id, seq))
             })
