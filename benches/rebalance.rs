@@ -278,6 +278,8 @@ struct Tally {
     ok: u64,
     /// A read answered 404, or with another value: data not found.
     missing: u64,
+    /// The same, by the node asked (`IDS` order).
+    missing_at: [u64; 3],
     failed: u64,
     micros: Vec<u64>,
 }
@@ -299,9 +301,10 @@ struct Shared {
     load: Mutex<Load>,
 }
 
-fn pick_base(shared: &Shared, n: usize) -> String {
+/// The `n`-th node in turn: its index in `IDS` and base URL.
+fn pick_base(shared: &Shared, n: usize) -> (usize, String) {
     let b = shared.bases.lock().unwrap_or_else(|e| e.into_inner());
-    b[n % b.len()].clone()
+    (n % b.len(), b[n % b.len()].clone())
 }
 
 async fn writer(shared: Arc<Shared>, w: usize, pace: Duration) {
@@ -311,7 +314,7 @@ async fn writer(shared: Arc<Shared>, w: usize, pace: Duration) {
     let mut i = 0usize;
     while !shared.stop.load(Ordering::Relaxed) {
         let key = format!("live/{w}/{i}");
-        let base = pick_base(&shared, w + i);
+        let (_, base) = pick_base(&shared, w + i);
         let phase = shared.phase.load(Ordering::Relaxed) as usize;
         let t = Instant::now();
         let r = c
@@ -345,7 +348,7 @@ async fn reader(shared: Arc<Shared>, r: usize, filled: u64, value_bytes: usize, 
     let mut n = r;
     while !shared.stop.load(Ordering::Relaxed) {
         let i = rand::thread_rng().gen_range(0..filled);
-        let base = pick_base(&shared, n);
+        let (at, base) = pick_base(&shared, n);
         let phase = shared.phase.load(Ordering::Relaxed) as usize;
         let t = Instant::now();
         let res = c
@@ -361,7 +364,8 @@ async fn reader(shared: Arc<Shared>, r: usize, filled: u64, value_bytes: usize, 
                     t.ok += 1
                 }
                 Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::NOT_FOUND => {
-                    t.missing += 1
+                    t.missing += 1;
+                    t.missing_at[at] += 1;
                 }
                 _ => t.failed += 1,
             }
@@ -388,9 +392,10 @@ fn print_load(load: &mut Load) {
                 continue;
             }
             println!(
-                "  {what} {phase}: {n} requests, {:.2} % ok, {} not found or wrong, {} failed; p50 {:.2} ms, p99 {:.2} ms",
+                "  {what} {phase}: {n} requests, {:.2} % ok, {} not found or wrong (asked r1, r2, r3: {:?}), {} failed; p50 {:.2} ms, p99 {:.2} ms",
                 100.0 * t.ok as f64 / n as f64,
                 t.missing,
+                t.missing_at,
                 t.failed,
                 pct(&mut t.micros, 0.50),
                 pct(&mut t.micros, 0.99),
