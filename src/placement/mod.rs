@@ -63,8 +63,10 @@
 //! **Rebalancing.** When the layout changes, a node that holds data of a
 //! partition (non-empty Merkle subtree) runs anti-entropy, restricted to the
 //! partitions that peer owns, with each peer that newly owns one of them:
-//! the new owner receives the entries (existing machinery: Merkle descent,
-//! then the differing leaves). Reads and writes go on meanwhile: writes go to
+//! the new owner receives the entries (existing machinery: Merkle descent;
+//! a subtree the new owner does not have at all is streamed whole in
+//! batches paced by the receiver, `replication::ae_stream`, the rest is
+//! compared leaf by leaf). Reads and writes go on meanwhile: writes go to
 //! the current owners (the new ones included); a read that misses at an
 //! owner is tried at the other owners. Once the layout has held for the
 //! grace period and a session with every owner, begun under it, found that

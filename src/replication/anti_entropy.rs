@@ -14,7 +14,10 @@
 //!
 //! One request is outstanding at a time (stop-and-wait); an answer must
 //! match the session, the request id and, for digests, the asked nodes, else
-//! it is ignored. Entries received are committed as `Op::Entry` (LWW merge).
+//! it is ignored. A differing node (a partition or below) whose digest is
+//! zero at the responder is not descended into: all our items of it are
+//! streamed as `AeEntries`, paced by probes (`super::ae_stream`), which is
+//! what moves a partition to a new owner. Entries received are committed as `Op::Entry` (LWW merge).
 //! When every request was answered in full and every entry commit is
 //! durable, the initiator commits `Op::AdvanceVv(snapshot)`. The snapshot is
 //! read before any tree node, and state only grows, so whatever the responder
@@ -26,6 +29,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
+use super::ae_stream::Stream;
 use super::msg::{approx_size, chunks, ItemVersion, MAX_BUCKETS, MAX_NODES, MAX_PARTS};
 use super::ReplicaReader;
 use super::{AeResult, AeRun, AeTrigger, Effect, Msg, PendingKind, Replicator};
@@ -75,6 +79,8 @@ pub(super) struct Session {
     sent: crate::placement::Owned,
     /// The layout epoch the session began in (`Replicator::layout_epoch`).
     epoch: u64,
+    /// Subtrees the responder lacks, sent in full (`super::ae_stream`).
+    pub(super) stream: Stream,
 }
 
 impl Replicator {
@@ -117,6 +123,7 @@ impl Replicator {
             scope,
             sent: crate::placement::Owned::NONE,
             epoch: self.layout_epoch,
+            stream: Stream::default(),
             run: AeRun {
                 peer: peer.to_string(),
                 trigger,
@@ -187,8 +194,8 @@ impl Replicator {
             self.session_confirmed(peer, s.scope.minus(&s.sent), s.sent, now);
         }
         if run.trigger == AeTrigger::Handoff {
+            // Entries sent are counted as they go (`send_wanted`, the stream).
             self.progress.handoff_sessions += 1;
-            self.progress.handoff_entries_sent += run.entries_sent;
         }
         self.last_ae = Some(run);
         // Tags of this session still pending will be ignored when they come.
@@ -213,6 +220,14 @@ impl Replicator {
             return; // late, duplicated or for a session that ended
         };
         let bytes = msg.encoded_len();
+        if let Msg::AeDigests { req, .. } = &msg {
+            if s.stream.answered(*req) {
+                s.run.bytes_received += bytes;
+                s.last_activity_ms = now;
+                self.session_step(from, now, store, out);
+                return;
+            }
+        }
         match (msg, &mut s.waiting) {
             (
                 Msg::AeRoot {
@@ -349,6 +364,9 @@ impl Replicator {
         if let Some(s) = self.sessions.get_mut(peer) {
             s.run.entries_sent += n;
             s.run.bytes_sent += bytes;
+            if s.run.trigger == AeTrigger::Handoff {
+                self.progress.handoff_entries_sent += n;
+            }
         }
     }
 
@@ -360,6 +378,7 @@ impl Replicator {
         store: &dyn ReplicaReader,
         out: &mut Vec<Effect>,
     ) {
+        self.pump_stream(peer, now, store, out);
         let req = self.next_id();
         let Some(s) = self.sessions.get_mut(peer) else {
             return;
@@ -451,6 +470,10 @@ impl Replicator {
     /// mixed with the new one.
     pub(super) fn retry_sessions(&mut self, now: u64, out: &mut Vec<Effect>) {
         let retry_ms = self.config.ae_retry_ms;
+        let streaming: Vec<NodeId> = self.sessions.keys().cloned().collect();
+        for peer in streaming {
+            self.retry_probes(&peer, now, out);
+        }
         let due: Vec<NodeId> = self
             .sessions
             .iter()
@@ -498,7 +521,10 @@ impl Replicator {
         let Some(s) = self.sessions.get_mut(peer) else {
             return;
         };
-        let done = s.waiting.is_none() && s.frontier.is_empty() && s.leaves.is_empty();
+        let done = s.waiting.is_none()
+            && s.frontier.is_empty()
+            && s.leaves.is_empty()
+            && s.stream.is_done();
         if !done || !s.commits.is_empty() || s.vv_tag.is_some() {
             return;
         }
@@ -626,11 +652,15 @@ impl Replicator {
                 }
             },
             Msg::AeEntries { entries, .. } => {
-                if !entries.is_empty() {
-                    let ops = entries
-                        .into_iter()
-                        .map(|(key, entry)| Op::Entry { key, entry })
-                        .collect();
+                // Only keys we store: entries also come unasked (streamed
+                // subtrees, `super::ae_stream`) from a peer whose view of
+                // the owners may differ from ours.
+                let ops: Vec<Op> = entries
+                    .into_iter()
+                    .filter(|(key, _)| crate::placement::stores(&self.mine, key))
+                    .map(|(key, entry)| Op::Entry { key, entry })
+                    .collect();
+                if !ops.is_empty() {
                     self.commit(from, ops, PendingKind::ServedEntries, now, out);
                 }
                 return;
@@ -709,7 +739,15 @@ fn enqueue_differing(
         if a == b || !super::sharding::in_scope(&s.scope, child) {
             continue;
         }
-        if child.is_leaf() {
+        if Stream::wants(child, b) {
+            // The peer has nothing here: send it all (`super::ae_stream`).
+            // Not confirmed by this session: nothing streamed is trusted as
+            // delivered.
+            s.sent.insert(crate::placement::partition_of_bucket(
+                *crate::merkle::leaf_range(child).start(),
+            ));
+            s.stream.push(child);
+        } else if child.is_leaf() {
             s.leaves.push_back(child.index as u16);
         } else {
             s.frontier.push_back(child);

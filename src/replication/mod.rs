@@ -79,6 +79,7 @@
 //!
 //! [`Replicator::stats`] is what `/api/introspection` and `/metrics` show.
 
+mod ae_stream;
 mod anti_entropy;
 pub mod msg;
 mod pull;
