@@ -12,7 +12,7 @@
 //! node forwards each delta the first time it makes it durable (a second
 //! copy is a duplicate to the store, so it goes no further) to `push_fanout`
 //! random live peers. A write reaches every node in O(log N) hops with high
-//! probability (`benches/fleet.rs`: 4 hops at 100 nodes, 5 at 1,000), at a
+//! probability (`benches/fleet.rs`: 5 hops at 100 nodes, 8 at 1,000), at a
 //! cost of `push_fanout` messages per node per write whatever N is; the
 //! origin's own cost is `push_fanout` messages, not N − 1. The few nodes
 //! gossip misses get it from the periodic pull (one random peer per
