@@ -284,6 +284,8 @@ struct Peer {
     stats: PeerStats,
     /// The outstanding pull: request id and when it was sent.
     pull: Option<(u64, u64)>,
+    /// Its answer arrived (and is being committed): not to be sent again.
+    pull_answered: bool,
     /// Pull again as soon as the outstanding one is done.
     pull_again: bool,
     /// When to start the post-(re)connect anti-entropy.

@@ -7,8 +7,8 @@
 //! the asker runs anti-entropy with that peer. At most one pull per peer is in
 //! flight; a gap seen meanwhile sets a flag that pulls again when it is done,
 //! so a burst of out-of-order pushes costs one pull, not one per delta. A
-//! gap seen a second or more after an unanswered pull sends it again (the
-//! first may have been lost).
+//! gap seen a second or more after a pull whose answer has not arrived
+//! sends it again (the first may have been lost).
 //!
 //! A sharded node asks with its partitions (`scope`), and the responder
 //! answers with its own origin's deltas in them under a cover (see
@@ -48,8 +48,9 @@ impl Replicator {
         // lost (sent before the connection was up, say): a gap seen now
         // asks again rather than waiting for `pull_timeout_ms`.
         let in_flight = self.peers.get(peer).is_some_and(|p| {
-            p.pull
-                .is_some_and(|(_, sent)| now.saturating_sub(sent) < PULL_RESEND_MS)
+            p.pull.is_some_and(|(_, sent)| {
+                p.pull_answered || now.saturating_sub(sent) < PULL_RESEND_MS
+            })
         });
         if in_flight {
             self.peers.entry(peer.clone()).or_default().pull_again = true;
@@ -58,6 +59,7 @@ impl Replicator {
         let req = self.next_id();
         let p = self.peers.entry(peer.clone()).or_default();
         p.pull = Some((req, now));
+        p.pull_answered = false;
         p.pull_again = false;
         p.stats.pulls_sent += 1;
         let msg = Msg::PullRequest {
@@ -164,6 +166,7 @@ impl Replicator {
         } = answer;
         let p = self.peers.entry(from.clone()).or_default();
         let ours = p.pull.is_some_and(|(r, _)| r == req);
+        p.pull_answered |= ours;
         if !unavailable.is_empty() {
             p.stats.pulls_answered_unavailable += 1;
             tracing::info!(node = %self.node, peer = %from, origins = %crate::logfields::list(&unavailable),
