@@ -11,6 +11,11 @@
 //!   runs twice: writes to any node in turn (half of them forwarded), and
 //!   writes sent straight to the key's first owner (a client that knows
 //!   the layout, computed with `hub::placement::Layout`).
+//! - **node CPU per write**: utime + stime of the six `hub serve`
+//!   processes from the first write until every copy is stored, divided by
+//!   the keys written. Its inverse is the write rate the nodes' CPU
+//!   sustains, what the cluster would do with the load generator on other
+//!   machines (here it shares the two cores and dilutes the ratio).
 //! - **disk**: once every owner holds every written key, each node's
 //!   `entries` and on-disk size (`disk_bytes` of `/api/introspection`).
 //! - **rebalance**: a 7th node joins the factor-3 cluster; time from its
@@ -37,7 +42,9 @@ use hub::placement::{partition_of, Layout};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 use common::{free_udp_port, Certs, Proc};
+use shared::{cpu_seconds, loadavg};
 
 #[derive(Parser, Debug)]
 #[command(name = "sharding-bench")]
@@ -59,12 +66,6 @@ struct Args {
 }
 
 const IDS: [&str; 7] = ["s1", "s2", "s3", "s4", "s5", "s6", "s7"];
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
-}
 
 struct Cluster {
     certs: Certs,
@@ -108,6 +109,11 @@ impl Cluster {
             a.push(format!("127.0.0.1:{}", self.ports[0]));
         }
         self.procs.push(Proc::start(&a));
+    }
+
+    /// CPU seconds of the running node processes together.
+    fn cpu(&self) -> anyhow::Result<f64> {
+        self.procs.iter().map(|p| cpu_seconds(p.child.id())).sum()
     }
 
     async fn introspect(&self, c: &hub::client::Client, i: usize) -> anyhow::Result<Value> {
@@ -226,6 +232,9 @@ async fn wait_copies(
 
 struct Figures {
     writes_per_s: f64,
+    /// CPU seconds the six node processes spent, from the first write until
+    /// every copy was stored, per key written.
+    cpu_per_write: f64,
     keys: usize,
     entries: Vec<u64>,
     disk: Vec<u64>,
@@ -243,12 +252,15 @@ async fn run_factor(
         cl.start(i);
     }
     cl.wait_layout(&c).await?;
+    let cpu_before = cl.cpu()?;
     let started = Instant::now();
     let keys = load(&cl, args, direct).await?;
     let secs = started.elapsed().as_secs_f64();
     let views = wait_copies(&cl, &c, keys.len()).await?;
+    let cpu = cl.cpu()? - cpu_before;
     let fig = Figures {
         writes_per_s: keys.len() as f64 / secs,
+        cpu_per_write: cpu / keys.len().max(1) as f64,
         keys: keys.len(),
         entries: views
             .iter()
@@ -305,9 +317,10 @@ async fn rebalance(mut cl: Cluster, keys: Vec<String>, args: &Args) -> anyhow::R
 fn print(what: &str, f: &Figures) {
     let mb = |b: &u64| format!("{:.1}", *b as f64 / 1e6);
     println!(
-        "{what}: {:.0} durable writes/s aggregate ({} keys); entries per node {:?}; disk MB per node [{}]  [load {}]",
+        "{what}: {:.0} durable writes/s aggregate ({} keys); node CPU per write {:.0} µs; entries per node {:?}; disk MB per node [{}]  [load {}]",
         f.writes_per_s,
         f.keys,
+        f.cpu_per_write * 1e6,
         f.entries,
         f.disk.iter().map(mb).collect::<Vec<_>>().join(", "),
         loadavg()
@@ -337,8 +350,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
     for (what, f) in [("any node", &any), ("owner", &direct)] {
         println!(
-            "R=3 ({what}) / R=6: writes/s ×{:.2} (target ≥ 1.5); per key written: disk per node ×{:.2}, entries per node ×{:.2} (R/N = 0.5)",
+            "R=3 ({what}) / R=6: writes/s ×{:.2} (target ≥ 1.5); writes the nodes' CPU sustains (1 / node CPU per write) ×{:.2}; per key written: disk per node ×{:.2}, entries per node ×{:.2} (R/N = 0.5)",
             f.writes_per_s / full.writes_per_s,
+            full.cpu_per_write / f.cpu_per_write.max(1e-9),
             (avg(&f.disk) / f.keys.max(1) as f64) / (avg(&full.disk) / full.keys.max(1) as f64),
             (avg(&f.entries) / f.keys.max(1) as f64) / (avg(&full.entries) / full.keys.max(1) as f64),
         );
