@@ -120,6 +120,19 @@ pub struct Project {
 impl Project {
     pub fn compose(&self, args: &[&str]) -> String {
         self.forget_ports();
+        match run(&mut self.compose_command(args)) {
+            Ok(out) => text(out),
+            // Say why: a container that exited is gone with `down -v`.
+            Err(e) => {
+                let logs = run(&mut self.compose_command(&["logs", "--no-color", "--tail", "20"]))
+                    .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                    .unwrap_or_else(|e| e);
+                panic!("docker-compose: {e}\n--- the containers' last log lines ---\n{logs}")
+            }
+        }
+    }
+
+    fn compose_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("docker-compose");
         cmd.args(["-p", &self.name, "-f"])
             .arg(&self.file)
@@ -130,7 +143,7 @@ impl Project {
         for k in 1..=self.nodes {
             cmd.env(format!("HUB_PORT_{k}"), "");
         }
-        text(run(&mut cmd).expect("docker-compose"))
+        cmd
     }
 
     pub fn container(&self, svc: &str) -> String {
