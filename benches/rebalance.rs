@@ -56,7 +56,9 @@ use hub::store::{Condition, Op, Outcome, Store, StoreConfig};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod shared;
 use common::{free_udp_port, Certs, Proc};
+use shared::loadavg;
 
 #[derive(Parser, Debug)]
 #[command(name = "rebalance-bench")]
@@ -93,12 +95,6 @@ struct Args {
 const IDS: [&str; 3] = ["r1", "r2", "r3"];
 const FACTOR: usize = 2;
 const BATCH: u64 = 10_000;
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "n/a".into())
-}
 
 fn key(i: u64) -> String {
     format!("k/{i:09}")
@@ -228,29 +224,13 @@ impl Cluster {
     }
 
     async fn introspect(&self, c: &hub::client::Client, i: usize) -> anyhow::Result<Value> {
-        Ok(
-            c.get_json(&format!("{}/api/introspection", self.procs[i].base))
-                .await?,
-        )
+        shared::introspect(c, &self.procs[i].base).await
     }
 
     /// Waits until every running node places partitions on all of them.
     async fn wait_layout(&self, c: &hub::client::Client) -> anyhow::Result<()> {
-        let n = self.procs.len() as u64;
-        let deadline = Instant::now() + Duration::from_secs(120);
-        'poll: loop {
-            if Instant::now() > deadline {
-                bail!("the layout did not settle on {n} members");
-            }
-            for i in 0..self.procs.len() {
-                let v = self.introspect(c, i).await?;
-                if v["cluster"]["placement"]["eligible_members"].as_u64() != Some(n) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue 'poll;
-                }
-            }
-            return Ok(());
-        }
+        let bases: Vec<String> = self.procs.iter().map(|p| p.base.clone()).collect();
+        shared::wait_layout(c, &bases, Duration::from_secs(120)).await
     }
 
     /// The level-2 digest (one partition) of node `i`.
@@ -680,22 +660,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start tokio: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("rebalance bench failed: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shared::main_with(run(Args::parse()))
 }

@@ -117,29 +117,13 @@ impl Cluster {
     }
 
     async fn introspect(&self, c: &hub::client::Client, i: usize) -> anyhow::Result<Value> {
-        Ok(
-            c.get_json(&format!("{}/api/introspection", self.procs[i].base))
-                .await?,
-        )
+        shared::introspect(c, &self.procs[i].base).await
     }
 
     /// Waits until every running node places partitions on all of them.
     async fn wait_layout(&self, c: &hub::client::Client) -> anyhow::Result<()> {
-        let n = self.procs.len() as u64;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        'poll: loop {
-            if Instant::now() > deadline {
-                bail!("the layout did not settle on {n} members");
-            }
-            for i in 0..self.procs.len() {
-                let v = self.introspect(c, i).await?;
-                if v["cluster"]["placement"]["eligible_members"].as_u64() != Some(n) {
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue 'poll;
-                }
-            }
-            return Ok(());
-        }
+        let bases: Vec<String> = self.procs.iter().map(|p| p.base.clone()).collect();
+        shared::wait_layout(c, &bases, Duration::from_secs(60)).await
     }
 }
 
@@ -364,22 +348,5 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start tokio: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match rt.block_on(run(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("sharding bench failed: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    shared::main_with(run(Args::parse()))
 }

@@ -10,8 +10,9 @@
 use std::future::Future;
 use std::path::Path;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use hub::model::NodeId;
 use hub::store::{Store, StoreConfig};
@@ -67,5 +68,33 @@ where
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// A node's `/api/introspection`.
+pub async fn introspect(c: &hub::client::Client, base: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(c.get_json(&format!("{base}/api/introspection")).await?)
+}
+
+/// Waits until every node at `bases` places partitions on all of them.
+pub async fn wait_layout(
+    c: &hub::client::Client,
+    bases: &[String],
+    within: Duration,
+) -> anyhow::Result<()> {
+    let n = bases.len() as u64;
+    let deadline = Instant::now() + within;
+    'poll: loop {
+        if Instant::now() > deadline {
+            bail!("the layout did not settle on {n} members");
+        }
+        for base in bases {
+            let v = introspect(c, base).await?;
+            if v["cluster"]["placement"]["eligible_members"].as_u64() != Some(n) {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue 'poll;
+            }
+        }
+        return Ok(());
     }
 }

@@ -127,7 +127,7 @@ impl Replicator {
         }
         self.layout_epoch += 1;
         self.layout_since_ms = now;
-        self.mine = self.layout.owned_by(&self.node);
+        self.mine = self.scope_of(&self.node);
         self.progress.replication_factor = self.layout.replication_factor;
         self.progress.eligible_members = self.layout.members.len();
         self.progress.owned = self.mine.len();
@@ -150,7 +150,7 @@ impl Replicator {
             .cloned()
             .collect();
         for peer in peers {
-            let now_owns = self.layout.owned_by(&peer);
+            let now_owns = self.scope_of(&peer);
             let before = old.owned_by(&peer);
             let gained = now_owns.minus(&before).intersect(&held);
             if !gained.is_empty() {
@@ -171,7 +171,7 @@ impl Replicator {
         }
         self.mine
             .union(&self.held)
-            .intersect(&self.layout.owned_by(peer))
+            .intersect(&self.scope_of(peer))
     }
 
     /// What `peer` should receive of delta `d`: the delta, or its stub when
