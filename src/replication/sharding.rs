@@ -169,9 +169,7 @@ impl Replicator {
         if self.layout.is_full() {
             return Owned::ALL;
         }
-        self.mine
-            .union(&self.held)
-            .intersect(&self.scope_of(peer))
+        self.mine.union(&self.held).intersect(&self.scope_of(peer))
     }
 
     /// What `peer` should receive of delta `d`: the delta, or its stub when
