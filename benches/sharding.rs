@@ -2,7 +2,13 @@
 //! `--replication-factor 3`, then 6 with factor 6 (full replication), in
 //! the same run; then a 7th node joins the factor-3 cluster.
 //!
-//! `cargo bench --bench sharding -- [--duration 10s] [--writers 256] [--value-bytes 256]`
+//! `cargo bench --bench sharding -- [--duration 10s] [--writers 256] [--value-bytes 256] [--rounds 3]`
+//!
+//! Each round measures R=6, R=3 with writes to an owner, and R=3 with
+//! writes to any node, each on a fresh cluster, in an order rotated from
+//! round to round; the ratios are taken within a round and the median over
+//! rounds is the figure (one run of each was too noisy on a shared 2-core
+//! machine: group commits batch differently from run to run).
 //!
 //! - **writes**: `--writers` concurrent HTTP clients (one keep-alive
 //!   connection each) PUT fresh keys round-robin over all six nodes for
@@ -63,6 +69,11 @@ struct Args {
     writers: usize,
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Rounds of the three setups (R=6, R=3 to an owner, R=3 to any node),
+    /// each on fresh clusters in a rotated order; ratios are per round and
+    /// their median is the figure.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 const IDS: [&str; 7] = ["s1", "s2", "s3", "s4", "s5", "s6", "s7"];
@@ -311,37 +322,137 @@ fn print(what: &str, f: &Figures) {
     );
 }
 
+/// The three configurations one round measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    Full,
+    Owner,
+    Any,
+}
+
+impl Setup {
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Full => "R=6",
+            Setup::Owner => "R=3, writes to an owner",
+            Setup::Any => "R=3, writes to any node",
+        }
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
     println!(
-        "sharding bench: 6 nodes, {} writers, {} s per factor, {} B values  [load {}]",
+        "sharding bench: 6 nodes, {} writers, {} s per factor, {} B values, {} rounds  [load {}]",
         args.writers,
         args.duration.as_secs(),
         args.value_bytes,
+        args.rounds,
         loadavg()
     );
-    let (full, _) = run_factor(6, &args, false, false)
-        .await
-        .context("factor 6")?;
-    print("R=6", &full);
-    let (any, _) = run_factor(3, &args, false, false)
-        .await
-        .context("factor 3")?;
-    print("R=3, writes to any node", &any);
-    let (direct, cluster) = run_factor(3, &args, true, true)
-        .await
-        .context("factor 3 direct")?;
-    print("R=3, writes to an owner", &direct);
+    // Rounds rotate the order of the three setups, so a drift of the
+    // machine's load (other jobs, the page cache) does not favour one.
+    let order = [Setup::Full, Setup::Owner, Setup::Any];
+    let mut figures: Vec<[Option<Figures>; 3]> = Vec::new();
+    let mut kept = None;
+    for round in 0..args.rounds.max(1) {
+        let mut got: [Option<Figures>; 3] = [None, None, None];
+        for k in 0..3 {
+            let setup = order[(round + k) % 3];
+            let last = round + 1 == args.rounds.max(1) && setup == Setup::Owner;
+            let (factor, direct) = match setup {
+                Setup::Full => (6, false),
+                Setup::Owner => (3, true),
+                Setup::Any => (3, false),
+            };
+            let (f, cluster) = run_factor(factor, &args, direct, last)
+                .await
+                .with_context(|| format!("round {} {}", round + 1, setup.label()))?;
+            print(&format!("round {} {}", round + 1, setup.label()), &f);
+            if cluster.is_some() {
+                kept = cluster;
+            }
+            got[setup as usize] = Some(f);
+        }
+        figures.push(got);
+    }
     let avg = |v: &[u64]| v.iter().sum::<u64>() as f64 / v.len().max(1) as f64;
-    for (what, f) in [("any node", &any), ("owner", &direct)] {
+    let per_key = |f: &Figures, v: &[u64]| avg(v) / f.keys.max(1) as f64;
+    for (what, setup) in [("owner", Setup::Owner), ("any node", Setup::Any)] {
+        let pairs: Vec<(&Figures, &Figures)> = figures
+            .iter()
+            .filter_map(|r| {
+                Some((
+                    r[Setup::Full as usize].as_ref()?,
+                    r[setup as usize].as_ref()?,
+                ))
+            })
+            .collect();
+        let rate: Vec<f64> = pairs
+            .iter()
+            .map(|(full, f)| f.writes_per_s / full.writes_per_s)
+            .collect();
+        let cpu: Vec<f64> = pairs
+            .iter()
+            .map(|(full, f)| full.cpu_per_write / f.cpu_per_write.max(1e-9))
+            .collect();
+        let disk: Vec<f64> = pairs
+            .iter()
+            .map(|(full, f)| per_key(f, &f.disk) / per_key(full, &full.disk))
+            .collect();
+        let entries: Vec<f64> = pairs
+            .iter()
+            .map(|(full, f)| per_key(f, &f.entries) / per_key(full, &full.entries))
+            .collect();
+        let fmt = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
         println!(
-            "R=3 ({what}) / R=6: writes/s ×{:.2} (target ≥ 1.5); writes the nodes' CPU sustains (1 / node CPU per write) ×{:.2}; per key written: disk per node ×{:.2}, entries per node ×{:.2} (R/N = 0.5)",
-            f.writes_per_s / full.writes_per_s,
-            full.cpu_per_write / f.cpu_per_write.max(1e-9),
-            (avg(&f.disk) / f.keys.max(1) as f64) / (avg(&full.disk) / full.keys.max(1) as f64),
-            (avg(&f.entries) / f.keys.max(1) as f64) / (avg(&full.entries) / full.keys.max(1) as f64),
+            "R=3 ({what}) / R=6, median of {} rounds: writes/s ×{:.2} [{}] (target ≥ 1.5); writes the nodes' CPU sustains (1 / node CPU per write) ×{:.2} [{}]; per key written: disk per node ×{:.2}, entries per node ×{:.2} (R/N = 0.5)",
+            pairs.len(),
+            median(rate.clone()),
+            fmt(&rate),
+            median(cpu.clone()),
+            fmt(&cpu),
+            median(disk),
+            median(entries),
         );
     }
-    if let Some((cl, keys)) = cluster {
+    // Cost model: node CPU per write = origin + (R − 1) × replica. The two
+    // factors give both terms, and so how much of a write no R can save.
+    let c6 = median(
+        figures
+            .iter()
+            .filter_map(|r| Some(r[Setup::Full as usize].as_ref()?.cpu_per_write))
+            .collect(),
+    );
+    let c3 = median(
+        figures
+            .iter()
+            .filter_map(|r| Some(r[Setup::Owner as usize].as_ref()?.cpu_per_write))
+            .collect(),
+    );
+    let replica = (c6 - c3) / 3.0;
+    let origin = c3 - 2.0 * replica;
+    println!(
+        "cost split (medians, writes to an owner): node CPU per write = origin {:.0} µs + (R − 1) × {:.0} µs per other copy; the origin's part, paid whatever R, is {:.0} % of an R=6 write, so (o + 5r) / (o + 2r) = ×{:.2}",
+        origin * 1e6,
+        replica * 1e6,
+        100.0 * origin / c6.max(1e-9),
+        c6 / c3.max(1e-9)
+    );
+    if let Some((cl, keys)) = kept {
         rebalance(cl, keys, &args).await?;
     }
     Ok(())

@@ -71,11 +71,17 @@ pub fn spawn(
                         if !paused {
                             paused = true;
                             worker.error(wall_ms(), &format_args!("paused: {}", r.code));
-                            tracing::warn!(node = %node, sensor = %spec.name, code = r.code, reason = %r.message, "sensor paused: this node's clock may not stamp readings");
+                            // At start every node waits (≤ 3 s) for its first
+                            // clock measurement: expected, not worth a WARN.
+                            if n == 0 && r.code == "clock_unverified" {
+                                tracing::debug!(node = %node, sensor = %spec.name, "sensor waits for this node's clock to be measured");
+                            } else {
+                                tracing::warn!(node = %node, sensor = %spec.name, code = r.code, reason = %r.message, "sensor paused: this node's clock may not stamp readings");
+                            }
                         }
                         continue;
                     }
-                    if std::mem::take(&mut paused) {
+                    if std::mem::take(&mut paused) && n > 0 {
                         tracing::info!(node = %node, sensor = %spec.name, "sensor resumed: clock within bounds");
                     }
                     n += 1;
