@@ -17,8 +17,9 @@
 //! behind (or hits a gap) reads the store until it has caught up, then
 //! follows its group's ring.
 //!
-//! Costs: one store read and one frame per change for the node, one prefix
-//! check per change per distinct prefix; per watcher, one wake-up and one
+//! Costs: one store read per change for the node, one frame per change
+//! some watcher wants (none with no watcher), one prefix check per change
+//! per distinct prefix; per watcher, one wake-up and one
 //! socket write per step that has a change for it. Under load the hub takes
 //! a step at most every [`step`] (1 ms, up to 5 ms with 100 watchers or
 //! more), so many commit groups share one wake-up and one write per
@@ -64,13 +65,13 @@ pub fn step(watchers: usize) -> Duration {
 /// A comment line this often keeps proxies from closing a quiet stream.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// One change, rendered once for every watcher.
+/// One change. Its frame (`id: …\ndata: {…}\n\n`) is rendered once, for
+/// every watcher, and only if some watcher's prefix wants it: with no
+/// watcher a change costs no JSON at all.
 struct Event {
     /// Its position in the feed.
     idx: u64,
-    key: String,
-    /// `id: …\ndata: {…}\n\n`.
-    frame: Bytes,
+    change: Change,
 }
 
 /// What one prefix group gets from one step of the hub.
@@ -185,13 +186,15 @@ impl ChangeHub {
     fn publish(&self, events: &[Event], end: u64) {
         let mut groups = self.groups();
         groups.retain(|_, g| g.tx.receiver_count() > 0);
+        let mut frames: Vec<Option<Bytes>> =
+            vec![None; if groups.is_empty() { 0 } else { events.len() }];
         for (prefix, g) in groups.iter_mut() {
             let mut bytes = BytesMut::new();
             let mut marks = Vec::new();
-            for e in events {
-                if e.idx >= g.sent && e.key.starts_with(prefix.as_str()) {
+            for (e, f) in events.iter().zip(frames.iter_mut()) {
+                if e.idx >= g.sent && e.change.key.starts_with(prefix.as_str()) {
                     marks.push((e.idx, bytes.len()));
-                    bytes.extend_from_slice(&e.frame);
+                    bytes.extend_from_slice(f.get_or_insert_with(|| frame(e.idx, &e.change)));
                 }
             }
             // Nothing for this group: its next batch covers this step too.
@@ -263,11 +266,7 @@ impl ChangeHub {
                         }
                     }
                     if !is_internal(&c.key) {
-                        events.push(Event {
-                            idx,
-                            frame: frame(idx, &c),
-                            key: c.key,
-                        });
+                        events.push(Event { idx, change: c });
                     }
                 }
                 next = last + 1;
