@@ -31,7 +31,13 @@
 //! one request per `--pace`, round-robin over the running nodes (`r3` as
 //! soon as it serves), from a few seconds before the join until the old
 //! holders have dropped the partitions they handed off. Success rate and
-//! p50/p99 latency per phase (before, moving, until dropped). At the end,
+//! p50/p99 latency per phase (before, moving, until dropped). A read that
+//! misses is classified: 404 or a wrong value, a key a writer overwrote
+//! (none should be), asked before `r3` placed partitions on all three
+//! nodes, asked at a node that saw a peer not alive within 1 s (each
+//! node's view of its peers is polled with the progress), found when read
+//! again at the end. The time until the old holders dropped what they
+//! handed off (`held_not_owned` 0 on both) is printed. At the end,
 //! every acknowledged write is read back and every partition's owners must
 //! show equal Merkle digests.
 //!
@@ -256,12 +262,28 @@ const PHASES: [&str; 3] = ["before the join", "while moving", "until dropped"];
 #[derive(Default)]
 struct Tally {
     ok: u64,
-    /// A read answered 404, or with another value: data not found.
-    missing: u64,
-    /// The same, by the node asked (`IDS` order).
+    /// A read answered 404: data not found.
+    not_found: u64,
+    /// A read answered 200 with a value other than the filled one.
+    wrong: u64,
+    /// Reads not found or wrong, by the node asked (`IDS` order).
     missing_at: [u64; 3],
     failed: u64,
     micros: Vec<u64>,
+}
+
+/// A read of a filled key that did not return its value.
+struct Miss {
+    /// Filled key index.
+    key: u64,
+    /// Node asked (`IDS` index).
+    at: usize,
+    /// Seconds since `r3` started (negative: before).
+    secs: f64,
+    /// 404, else a wrong value.
+    not_found: bool,
+    /// `r3` already placed partitions on all three nodes when asked.
+    r3_placed: bool,
 }
 
 #[derive(Default)]
@@ -270,6 +292,7 @@ struct Load {
     writes: [Tally; 3],
     /// Keys written with a 2xx.
     written: Vec<String>,
+    misses: Vec<Miss>,
 }
 
 struct Shared {
@@ -278,7 +301,18 @@ struct Shared {
     stop: AtomicBool,
     /// Acknowledged writes of keys `r3` owns (it must receive them too).
     written_for_r3: AtomicU64,
+    /// `r3`'s layout has three eligible members (set by the progress loop).
+    r3_placed: AtomicBool,
+    /// When `r3` started, once it has.
+    joined_at: Mutex<Option<Instant>>,
     load: Mutex<Load>,
+}
+
+impl Shared {
+    fn since_join(&self) -> f64 {
+        let j = *self.joined_at.lock().unwrap_or_else(|e| e.into_inner());
+        j.map_or(0.0, |j| j.elapsed().as_secs_f64())
+    }
 }
 
 /// The `n`-th node in turn: its index in `IDS` and base URL.
@@ -339,15 +373,34 @@ async fn reader(shared: Arc<Shared>, r: usize, filled: u64, value_bytes: usize, 
             let mut l = shared.load.lock().unwrap_or_else(|e| e.into_inner());
             let t = &mut l.reads[phase.min(2)];
             t.micros.push(us);
-            match res {
+            let missed = match res {
                 Ok(r) if r.status == StatusCode::OK && r.body[..] == value(i, value_bytes)[..] => {
-                    t.ok += 1
+                    t.ok += 1;
+                    None
                 }
-                Ok(r) if r.status == StatusCode::OK || r.status == StatusCode::NOT_FOUND => {
-                    t.missing += 1;
-                    t.missing_at[at] += 1;
+                Ok(r) if r.status == StatusCode::OK => {
+                    t.wrong += 1;
+                    Some(false)
                 }
-                _ => t.failed += 1,
+                Ok(r) if r.status == StatusCode::NOT_FOUND => {
+                    t.not_found += 1;
+                    Some(true)
+                }
+                _ => {
+                    t.failed += 1;
+                    None
+                }
+            };
+            if let Some(not_found) = missed {
+                t.missing_at[at] += 1;
+                let miss = Miss {
+                    key: i,
+                    at,
+                    secs: shared.since_join(),
+                    not_found,
+                    r3_placed: shared.r3_placed.load(Ordering::Relaxed),
+                };
+                l.misses.push(miss);
             }
         }
         n += 1;
@@ -367,14 +420,15 @@ fn pct(v: &mut [u64], p: f64) -> f64 {
 fn print_load(load: &mut Load) {
     for (what, tallies) in [("reads", &mut load.reads), ("writes", &mut load.writes)] {
         for (phase, t) in PHASES.iter().zip(tallies.iter_mut()) {
-            let n = t.ok + t.missing + t.failed;
+            let n = t.ok + t.not_found + t.wrong + t.failed;
             if n == 0 {
                 continue;
             }
             println!(
-                "  {what} {phase}: {n} requests, {:.2} % ok, {} not found or wrong (asked r1, r2, r3: {:?}), {} failed; p50 {:.2} ms, p99 {:.2} ms",
+                "  {what} {phase}: {n} requests, {:.2} % ok, {} not found (404), {} wrong value (asked r1, r2, r3: {:?}), {} failed; p50 {:.2} ms, p99 {:.2} ms",
                 100.0 * t.ok as f64 / n as f64,
-                t.missing,
+                t.not_found,
+                t.wrong,
                 t.missing_at,
                 t.failed,
                 pct(&mut t.micros, 0.50),
@@ -384,6 +438,112 @@ fn print_load(load: &mut Load) {
     }
 }
 
+/// What the progress loop saw besides the counters: when `r3` placed
+/// partitions on all three nodes, and every peer a node saw not alive.
+#[derive(Default)]
+struct Watch {
+    r3_placed_at: Option<f64>,
+    /// (seconds since the join, observer, peer, status).
+    not_alive: Vec<(f64, usize, String, String)>,
+}
+
+impl Watch {
+    fn note(&mut self, shared: &Shared, s: &Snapshot) {
+        let t = shared.since_join();
+        if s.r3_eligible == IDS.len() as u64 && self.r3_placed_at.is_none() {
+            self.r3_placed_at = Some(t);
+            shared.r3_placed.store(true, Ordering::Relaxed);
+        }
+        for (i, peer, status) in &s.not_alive {
+            self.not_alive.push((t, *i, peer.clone(), status.clone()));
+        }
+    }
+
+    /// Whether node `at` was seen with a peer not alive within 1 s of `t`.
+    fn flapping(&self, at: usize, t: f64) -> bool {
+        self.not_alive
+            .iter()
+            .any(|(s, i, _, _)| *i == at && (s - t).abs() <= 1.0)
+    }
+
+    fn print(&self) {
+        println!(
+            "r3 placed partitions on all three nodes {} s after its start",
+            self.r3_placed_at
+                .map_or("(never seen)".into(), |t| format!("{t:.1}"))
+        );
+        let mut seen: std::collections::BTreeMap<(usize, &str, &str), (u64, f64, f64)> =
+            Default::default();
+        for (t, i, peer, status) in &self.not_alive {
+            let e = seen
+                .entry((*i, peer.as_str(), status.as_str()))
+                .or_insert((0, *t, *t));
+            e.0 += 1;
+            e.2 = *t;
+        }
+        if seen.is_empty() {
+            println!("membership: every node saw every peer alive at every poll (every 0.5 s)");
+        }
+        for ((i, peer, status), (n, first, last)) in seen {
+            println!(
+                "membership: {} saw {peer} {status} at {n} polls (0.5 s apart), first {first:.1} s, last {last:.1} s after the join",
+                IDS[i]
+            );
+        }
+    }
+}
+
+/// Classifies the reads that missed a filled key: 404 or a wrong value; a
+/// key some writer overwrote (none should be: writers write `live/…`);
+/// asked before `r3` placed partitions on all three nodes; asked at a node
+/// that saw a peer not alive within 1 s; found on a second read at the end.
+async fn print_misses(
+    load: &Load,
+    watch: &Watch,
+    cl: &Cluster,
+    c: &hub::client::Client,
+    value_bytes: usize,
+) {
+    if load.misses.is_empty() {
+        println!("read misses: none");
+        return;
+    }
+    let written: std::collections::HashSet<&str> =
+        load.written.iter().map(String::as_str).collect();
+    let (mut nf, mut wrong, mut overwritten, mut early, mut flapping, mut found_later) =
+        (0, 0, 0, 0, 0, 0);
+    let mut at = [0u64; 3];
+    let (mut first, mut last) = (f64::MAX, f64::MIN);
+    for m in &load.misses {
+        if m.not_found {
+            nf += 1;
+        } else {
+            wrong += 1;
+        }
+        if written.contains(key(m.key).as_str()) {
+            overwritten += 1;
+        }
+        if !m.r3_placed {
+            early += 1;
+        } else if watch.flapping(m.at, m.secs) {
+            flapping += 1;
+        }
+        at[m.at] += 1;
+        first = first.min(m.secs);
+        last = last.max(m.secs);
+        let url = format!("{}/kv/{}", cl.procs[m.at].base, key(m.key));
+        if let Ok(r) = c.request(Method::GET, &url, "", None).await {
+            if r.status == StatusCode::OK && r.body[..] == value(m.key, value_bytes)[..] {
+                found_later += 1;
+            }
+        }
+    }
+    println!(
+        "read misses: {} ({nf} 404, {wrong} wrong value; asked r1, r2, r3: {at:?}); {overwritten} of keys a writer overwrote; {early} asked before r3 placed partitions on all three nodes; {flapping} of the rest at a node that saw a peer not alive within 1 s; {found_later} found when read again at the same node at the end; first {first:.1} s, last {last:.1} s after the join",
+        load.misses.len()
+    );
+}
+
 /// Counters of the move, summed over the old holders `r1` and `r2`.
 #[derive(Default, Debug)]
 struct Snapshot {
@@ -391,15 +551,35 @@ struct Snapshot {
     sessions: u64,
     sent: u64,
     held_not_owned: u64,
+    partitions_dropped: u64,
     /// QUIC frame bytes r3 received from r1 and r2.
     wire_bytes: u64,
     send_drops: u64,
+    /// Eligible members in `r3`'s layout.
+    r3_eligible: u64,
+    /// (observer, peer, status) of every peer some node sees not alive.
+    not_alive: Vec<(usize, String, String)>,
+}
+
+/// Peers node `i` sees in a status other than alive.
+fn not_alive(i: usize, v: &Value, out: &mut Vec<(usize, String, String)>) {
+    for m in v["cluster"]["members"].as_array().into_iter().flatten() {
+        let status = m["status"].as_str().unwrap_or("?");
+        if status != "alive" {
+            let peer = m["node_id"].as_str().unwrap_or("?").to_string();
+            out.push((i, peer, status.to_string()));
+        }
+    }
 }
 
 async fn snapshot(cl: &Cluster, c: &hub::client::Client) -> anyhow::Result<Snapshot> {
     let mut s = Snapshot::default();
     let v3 = cl.introspect(c, 2).await?;
     s.r3_entries = v3["entries"].as_u64().unwrap_or(0);
+    s.r3_eligible = v3["cluster"]["placement"]["eligible_members"]
+        .as_u64()
+        .unwrap_or(0);
+    not_alive(2, &v3, &mut s.not_alive);
     for p in v3["cluster"]["transport"]["peers"]
         .as_array()
         .into_iter()
@@ -411,10 +591,12 @@ async fn snapshot(cl: &Cluster, c: &hub::client::Client) -> anyhow::Result<Snaps
     }
     for i in 0..2 {
         let v = cl.introspect(c, i).await?;
+        not_alive(i, &v, &mut s.not_alive);
         let p = &v["cluster"]["placement"];
         s.sessions += p["handoff_sessions"].as_u64().unwrap_or(0);
         s.sent += p["handoff_entries_sent"].as_u64().unwrap_or(0);
         s.held_not_owned += p["held_not_owned"].as_u64().unwrap_or(0);
+        s.partitions_dropped += p["partitions_dropped"].as_u64().unwrap_or(0);
         for q in v["cluster"]["transport"]["peers"]
             .as_array()
             .into_iter()
@@ -424,6 +606,20 @@ async fn snapshot(cl: &Cluster, c: &hub::client::Client) -> anyhow::Result<Snaps
         }
     }
     Ok(s)
+}
+
+/// A snapshot for the progress loops, or `None` (said, after a pause)
+/// when a node did not answer in time: on a loaded machine a node busy
+/// with the move can be slow, which is no reason to stop measuring.
+async fn poll(cl: &Cluster, c: &hub::client::Client) -> Option<Snapshot> {
+    match snapshot(cl, c).await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            println!("  (no snapshot: {e:#}; polling on)  [load {}]", loadavg());
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            None
+        }
+    }
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
@@ -473,6 +669,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         phase: AtomicU8::new(0),
         stop: AtomicBool::new(false),
         written_for_r3: AtomicU64::new(0),
+        r3_placed: AtomicBool::new(false),
+        joined_at: Mutex::new(None),
         load: Mutex::new(Load::default()),
     });
     let mut tasks = Vec::new();
@@ -493,6 +691,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // The join.
     shared.phase.store(1, Ordering::Relaxed);
     let started = Instant::now();
+    *shared.joined_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(started);
     cl.start(2);
     shared
         .bases
@@ -500,6 +699,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|e| e.into_inner())
         .push(cl.procs[2].base.clone());
     println!("r3 started  [load {}]", loadavg());
+    let mut watch = Watch::default();
     let mut last = (Instant::now(), 0u64);
     let mut next_print = Instant::now() + args.every;
     let mut first_key: Option<f64> = None;
@@ -517,7 +717,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             history.pop_front();
         }
         let live = history.front().map_or(0, |h| h.1);
-        let s = snapshot(&cl, &c).await?;
+        let Some(s) = poll(&cl, &c).await else {
+            if started.elapsed() > args.timeout {
+                bail!("no progress snapshot after {:?}", args.timeout);
+            }
+            continue;
+        };
+        watch.note(&shared, &s);
         if s.r3_entries > 0 && first_key.is_none() {
             first_key = Some(started.elapsed().as_secs_f64());
         }
@@ -528,7 +734,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             break (started.elapsed().as_secs_f64(), s);
         }
         if Instant::now() >= next_print {
-            next_print += args.every;
+            next_print = Instant::now() + args.every;
             let rate =
                 (s.r3_entries.saturating_sub(last.1)) as f64 / last.0.elapsed().as_secs_f64();
             last = (Instant::now(), s.r3_entries);
@@ -582,7 +788,27 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Until the old holders dropped what they handed off.
     let drop_started = Instant::now();
     loop {
-        let s = snapshot(&cl, &c).await?;
+        let Some(s) = poll(&cl, &c).await else {
+            if drop_started.elapsed() > args.drop_timeout {
+                println!(
+                    "no snapshot of the old holders after {:?}",
+                    args.drop_timeout
+                );
+                break;
+            }
+            continue;
+        };
+        watch.note(&shared, &s);
+        if Instant::now() >= next_print {
+            next_print = Instant::now() + args.every;
+            println!(
+                "  {:>6.1} s after the move: r1+r2 hold {} partitions they do not own, dropped {}  [load {}]",
+                drop_started.elapsed().as_secs_f64(),
+                s.held_not_owned,
+                s.partitions_dropped,
+                loadavg()
+            );
+        }
         if s.held_not_owned == 0 {
             println!(
                 "r1 and r2 dropped the handed-off partitions {:.1} s after the move ({:.1} s after the join)  [load {}]",
@@ -611,6 +837,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.writers, args.readers, args.pace
     );
     print_load(&mut load);
+    watch.print();
+    print_misses(&load, &watch, &cl, &c, args.value_bytes).await;
 
     // Every acknowledged write readable, every partition's owners equal.
     let mut lost = 0;

@@ -159,8 +159,10 @@ pub struct NodeMachine {
     started: bool,
     /// Partition owners as the node's store and HTTP layer see them.
     placement: Arc<crate::placement::PlacementHandle>,
-    /// Owner URLs last published (republished when one changes).
+    /// Owner URLs, and which owners are suspect, last published
+    /// (republished when either changes).
     published_urls: std::collections::BTreeMap<NodeId, String>,
+    published_suspect: std::collections::BTreeSet<NodeId>,
     /// Own writes waiting for durable acks (write quorums).
     writes: QuorumTracker,
     /// Quorum reads in progress, and their read repair.
@@ -209,6 +211,7 @@ impl NodeMachine {
         Ok(NodeMachine {
             placement,
             published_urls: Default::default(),
+            published_suspect: Default::default(),
             membership,
             replicator,
             rng: StdRng::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
@@ -481,18 +484,28 @@ impl NodeMachine {
             let fx = self.replicator.set_layout(layout, now.mono_ms(), reader);
             self.replication_effects(fx, out);
         }
-        let urls: std::collections::BTreeMap<NodeId, String> = self
-            .membership
-            .table()
-            .iter()
-            .filter(|m| m.status == Status::Alive)
+        // Suspect members too: they stay owners until dead beyond the grace
+        // period, and are tried after the alive owners.
+        let reachable = || {
+            self.membership
+                .table()
+                .iter()
+                .filter(|m| matches!(m.status, Status::Alive | Status::Suspect))
+        };
+        let urls: std::collections::BTreeMap<NodeId, String> = reachable()
             .filter_map(|m| m.http.clone().map(|u| (m.id.clone(), u)))
             .collect();
-        if changed || urls != self.published_urls {
+        let suspect: std::collections::BTreeSet<NodeId> = reachable()
+            .filter(|m| m.status == Status::Suspect)
+            .map(|m| m.id.clone())
+            .collect();
+        if changed || urls != self.published_urls || suspect != self.published_suspect {
             self.published_urls = urls.clone();
+            self.published_suspect = suspect.clone();
             self.placement.publish(crate::placement::Routes {
                 layout: self.replicator.layout().clone(),
                 urls,
+                suspect,
             });
         }
     }

@@ -3,7 +3,9 @@
 //! body, `Authorization`, content and condition headers), to an owner's
 //! advertised URL, and the owner's status, headers and body come back
 //! unchanged, so every status code and error body is the owner's own.
-//! Owners are tried in layout order; one that cannot be reached is skipped.
+//! Owners are tried in layout order, alive ones before suspect ones (a
+//! suspect is still an owner, and usually just slow); one that cannot be
+//! reached is skipped.
 //! A read that finds no key (404), here or at an owner, is tried at the
 //! other owners before 404 is the answer: an owner that just gained the
 //! partition may not hold the data yet while rebalancing streams it, and

@@ -3,7 +3,7 @@
 //! Written by the cluster driver when the layout or an owner's address
 //! changes; read lock-free (owned set) or under a short read lock (routes).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 
 use super::{partition_of, stores, Layout, Owned, SharedOwned};
@@ -13,8 +13,13 @@ use crate::model::NodeId;
 #[derive(Clone, Debug)]
 pub struct Routes {
     pub layout: Arc<Layout>,
-    /// Advertised client URL of each live member.
+    /// Advertised client URL of each alive or suspect member. A suspect is
+    /// still an owner in the layout and usually alive (a slow answer under
+    /// load): leaving it out would leave a read that missed at the other
+    /// owner nobody to ask.
     pub urls: BTreeMap<NodeId, String>,
+    /// The members of `urls` that are suspect: tried after the alive ones.
+    pub suspect: BTreeSet<NodeId>,
 }
 
 /// Shared placement state of one node.
@@ -35,6 +40,7 @@ impl PlacementHandle {
             routes: RwLock::new(Arc::new(Routes {
                 layout,
                 urls: BTreeMap::new(),
+                suspect: BTreeSet::new(),
             })),
         })
     }
@@ -70,18 +76,21 @@ impl PlacementHandle {
     }
 
     /// The owners of `key`'s partition other than this node that have a
-    /// known URL, best first (empty with full replication).
+    /// known URL, best first: alive ones in layout order, then suspect ones
+    /// (empty with full replication).
     pub fn other_owners(&self, key: &str) -> Vec<(NodeId, String)> {
         let routes = self.routes();
         if routes.layout.is_full() {
             return Vec::new();
         }
-        routes
+        let mut owners: Vec<(NodeId, String)> = routes
             .layout
             .owners(partition_of(key))
             .iter()
             .filter(|o| **o != self.me)
             .filter_map(|o| routes.urls.get(o).map(|u| (o.clone(), u.clone())))
-            .collect()
+            .collect();
+        owners.sort_by_key(|(o, _)| routes.suspect.contains(o));
+        owners
     }
 }
