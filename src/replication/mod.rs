@@ -559,7 +559,11 @@ impl Replicator {
                 }
             }
             PendingKind::ServedEntries => {}
-            PendingKind::Dropped => self.dropped(outcomes),
+            PendingKind::Dropped => {
+                self.dropped(outcomes);
+                // The next handed-off partition, if any is confirmed.
+                out.extend(self.refresh_held(now, store));
+            }
         }
         out
     }
