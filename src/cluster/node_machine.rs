@@ -456,7 +456,7 @@ impl NodeMachine {
         }
     }
 
-    /// Recomputes partition owners when the eligible members changed
+    /// Updates partition owners when the eligible members changed
     /// (nothing to do with full replication), and republishes owner URLs
     /// when one changed. The member table is rescanned only after a
     /// membership effect or every [`LAYOUT_RECHECK_MS`].
@@ -480,7 +480,9 @@ impl NodeMachine {
         );
         let changed = members != self.replicator.layout().members;
         if changed {
-            let layout = Arc::new(crate::placement::Layout::compute(members, r));
+            // Derived from the previous layout: a join costs 256 hashes, not
+            // 256 × N (a node of a 1,000-node fleet sees ~1,000 of them).
+            let layout = Arc::new(self.replicator.layout().updated(members, r));
             let fx = self.replicator.set_layout(layout, now.mono_ms(), reader);
             self.replication_effects(fx, out);
         }

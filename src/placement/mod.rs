@@ -18,8 +18,12 @@
 //! owners; load is balanced in expectation (each node owns ≈ 256·R/N); when
 //! one node joins or leaves, only the partitions where it enters or leaves
 //! the top R change owners (≈ 256·R/N of them), every other owner stays.
-//! Costs: 256 × N hashes per membership change (≈ 0.2 ms for 6 nodes),
-//! 256 × R ids of memory; a lookup is one array index.
+//! Costs: a node derives each layout from its previous one
+//! ([`Layout::updated`], equal to `compute` by proptest): 256 hashes per
+//! member that joins, ≈ 256·R per member that leaves (only the partitions
+//! it owned are re-ranked), plus O(N) to compare member lists; from
+//! scratch (`compute`) it is 256 × N (≈ 0.2 ms for 6 nodes). Memory: 256 ×
+//! R ids and weights; a lookup is one array index.
 //!
 //! **Full replication is the default and costs nothing.** With `R` unset or
 //! `R ≥` the number of eligible members, every node owns every partition:

@@ -24,11 +24,29 @@ pub fn weight(partition: u8, node: &NodeId) -> u64 {
 /// The `r` owners of `partition` among `members` (deduplicated), highest
 /// weight first. Fewer when there are fewer members.
 pub fn owners_of(partition: u8, members: &[NodeId], r: usize) -> Vec<NodeId> {
+    top(partition, members, r)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect()
+}
+
+/// [`owners_of`] with each owner's weight (what a newcomer must beat).
+pub fn top(partition: u8, members: &[NodeId], r: usize) -> Vec<(u64, NodeId)> {
     let mut ranked: Vec<(u64, &NodeId)> =
         members.iter().map(|m| (weight(partition, m), m)).collect();
     ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
     ranked.dedup_by(|a, b| a.1 == b.1);
-    ranked.into_iter().take(r).map(|(_, m)| m.clone()).collect()
+    ranked
+        .into_iter()
+        .take(r)
+        .map(|(w, m)| (w, m.clone()))
+        .collect()
+}
+
+/// Whether weighted node `a` ranks before `b` for a partition: the higher
+/// weight, on a tie the smaller id (the order of [`top`]).
+pub fn outranks(a: (u64, &NodeId), b: (u64, &NodeId)) -> bool {
+    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
 }
 
 #[cfg(test)]

@@ -640,7 +640,13 @@ impl Replicator {
             .collect();
         for peer in due {
             let trigger = self.due_trigger(&peer);
-            if self.start_anti_entropy(&peer, trigger, now, store, &mut out) {
+            // A peer we share no partition with (sharded) has nothing to
+            // compare: its session is dropped, not retried every tick (in a
+            // large fleet most peers are such). A later layout that gives it
+            // partitions we hold marks a handoff anew.
+            if self.start_anti_entropy(&peer, trigger, now, store, &mut out)
+                || self.scope_with(&peer).is_empty()
+            {
                 if let Some(p) = self.peers.get_mut(&peer) {
                     p.ae_due_ms = None;
                 }

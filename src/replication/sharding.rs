@@ -23,6 +23,7 @@
 //! whose scope lacked a partition the receiver owns (views of the
 //! membership differed for a moment).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use super::msg::{approx_size, chunks, Cover};
@@ -97,7 +98,10 @@ impl Replicator {
     /// Adopts a new layout (the node machine computes it from membership).
     /// Every peer that newly owns a partition we hold data of gets an
     /// anti-entropy session soon, restricted to its partitions: that is the
-    /// handoff that streams the data to new owners.
+    /// handoff that streams the data to new owners. Cost: between two
+    /// sharded layouts, O(256·R) plus the partitions whose owners changed
+    /// (a join or leave moves ≈ 256·R/N), not O(N) per member: a node of a
+    /// 1,000-node fleet adopts ~1,000 layouts while the fleet forms.
     pub fn set_layout(
         &mut self,
         layout: Arc<Layout>,
@@ -111,19 +115,58 @@ impl Replicator {
         let old = std::mem::replace(&mut self.layout, layout);
         // Confirmations were for the old owners.
         self.confirmed.clear();
-        self.scopes.clear();
-        if !self.layout.is_full() {
+        // What each peer gained (is an owner of now, was not before), and
+        // which peers' scopes changed.
+        let mut gained: BTreeMap<NodeId, Owned> = BTreeMap::new();
+        let mut changed: BTreeSet<NodeId> = BTreeSet::new();
+        if self.layout.is_full() || old.is_full() {
+            // To or from full replication: every scope is new.
+            let before: BTreeMap<NodeId, Owned> = std::mem::take(&mut self.scopes);
+            if !self.layout.is_full() {
+                for p in 0..=255u8 {
+                    for o in self.layout.owners(p) {
+                        self.scopes.entry(o.clone()).or_default().insert(p);
+                    }
+                }
+            }
+            if !old.is_full() {
+                // Now full: each member gains what it did not own.
+                for m in &self.layout.members {
+                    let had = before.get(m).copied().unwrap_or(Owned::NONE);
+                    gained.insert(m.clone(), Owned::ALL.minus(&had));
+                }
+            }
+            changed.extend(self.peers.keys().cloned());
+        } else {
             for p in 0..=255u8 {
-                for o in self.layout.owners(p) {
+                let (was, is) = (old.owners(p), self.layout.owners(p));
+                if was == is {
+                    continue;
+                }
+                for o in was.iter().filter(|o| !is.contains(o)) {
+                    if let Some(s) = self.scopes.get_mut(o) {
+                        s.remove(p);
+                        if s.is_empty() {
+                            self.scopes.remove(o);
+                        }
+                    }
+                    changed.insert(o.clone());
+                }
+                for o in is.iter().filter(|o| !was.contains(o)) {
                     self.scopes.entry(o.clone()).or_default().insert(p);
+                    gained.entry(o.clone()).or_default().insert(p);
+                    changed.insert(o.clone());
                 }
             }
         }
         // A cover computed under the old layout skipped writes of partitions
-        // a peer may own now: the next push to it starts a fresh range, and
-        // the peer pulls what lies between (cut to its new partitions).
-        for p in self.peers.values_mut() {
-            p.covered_to = None;
+        // the peer may own now: the next push to it starts a fresh range,
+        // and the peer pulls what lies between (cut to its new partitions).
+        // A peer whose partitions did not change keeps its range.
+        for peer in &changed {
+            if let Some(p) = self.peers.get_mut(peer) {
+                p.covered_to = None;
+            }
         }
         self.layout_epoch += 1;
         self.layout_since_ms = now;
@@ -139,26 +182,15 @@ impl Replicator {
         tracing::info!(node = %self.node, members = self.layout.members.len(),
             factor = ?self.layout.replication_factor, owned = self.mine.len(),
             held_not_owned = self.progress.held_not_owned, "partition layout changed");
-        if self.layout.is_full() && old.is_full() {
-            return out;
-        }
-        let peers: Vec<NodeId> = self
-            .layout
-            .members
-            .iter()
-            .filter(|m| **m != self.node)
-            .cloned()
-            .collect();
-        for peer in peers {
-            let now_owns = self.scope_of(&peer);
-            let before = old.owned_by(&peer);
-            let gained = now_owns.minus(&before).intersect(&held);
-            if !gained.is_empty() {
-                let p = self.peers.entry(peer.clone()).or_default();
-                p.handoff_due = true;
-                p.ae_due_ms = Some(now);
-                tracing::debug!(node = %self.node, peer = %peer, partitions = %gained.ranges(), "handoff due");
+        for (peer, gained) in gained {
+            let gained = gained.intersect(&held);
+            if peer == self.node || gained.is_empty() {
+                continue;
             }
+            let p = self.peers.entry(peer.clone()).or_default();
+            p.handoff_due = true;
+            p.ae_due_ms = Some(now);
+            tracing::debug!(node = %self.node, peer = %peer, partitions = %gained.ranges(), "handoff due");
         }
         out
     }
