@@ -76,7 +76,8 @@
 //! grace period and a session with every owner, begun under it, found that
 //! owner holding every item of ours there (it wanted none: it may hold
 //! more, as later writes reach only the owners), the old holder drops the partition
-//! (`Op::DropPartition`). Not a consensus: two nodes whose views disagree
+//! (`Op::DropPartition`, one partition per commit group so a large handoff
+//! never becomes one stalling batch). Not a consensus: two nodes whose views disagree
 //! for longer than the grace period could each drop after confirming with
 //! the other. Progress: [`Progress`] in introspection and `/metrics`.
 //!
