@@ -307,10 +307,13 @@ async fn killed_node_catches_up_by_anti_entropy_and_deleted_key_stays_deleted() 
                 .filter_map(|p| p["pulls_answered_unavailable"].as_u64())
                 .sum();
             // Counted over all sessions: a later in-sync session replaces
-            // the repairing one as the "last".
-            let repaired = peers
-                .values()
-                .any(|p| p["anti_entropy_entries_received"].as_u64() > Some(0));
+            // the repairing one as the "last". Either side's session may
+            // be the one that repairs (n3's, or a peer's that pushes what
+            // n3 lacks), whichever runs first.
+            let repaired = peers.values().any(|p| {
+                p["anti_entropy_entries_received"].as_u64() > Some(0)
+                    || p["anti_entropy_entries_pushed"].as_u64() > Some(0)
+            });
             unavailable > 0 && repaired
         },
     )

@@ -661,6 +661,9 @@ impl Replicator {
                     .map(|(key, entry)| Op::Entry { key, entry })
                     .collect();
                 if !ops.is_empty() {
+                    if let Some(p) = self.peers.get_mut(from) {
+                        p.stats.anti_entropy_entries_pushed += ops.len() as u64;
+                    }
                     self.commit(from, ops, PendingKind::ServedEntries, now, out);
                 }
                 return;

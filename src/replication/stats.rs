@@ -85,6 +85,10 @@ pub struct PeerStats {
     /// Entries this peer sent us in our anti-entropy sessions, all told (the
     /// last session alone may be an in-sync one after a repair).
     pub anti_entropy_entries_received: u64,
+    /// Entries this peer sent us in its own anti-entropy sessions (what it
+    /// found we lacked, or a subtree it streamed), that we store. Which
+    /// side repairs a difference depends on whose session runs first.
+    pub anti_entropy_entries_pushed: u64,
     pub last_anti_entropy: Option<AeRun>,
     /// Messages that failed validation (ignored).
     pub bad_messages: u64,
