@@ -59,7 +59,7 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
     };
     let read = parts.method == Method::GET || parts.method == Method::HEAD;
     let Some(targets) = placement.forward_targets(&key) else {
-        if !read || placement.owned().is_full() {
+        if !read || !placement.sharded() {
             return next.run(Request::from_parts(parts, body)).await;
         }
         // An owner that just gained the partition may not hold the key yet
