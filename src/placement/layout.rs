@@ -197,11 +197,7 @@ impl Layout {
             let p = p as u8;
             if o.iter().any(|m| removed.binary_search(m).is_ok()) {
                 // An owner left: the next in line is unknown, re-rank.
-                o.clear();
-                w.clear();
-                for m in &members {
-                    offer(o, w, r, p, m);
-                }
+                (*w, *o) = top(p, &members, r).into_iter().unzip();
             } else {
                 // The old top R (every one still a member) plus the
                 // newcomers that beat one of them.

@@ -328,8 +328,6 @@ pub struct Replicator {
     progress: crate::placement::Progress,
     /// Per partition being handed off: owners seen holding all of it.
     confirmed: BTreeMap<u8, std::collections::BTreeSet<NodeId>>,
-    /// Partitions whose drop is being committed.
-    dropping: crate::placement::Owned,
     /// Counts layout changes; a session's confirmations count only within
     /// the epoch it began in. And when the current layout began.
     layout_epoch: u64,
@@ -359,7 +357,6 @@ impl Replicator {
             held: crate::placement::Owned::ALL,
             progress: crate::placement::Progress::default(),
             confirmed: BTreeMap::new(),
-            dropping: crate::placement::Owned::NONE,
             layout_epoch: 0,
             layout_since_ms: 0,
             scopes: BTreeMap::new(),
@@ -583,8 +580,7 @@ impl Replicator {
                         peer.pull = None;
                     }
                 }
-                PendingKind::ServedEntries => {}
-                PendingKind::Dropped => self.dropping = crate::placement::Owned::NONE,
+                PendingKind::ServedEntries | PendingKind::Dropped => {}
             }
         }
     }

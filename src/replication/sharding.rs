@@ -255,7 +255,6 @@ impl Replicator {
         self.held = held(store).union(&self.mine);
         let handing_off = self.held.minus(&self.mine);
         self.progress.held_not_owned = handing_off.len();
-        let mut ops = Vec::new();
         // Only a layout that held for the grace period: while views of the
         // membership still disagree, an owner we confirm with may itself
         // be handing the partition off.
@@ -265,41 +264,33 @@ impl Replicator {
         // rebalance bench, which stalled the node long enough for its peers
         // to declare it dead (and the layout to change again). The next
         // partition goes as soon as this one is durable
-        // ([`Replicator::on_commit_outcomes`]). A drop whose outcome never
-        // came (commit timed out) no longer blocks the others.
+        // ([`Replicator::on_commit_outcomes`]); a drop whose commit timed
+        // out is no longer pending, so it blocks nothing.
         let in_flight = self
             .pending
             .values()
             .any(|p| matches!(p.kind, super::PendingKind::Dropped));
-        if !in_flight {
-            self.dropping = Owned::NONE;
+        if !settled || in_flight {
+            return out;
         }
-        let candidates = if settled && !in_flight {
-            handing_off.minus(&self.dropping)
-        } else {
-            Owned::NONE
-        };
-        for p in candidates.iter() {
-            let owners: Vec<&NodeId> = self
+        // Every other owner was seen holding all of it.
+        let confirmed_by_all = |p: &u8| {
+            let others: Vec<&NodeId> = self
                 .layout
-                .owners(p)
+                .owners(*p)
                 .iter()
                 .filter(|o| **o != self.node)
                 .collect();
-            let confirmed = self.confirmed.get(&p);
-            if !owners.is_empty()
-                && owners
+            let confirmed = self.confirmed.get(p);
+            !others.is_empty()
+                && others
                     .iter()
                     .all(|o| confirmed.is_some_and(|c| c.contains(*o)))
-            {
-                self.dropping.insert(p);
-                ops.push(crate::store::Op::DropPartition(p));
-                break;
-            }
-        }
-        if !ops.is_empty() {
-            tracing::info!(node = %self.node, partition = ?self.dropping.iter().next(), handing_off = handing_off.len(), "dropping a handed-off partition");
+        };
+        if let Some(p) = handing_off.iter().find(confirmed_by_all) {
+            tracing::info!(node = %self.node, partition = p, handing_off = handing_off.len(), "dropping a handed-off partition");
             let me = self.node.clone();
+            let ops = vec![crate::store::Op::DropPartition(p)];
             self.commit(&me, ops, super::PendingKind::Dropped, now, &mut out);
         }
         out
@@ -341,7 +332,6 @@ impl Replicator {
                 self.progress.partitions_dropped += 1;
             }
         }
-        self.dropping = Owned::NONE;
     }
 
     /// The trigger of a due (re)connect session with `peer`.
