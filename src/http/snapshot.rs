@@ -9,6 +9,8 @@
 //! midway ends the body early, without the end marker, so the file a
 //! client saved is refused as truncated.
 
+use std::time::{Duration, Instant};
+
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -24,6 +26,11 @@ use crate::snapshot::{save, Progress};
 pub const DEFAULT_PACE: u8 = 30;
 /// Body chunk size.
 const CHUNK: usize = 256 << 10;
+/// Longest a started chunk waits before it is sent anyway. A slow-paced
+/// dump of a small store can take longer than a client's per-chunk
+/// deadline (10 s for `hub snapshot save`) to fill [`CHUNK`]; sending what
+/// there is keeps the client hearing from a dump that is still working.
+const SEND_AT_LEAST_EVERY: Duration = Duration::from_secs(1);
 
 /// Unknown parameters are ignored: browsers and proxies add cache-busting ones.
 #[derive(Deserialize)]
@@ -37,10 +44,20 @@ type Chunk = Result<Bytes, std::io::Error>;
 struct ChannelWriter {
     tx: tokio::sync::mpsc::Sender<Chunk>,
     buf: Vec<u8>,
+    last_sent: Instant,
 }
 
 impl ChannelWriter {
+    fn new(tx: tokio::sync::mpsc::Sender<Chunk>) -> ChannelWriter {
+        ChannelWriter {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+            last_sent: Instant::now(),
+        }
+    }
+
     fn send(&mut self) -> std::io::Result<()> {
+        self.last_sent = Instant::now();
         if self.buf.is_empty() {
             return Ok(());
         }
@@ -54,7 +71,7 @@ impl ChannelWriter {
 impl std::io::Write for ChannelWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
         self.buf.extend_from_slice(data);
-        if self.buf.len() >= CHUNK {
+        if self.buf.len() >= CHUNK || self.last_sent.elapsed() >= SEND_AT_LEAST_EVERY {
             self.send()?;
         }
         Ok(data.len())
@@ -82,10 +99,7 @@ pub async fn snapshot(
     tokio::task::spawn_blocking(move || {
         let progress = Progress::default();
         let started = std::time::Instant::now();
-        let out = ChannelWriter {
-            tx: tx.clone(),
-            buf: Vec::with_capacity(CHUNK),
-        };
+        let out = ChannelWriter::new(tx.clone());
         match save::write(&store, out, f64::from(pace) / 100.0, &progress) {
             Ok((_, s)) => tracing::info!(node = %node, bytes = s.bytes, entries = s.entries,
                 deltas = s.deltas, secs = started.elapsed().as_secs_f64(), "snapshot streamed"),
@@ -109,4 +123,35 @@ pub async fn snapshot(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_small_write_waits_for_a_full_chunk_while_the_last_send_is_recent() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let mut w = ChannelWriter::new(tx);
+        w.write_all(b"frame").unwrap();
+        assert!(rx.try_recv().is_err(), "sent before a chunk filled");
+        w.write_all(&vec![0; CHUNK]).unwrap();
+        let chunk = rx.try_recv().unwrap().unwrap();
+        assert_eq!(chunk.len(), CHUNK + 5);
+    }
+
+    #[test]
+    fn a_slow_dump_sends_what_it_has_once_the_last_send_is_old() {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let mut w = ChannelWriter::new(tx);
+        w.last_sent = Instant::now() - SEND_AT_LEAST_EVERY;
+        w.write_all(b"frame").unwrap();
+        assert_eq!(&rx.try_recv().unwrap().unwrap()[..], b"frame");
+        w.write_all(b"next").unwrap();
+        assert!(
+            rx.try_recv().is_err(),
+            "the send just now restarts the wait"
+        );
+    }
 }
