@@ -2,7 +2,7 @@
 //! `--replication-factor 3`, then 6 with factor 6 (full replication), in
 //! the same run; then a 7th node joins the factor-3 cluster.
 //!
-//! `cargo bench --bench sharding -- [--duration 10s] [--writers 256] [--value-bytes 256] [--rounds 3]`
+//! `cargo bench --bench sharding -- [--duration 10s] [--writers 256] [--value-bytes 256] [--batch 1] [--rounds 3]`
 //!
 //! Each round measures R=6, R=3 with writes to an owner, and R=3 with
 //! writes to any node, each on a fresh cluster, in an order rotated from
@@ -69,6 +69,10 @@ struct Args {
     writers: usize,
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
+    /// Keys per request: 1 is a `PUT /kv/{key}` each; more is a `POST /kv`
+    /// batch, which spreads the per-request cost over its keys.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
     /// Rounds of the three setups (R=6, R=3 to an owner, R=3 to any node),
     /// each on fresh clusters in a rotated order; ratios are per round and
     /// their median is the figure.
@@ -140,14 +144,17 @@ impl Cluster {
 
 /// Writes fresh keys for `d`, each to the next node in turn, or with
 /// `direct` to the key's first owner (what a client that knows the layout
-/// does: no forwarding hop); returns the keys written.
+/// does: no forwarding hop); returns the keys written. With `--batch N`
+/// each request is a `POST /kv` of N keys (with `direct`, N keys of one
+/// first owner).
 async fn load(cl: &Cluster, args: &Args, direct: bool) -> anyhow::Result<Vec<String>> {
     let bases: Vec<String> = cl.procs.iter().map(|p| p.base.clone()).collect();
     let ids: Vec<hub::model::NodeId> = IDS[..bases.len()].iter().map(|i| common::id(i)).collect();
     let layout = Arc::new(Layout::compute(ids.clone(), Some(cl.factor)));
     let stop = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
-    let value = vec![b'x'; args.value_bytes];
+    let value = "x".repeat(args.value_bytes);
+    let batch = args.batch.max(1);
     let mut tasks = Vec::new();
     for w in 0..args.writers {
         let (bases, stop, errors, value) =
@@ -157,30 +164,54 @@ async fn load(cl: &Cluster, args: &Args, direct: bool) -> anyhow::Result<Vec<Str
             let client = common::http_client();
             let mut written = Vec::new();
             let mut i = 0usize;
+            let mut sent = 0usize;
+            // Keys waiting for a full request, per node they go to.
+            let mut pending: Vec<Vec<String>> = vec![Vec::new(); bases.len()];
             while !stop.load(Ordering::Relaxed) {
                 let key = format!("w{w}-{i}");
+                i += 1;
                 let at = if direct {
                     let owner = &layout.owners(partition_of(&key))[0];
                     ids.iter().position(|i| i == owner).unwrap_or(0)
                 } else {
-                    (w + i) % bases.len()
+                    (w + sent) % bases.len()
                 };
+                pending[at].push(key);
+                if pending[at].len() < batch {
+                    continue;
+                }
+                let keys = std::mem::take(&mut pending[at]);
+                sent += 1;
                 let base = &bases[at];
-                match client
-                    .request(
-                        Method::PUT,
-                        &format!("{base}/kv/{key}"),
-                        value.clone(),
-                        None,
-                    )
-                    .await
-                {
-                    Ok(r) if r.status.is_success() => written.push(key),
+                let reply = if batch == 1 {
+                    client
+                        .request(
+                            Method::PUT,
+                            &format!("{base}/kv/{}", keys[0]),
+                            value.clone(),
+                            None,
+                        )
+                        .await
+                } else {
+                    let writes: Vec<Value> = keys
+                        .iter()
+                        .map(|k| serde_json::json!({"key": k, "value": value}))
+                        .collect();
+                    client
+                        .request(
+                            Method::POST,
+                            &format!("{base}/kv"),
+                            serde_json::json!({ "writes": writes }).to_string(),
+                            Some("application/json"),
+                        )
+                        .await
+                };
+                match reply {
+                    Ok(r) if r.status.is_success() => written.extend(keys),
                     _ => {
-                        errors.fetch_add(1, Ordering::Relaxed);
+                        errors.fetch_add(keys.len() as u64, Ordering::Relaxed);
                     }
                 }
-                i += 1;
             }
             written
         }));
@@ -351,10 +382,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     println!(
-        "sharding bench: 6 nodes, {} writers, {} s per factor, {} B values, {} rounds  [load {}]",
+        "sharding bench: 6 nodes, {} writers, {} s per factor, {} B values, {} keys per request, {} rounds  [load {}]",
         args.writers,
         args.duration.as_secs(),
         args.value_bytes,
+        args.batch,
         args.rounds,
         loadavg()
     );

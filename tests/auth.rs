@@ -150,6 +150,19 @@ async fn every_route_answers_each_caller_with_the_status_its_role_and_prefix_all
             [401, 401, 401, 403, 204, 204, 403],
         ),
         row(
+            M::POST,
+            "/kv",
+            r#"{"writes":[{"key":"data/batch","value":"v"}]}"#,
+            [401, 401, 401, 403, 200, 200, 200],
+        ),
+        // One write outside a prefix key's scope refuses the whole batch.
+        row(
+            M::POST,
+            "/kv",
+            r#"{"writes":[{"key":"data/batch","value":"v"},{"key":"other/batch","value":"v"}]}"#,
+            [401, 401, 401, 403, 200, 200, 403],
+        ),
+        row(
             M::GET,
             "/kv?prefix=",
             "",

@@ -618,3 +618,144 @@ async fn simulated_sensors_write_readings_under_their_node_key() {
     assert!(vals[0] > vals[1], "history newest first: {vals:?}");
     n.node.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_kv_batch_is_one_commit_answers_each_write_in_order_and_reads_back() {
+    let n = start().await;
+    n.put("/kv/old", "x").await;
+    let groups = || {
+        n.node
+            .committer()
+            .stats()
+            .groups
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = groups();
+    let body = json!({"writes": [
+        {"key": "b/1", "value": "one"},
+        {"key": "b/2", "value": "two"},
+        {"key": "old", "delete": true},
+        {"key": "never", "delete": true},
+        {"key": "b/1", "value": "one again"},
+    ]});
+    let r = n.post_json("/kv", body.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(groups(), before + 1, "one commit group for the batch");
+    assert_eq!(r.headers["x-hub-acks"], "1");
+    let v = r.json();
+    assert_eq!(v["written"], 5);
+    let res = v["results"].as_array().unwrap();
+    let keys: Vec<&str> = res.iter().map(|r| r["key"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["b/1", "b/2", "old", "never", "b/1"]);
+    let statuses: Vec<u64> = res.iter().map(|r| r["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 200, 200, 404, 200]);
+    assert!(res[4]["seq"].as_u64().unwrap() > res[0]["seq"].as_u64().unwrap());
+    // The last write of a key in the batch wins, and its version is the one
+    // answered.
+    let got = n.get("/kv/b/1").await;
+    assert_eq!(&got.body[..], b"one again");
+    assert_eq!(
+        got.headers["x-hub-version"],
+        res[4]["version"].as_str().unwrap()
+    );
+    assert_eq!(&n.get("/kv/b/2").await.body[..], b"two");
+    assert_eq!(n.get("/kv/old").await.status, StatusCode::NOT_FOUND);
+    // w=all on a node alone: met by its own durable write.
+    let r = n
+        .post_json("/kv?w=all", r#"{"writes":[{"key":"q","value":"v"}]}"#)
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-hub-acks"], "1");
+    // An empty batch writes nothing and is fine.
+    let before = n.snapshot();
+    let r = n.post_json("/kv", r#"{"writes":[]}"#).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.json()["written"], 0);
+    assert_eq!(n.snapshot(), before);
+}
+
+#[tokio::test]
+async fn a_kv_batch_with_one_bad_write_is_refused_whole_and_changes_nothing() {
+    let n = start_with(|c| c.max_value_bytes = 64).await;
+    n.put("/kv/a", "x").await;
+    let before = n.snapshot();
+    let long = "v".repeat(65);
+    let cases: Vec<(String, StatusCode, &str)> = vec![
+        ("not json".into(), StatusCode::BAD_REQUEST, "bad_json"),
+        (
+            r#"[{"key":"a","value":"v"}]"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            r#"{"writes":[{"key":"a","value":"v","colour":1}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            r#"{"writes":[{"key":"a","value":1}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_json",
+        ),
+        (
+            r#"{"writes":[{"key":"ok","value":"v"},{"key":"","value":"v"}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_key",
+        ),
+        (
+            r#"{"writes":[{"key":"ok","value":"v"},{"key":"_hub/x","value":"v"}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_key",
+        ),
+        (
+            r#"{"writes":[{"key":"ok","value":"v","delete":true}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_write",
+        ),
+        (
+            r#"{"writes":[{"key":"ok"}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_write",
+        ),
+        (
+            json!({"writes":[{"key":"ok","value":"v"},{"key":"big","value":long}]}).to_string(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "value_too_large",
+        ),
+        (
+            r#"{"writes":[{"key":"ok","value":"v"}]}"#.into(),
+            StatusCode::BAD_REQUEST,
+            "bad_query",
+        ),
+    ];
+    for (i, (body, status, code)) in cases.iter().enumerate() {
+        let path = if i == cases.len() - 1 {
+            "/kv?w=most"
+        } else {
+            "/kv"
+        };
+        let r = n.post_json(path, body.clone()).await;
+        assert_eq!(r.status, *status, "{body}: {:?}", r.body);
+        assert_eq!(r.error_code(), *code, "{body}");
+    }
+    let too_many: Vec<Value> = (0..=hub::http::batch::MAX_WRITES)
+        .map(|i| json!({"key": format!("k{i}"), "value": "v"}))
+        .collect();
+    let r = n
+        .post_json("/kv", json!({ "writes": too_many }).to_string())
+        .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(r.error_code(), "batch_too_large");
+    assert_eq!(n.snapshot(), before);
+    assert_eq!(n.get("/kv/ok").await.status, StatusCode::NOT_FOUND);
+    // The body may be far larger than one value: the limit for a batch is
+    // max_batch_bytes.
+    let many: Vec<Value> = (0..100)
+        .map(|i| json!({"key": format!("m{i}"), "value": "v".repeat(60)}))
+        .collect();
+    let r = n
+        .post_json("/kv", json!({ "writes": many }).to_string())
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{:?}", r.body);
+    assert_eq!(r.json()["written"], 100);
+}

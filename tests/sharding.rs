@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::{Method, StatusCode};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use common::*;
 use hub::placement::{partition_of, Layout};
@@ -18,6 +18,8 @@ use hub::placement::{partition_of, Layout};
 const MESH: Duration = Duration::from_secs(30);
 const SETTLE: Duration = Duration::from_secs(60);
 const KEYS: usize = 240;
+/// Keys in the batch written at one node.
+const BATCH: usize = 60;
 
 /// Factor 3, partitions move 1 s after a node dies.
 const FAST: [&str; 8] = [
@@ -252,6 +254,56 @@ async fn six_nodes_three_copies_store_half_each_serve_every_key_and_re_replicate
         .unwrap();
     let text = String::from_utf8_lossy(&metrics.body);
     assert!(text.contains("hub_placement_owned_partitions"), "{text}");
+
+    // A batch at one node is split by owner: each key lands on its three
+    // owners only (the node that took it keeps none it does not own), and
+    // w=quorum holds for every part.
+    let writes: Vec<Value> = (0..BATCH)
+        .map(|i| json!({"key": format!("batch-{i}"), "value": format!("b-{i}")}))
+        .collect();
+    let (status, body) = call(
+        &http,
+        Method::POST,
+        &format!("{}/kv?w=quorum", procs[0].base),
+        json!({ "writes": writes }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{body:?}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["written"], BATCH);
+    let results = v["results"].as_array().unwrap();
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["key"], format!("batch-{i}"), "{r}");
+        assert_eq!(r["status"], 200, "{r}");
+    }
+    let layout = Layout::compute(ids.iter().map(|m| id(m)).collect(), Some(3));
+    for i in 0..BATCH {
+        let k = format!("batch-{i}");
+        let owners = layout.owners(partition_of(&k));
+        for (p, name) in all.iter().zip(ids) {
+            let (status, body) = call(&http, Method::GET, &format!("{}/kv/{k}", p.base), "")
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "{k} from {name}");
+            assert_eq!(&body[..], format!("b-{i}").as_bytes(), "{k} from {name}");
+        }
+        // Quorum: at least two owners hold it now; eventually all three,
+        // and never a node that does not own it.
+        eventually_async("a batch key on its owners only", MESH, || async {
+            for (p, name) in all.iter().zip(ids) {
+                let stored = matches!(
+                    call(&http, Method::GET, &format!("{}/api/entry/{k}", p.base), "").await,
+                    Ok((StatusCode::OK, _))
+                );
+                if stored != owners.iter().any(|o| o.as_str() == name) {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+    }
 
     // kill -9 one node: reads and writes go on from every other node.
     let mut dead = procs.pop().unwrap();

@@ -241,19 +241,7 @@ pub async fn readings(
     body: Result<Json<Vec<ReadingIn>>, JsonRejection>,
 ) -> ApiResult<Response> {
     let level = super::kv::write_level(q)?;
-    let Json(batch) = match body {
-        Ok(b) => b,
-        // The body limit stopped reading: name the limit and its setting.
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return Err(ApiError::over_limit(
-                "body_too_large",
-                "body",
-                state.max_batch_bytes,
-                "max_batch_bytes",
-            ))
-        }
-        Err(r) => return Err(r.into()),
-    };
+    let batch = super::error::batch_body(&state, body)?;
     let mut ops = Vec::with_capacity(batch.len());
     for (i, r) in batch.into_iter().enumerate() {
         check_sensor_name(&r.sensor)

@@ -52,11 +52,30 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The JSON body of a batch route; a body over the limit names the limit
+/// and its setting.
+pub fn batch_body<T>(
+    state: &super::AppState,
+    body: Result<Json<T>, JsonRejection>,
+) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(b)) => Ok(b),
+        // The body limit stopped reading.
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::over_limit(
+            "body_too_large",
+            "body",
+            state.max_batch_bytes,
+            "max_batch_bytes",
+        )),
+        Err(r) => Err(r.into()),
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     /// Every malformed body is a 400 (axum would say 422 or 415 for some).
     fn from(r: JsonRejection) -> Self {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            // Only POST /api/readings takes a large JSON body.
+            // Only the batch routes (POST /api/readings, POST /kv) take large JSON bodies.
             return ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",

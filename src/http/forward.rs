@@ -22,7 +22,7 @@ use axum::body::Body;
 use axum::body::Bytes;
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http_body_util::{BodyExt, Full};
@@ -98,7 +98,7 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
 }
 
 /// A request as it goes to an owner.
-struct Outgoing {
+pub(super) struct Outgoing {
     key: String,
     method: Method,
     path_q: String,
@@ -108,20 +108,38 @@ struct Outgoing {
 
 impl Outgoing {
     fn of(state: &AppState, parts: &Parts, key: &str, body: Bytes) -> Outgoing {
+        Outgoing::new(
+            state,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            key.to_string(),
+            body,
+        )
+    }
+
+    /// `what` names the request in logs (the key, or a batch's size).
+    pub(super) fn new(
+        state: &AppState,
+        method: &Method,
+        uri: &Uri,
+        in_headers: &HeaderMap,
+        what: String,
+        body: Bytes,
+    ) -> Outgoing {
         let mut headers: Vec<(&'static str, HeaderValue)> = CARRIED
             .iter()
-            .filter_map(|name| parts.headers.get(*name).map(|v| (*name, v.clone())))
+            .filter_map(|name| in_headers.get(*name).map(|v| (*name, v.clone())))
             .collect();
         let me = HeaderValue::from_str(state.node_id.as_str())
             .unwrap_or(HeaderValue::from_static("unknown"));
         headers.push((FORWARDED_HEADER, me));
         Outgoing {
-            key: key.to_string(),
-            method: parts.method.clone(),
-            path_q: parts
-                .uri
+            key: what,
+            method: method.clone(),
+            path_q: uri
                 .path_and_query()
-                .map_or_else(|| parts.uri.path().to_string(), |p| p.as_str().to_string()),
+                .map_or_else(|| uri.path().to_string(), |p| p.as_str().to_string()),
             headers,
             body,
         }
@@ -135,13 +153,23 @@ impl Outgoing {
         owners: &[(NodeId, String)],
         read: bool,
     ) -> Result<Response, String> {
+        self.send_reply(state, owners, read).await.map(response_of)
+    }
+
+    /// [`Outgoing::send`], with the owner's answer as it came.
+    pub(super) async fn send_reply(
+        &self,
+        state: &AppState,
+        owners: &[(NodeId, String)],
+        read: bool,
+    ) -> Result<crate::client::Reply, String> {
         let Some(client) = state.forwarder.as_ref() else {
             return Err("this node has no forwarding client".into());
         };
         if owners.is_empty() {
             return Err("no owner is known to be reachable".into());
         }
-        let mut miss: Option<Response> = None;
+        let mut miss: Option<crate::client::Reply> = None;
         let mut last_err = String::new();
         for (owner, base) in owners {
             let url = format!("{base}{}", self.path_q);
@@ -159,12 +187,11 @@ impl Outgoing {
                     state.metrics.forwarded.inc();
                     tracing::debug!(node = %state.node_id, owner = %owner, key = %self.key,
                         status = %reply.status, "request forwarded");
-                    let resp = response_of(reply);
-                    if read && resp.status() == StatusCode::NOT_FOUND {
-                        miss = Some(resp);
+                    if read && reply.status == StatusCode::NOT_FOUND {
+                        miss = Some(reply);
                         continue;
                     }
-                    return Ok(resp);
+                    return Ok(reply);
                 }
                 Err(e) => {
                     tracing::warn!(node = %state.node_id, owner = %owner, key = %self.key,

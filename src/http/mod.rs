@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod batch;
 pub mod canned;
 mod cluster;
 pub mod dashboard;
@@ -72,7 +73,12 @@ pub type AppState = Arc<Shared>;
 
 pub fn router(state: AppState) -> Router {
     let kv_routes = Router::new()
-        .route("/kv", get(kv::list))
+        .route(
+            "/kv",
+            get(kv::list)
+                .post(batch::write)
+                .layer(DefaultBodyLimit::max(state.max_batch_bytes)),
+        )
         .route(
             "/kv/",
             get(kv::empty_key)

@@ -1,0 +1,389 @@
+//! `POST /kv`: many key writes in one request.
+//!
+//! Body: `{"writes": [{"key": K, "value": V} | {"key": K, "delete": true}, …]}`
+//! (values are UTF-8 text; a binary value goes through `PUT /kv/{key}`).
+//! Every write is checked (key, scope, size) before anything is written: a
+//! bad one refuses the whole batch with nothing stored.
+//!
+//! Guarantees: the writes this node stores go into one commit group (one
+//! fsync, durable together); `?w=` is met for each of them as for a single
+//! write. With sharding the batch is split by owner: the keys this node owns
+//! are written here, the rest go, one sub-batch per owner set and all at
+//! once, to an owner (as single-key requests are forwarded, see
+//! [`super::forward`]). Across owners a batch is not atomic: the answer
+//! lists each write's outcome, in the order given, and is 200 only when
+//! every write succeeded; otherwise it is the failed sub-batch's status
+//! (503 when no owner answered), with `error` and the same per-write list,
+//! and the writes that succeeded stay.
+//!
+//! Cost: one HTTP request and one commit for up to [`MAX_WRITES`] writes,
+//! which is what makes small values cheap: a single `PUT` pays ~0.5 ms of
+//! node CPU for the request and its commit, whatever its size (README,
+//! Sharding). Plus one local request per owner set for a sharded batch.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::auth::Scope;
+use super::error::{ApiError, ApiResult};
+use super::forward::{Outgoing, FORWARDED_HEADER};
+use super::kv::{write_level, VersionJson, WriteQuery};
+use super::quorum::{self, with_acks};
+use super::{AppState, ACKS_HEADER};
+use crate::model::{validate_user_key, Meta, NodeId};
+use crate::store::{Condition, Op, Outcome};
+
+/// Most writes in one batch: one commit group stays short (a group of
+/// hundreds of thousands of records stalls the node's writer).
+pub const MAX_WRITES: usize = 10_000;
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchIn {
+    writes: Vec<WriteIn>,
+}
+
+#[derive(Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct WriteIn {
+    key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    value: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    delete: bool,
+}
+
+/// One write's outcome, as answered.
+#[derive(Deserialize, Serialize, Clone)]
+struct WriteOut {
+    key: String,
+    /// 200 written, 404 a delete of a key absent or already deleted, else
+    /// the status of the sub-batch that failed.
+    status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+/// Writes that go to one owner set: the owners (best first, with their
+/// URLs) and the writes' positions in the batch.
+type Group = (Vec<(NodeId, String)>, Vec<usize>);
+
+/// What the caller gets back: per-write outcomes and the fewest acks any
+/// of them had.
+struct Done {
+    results: Vec<WriteOut>,
+    acks: usize,
+    /// The first failure: status, code, message.
+    failed: Option<(StatusCode, String, String)>,
+}
+
+pub async fn write(
+    State(state): State<AppState>,
+    scope: Scope,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    q: Result<Query<WriteQuery>, QueryRejection>,
+    body: Result<Json<BatchIn>, JsonRejection>,
+) -> ApiResult<Response> {
+    let level = write_level(q)?;
+    let batch = super::error::batch_body(&state, body)?;
+    check(&state, &scope, &batch.writes)?;
+    let n = batch.writes.len();
+
+    // Split by owner set: `None` is this node.
+    let forwarded = headers.contains_key(FORWARDED_HEADER);
+    let mut groups: BTreeMap<Option<Vec<NodeId>>, Group> = BTreeMap::new();
+    for (i, w) in batch.writes.iter().enumerate() {
+        let targets = match (&state.placement, &state.forwarder, forwarded) {
+            (Some(p), Some(_), false) => p.forward_targets(&w.key),
+            _ => None,
+        };
+        let group = targets
+            .as_ref()
+            .map(|t| t.iter().map(|(id, _)| id.clone()).collect());
+        groups
+            .entry(group)
+            .or_insert_with(|| (targets.unwrap_or_default(), Vec::new()))
+            .1
+            .push(i);
+    }
+
+    let mut results: Vec<Option<WriteOut>> = vec![None; n];
+    let mut acks = usize::MAX;
+    let mut failed = None;
+    let mut remote = Vec::new();
+    let mut local = None;
+    let st = &state;
+    for (group, (targets, idx)) in groups {
+        let writes: Vec<WriteIn> = idx.iter().map(|&i| batch.writes[i].clone()).collect();
+        match group {
+            None => local = Some((idx, writes)),
+            Some(_) => {
+                let body = Bytes::from(serde_json::to_vec(&BatchIn { writes }).unwrap_or_default());
+                let what = format!("batch of {}", idx.len());
+                let out = Outgoing::new(&state, &method, &uri, &headers, what, body);
+                remote.push(async move {
+                    let reply = out.send_reply(st, &targets, false).await;
+                    (idx, reply)
+                });
+            }
+        }
+    }
+    let here = async {
+        match local {
+            Some((idx, writes)) => Some((idx, write_here(&state, level, writes).await)),
+            None => None,
+        }
+    };
+    let (here, there) = tokio::join!(here, futures_util::future::join_all(remote));
+    let mut parts: Vec<(Vec<usize>, Done)> = Vec::new();
+    if let Some((idx, done)) = here {
+        parts.push((idx, done?));
+    }
+    for (idx, reply) in there {
+        parts.push((idx, done_of(reply)));
+    }
+    for (idx, done) in parts {
+        acks = acks.min(done.acks);
+        // An owner that refused the sub-batch listed no outcomes: each of
+        // its writes gets the refusal.
+        let (status, error) = match &done.failed {
+            Some((s, _, m)) => (s.as_u16(), m.clone()),
+            None => (
+                StatusCode::BAD_GATEWAY.as_u16(),
+                "the owner's answer did not cover this write".to_string(),
+            ),
+        };
+        let mut given = done.results.into_iter();
+        for i in idx {
+            results[i] = Some(given.next().unwrap_or_else(|| WriteOut {
+                key: batch.writes[i].key.clone(),
+                status,
+                version: None,
+                seq: None,
+                error: Some(error.clone()),
+            }));
+        }
+        if failed.is_none() {
+            failed = done.failed;
+        }
+    }
+    let results: Vec<WriteOut> = results.into_iter().flatten().collect();
+    let acks = if acks == usize::MAX { 1 } else { acks };
+    let resp = match failed {
+        None => (
+            StatusCode::OK,
+            Json(json!({ "written": n, "results": results })),
+        )
+            .into_response(),
+        Some((status, code, message)) => (
+            status,
+            Json(json!({
+                "error": { "code": code, "message": message },
+                "results": results,
+            })),
+        )
+            .into_response(),
+    };
+    Ok(with_acks(resp, acks))
+}
+
+/// Every write valid and within scope and limits, or the first that is not.
+fn check(state: &AppState, scope: &Scope, writes: &[WriteIn]) -> ApiResult<()> {
+    if writes.len() > MAX_WRITES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!(
+                "{} writes in one batch; the limit is {MAX_WRITES}",
+                writes.len()
+            ),
+        ));
+    }
+    for (i, w) in writes.iter().enumerate() {
+        validate_user_key(&w.key)
+            .map_err(|e| ApiError::bad_request("bad_key", format!("writes[{i}].key: {e}")))?;
+        scope.check(&w.key)?;
+        match (&w.value, w.delete) {
+            (Some(v), false) if v.len() > state.max_value_bytes => {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "value_too_large",
+                    format!(
+                        "writes[{i}].value is {} bytes; the limit is {} bytes (setting max_value_bytes)",
+                        v.len(),
+                        state.max_value_bytes
+                    ),
+                ));
+            }
+            (Some(_), false) | (None, true) => {}
+            _ => {
+                return Err(ApiError::bad_request(
+                    "bad_write",
+                    format!("writes[{i}]: give either \"value\" or \"delete\": true"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes `writes` in one commit here and waits for `level`.
+async fn write_here(
+    state: &AppState,
+    level: crate::cluster::quorum::Level,
+    writes: Vec<WriteIn>,
+) -> ApiResult<Done> {
+    let ops: Vec<Op> = writes
+        .into_iter()
+        .map(|w| Op::Local {
+            cond: if w.delete {
+                Condition::IfPresent
+            } else {
+                Condition::Always
+            },
+            key: w.key,
+            value: w.value.map(String::into_bytes),
+            meta: Meta::new(),
+        })
+        .collect();
+    let keys: Vec<String> = ops
+        .iter()
+        .map(|op| match op {
+            Op::Local { key, .. } => key.clone(),
+            _ => String::new(),
+        })
+        .collect();
+    let pending = quorum::begin_write(state, level);
+    let outcomes = if ops.is_empty() {
+        Vec::new()
+    } else {
+        state.committer.commit(ops).await?
+    };
+    let mut results = Vec::with_capacity(keys.len());
+    let mut last = None;
+    for (key, outcome) in keys.into_iter().zip(outcomes) {
+        results.push(match outcome {
+            Outcome::Written(d) => {
+                let out = WriteOut {
+                    key,
+                    status: StatusCode::OK.as_u16(),
+                    version: Some(VersionJson::from(&d.entry.version).text),
+                    seq: Some(d.seq),
+                    error: None,
+                };
+                if last
+                    .as_ref()
+                    .is_none_or(|l: &crate::model::Delta| d.seq > l.seq)
+                {
+                    last = Some(d);
+                }
+                out
+            }
+            Outcome::NotFound => WriteOut {
+                key,
+                status: StatusCode::NOT_FOUND.as_u16(),
+                version: None,
+                seq: None,
+                error: Some("not found".into()),
+            },
+            other => WriteOut {
+                key,
+                status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
+                version: None,
+                seq: None,
+                error: Some(format!("unexpected outcome {other:?}")),
+            },
+        });
+    }
+    let written = results.iter().filter(|r| r.status == 200).count();
+    state.metrics.writes.inc_by(written as u64);
+    // One ack covers the batch: acks are cumulative per origin.
+    let (acks, failed) = match last {
+        Some(d) => match pending.wait(state, &d.key, d.seq).await {
+            Ok(acks) => (acks, None),
+            Err(unavailable) => {
+                let status = unavailable.status();
+                let acks = acks_of(unavailable.headers()).unwrap_or(1);
+                let message = format!(
+                    "the writes stored at {} did not reach w={}: {acks} acknowledged",
+                    state.node_id,
+                    level.as_str()
+                );
+                for r in &mut results {
+                    if r.status == 200 {
+                        r.status = status.as_u16();
+                        r.error = Some(message.clone());
+                    }
+                }
+                (
+                    acks,
+                    Some((status, "quorum_unavailable".to_string(), message)),
+                )
+            }
+        },
+        None => (1, None),
+    };
+    Ok(Done {
+        results,
+        acks,
+        failed,
+    })
+}
+
+fn acks_of(headers: &HeaderMap) -> Option<usize> {
+    headers.get(ACKS_HEADER)?.to_str().ok()?.parse().ok()
+}
+
+/// A sub-batch's outcome from its owner's answer.
+fn done_of(reply: Result<crate::client::Reply, String>) -> Done {
+    let reply = match reply {
+        Ok(r) => r,
+        Err(why) => {
+            return Done {
+                results: Vec::new(),
+                acks: 0,
+                failed: Some((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_owner_reachable".into(),
+                    format!("no owner of part of the batch answered: {why}"),
+                )),
+            }
+        }
+    };
+    let acks = acks_of(&reply.headers).unwrap_or(0);
+    let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let results: Vec<WriteOut> =
+        serde_json::from_value(body["results"].clone()).unwrap_or_default();
+    let failed = (!reply.status.is_success()).then(|| {
+        (
+            reply.status,
+            body["error"]["code"]
+                .as_str()
+                .unwrap_or("owner_refused")
+                .to_string(),
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("an owner refused part of the batch")
+                .to_string(),
+        )
+    });
+    Done {
+        results,
+        acks,
+        failed,
+    }
+}
