@@ -1,5 +1,6 @@
 //! Durability with the real binary: a write acknowledged with 2xx survives
-//! `kill -9` of the node, whatever else was in flight.
+//! `kill -9` of the node, whatever else was in flight; so does every write
+//! of an acknowledged `POST /kv` batch.
 
 mod common;
 
@@ -12,6 +13,33 @@ use common::{call, http_client};
 
 /// (key, value) of every write the node acknowledged.
 type Acked = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// Client `c` writes batches of 20 until the node is gone.
+async fn batches(c: usize, base: &str, client: &common::HttpClient, acked: &Acked) {
+    for b in 0.. {
+        let writes: Vec<(String, String)> = (0..20)
+            .map(|i| (format!("c{c}/b{b}-{i}"), format!("batch value {b}-{i}")))
+            .collect();
+        let body = serde_json::json!({
+            "writes": writes.iter().map(|(k, v)| serde_json::json!({"key": k, "value": v})).collect::<Vec<_>>()
+        });
+        match call(
+            client,
+            Method::POST,
+            &format!("{base}/kv"),
+            body.to_string(),
+        )
+        .await
+        {
+            Ok((StatusCode::OK, _)) => acked
+                .lock()
+                .unwrap()
+                .extend(writes.into_iter().map(|(k, v)| (k, v.into_bytes()))),
+            Ok((s, b)) => panic!("unexpected {s}: {b:?}"),
+            Err(_) => return, // the node is gone
+        }
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_writes_survive_kill_9() {
@@ -34,6 +62,8 @@ async fn acknowledged_writes_survive_kill_9() {
     let mut hub = common::Proc::start(&serve_args(&data));
     let acked: Acked = Arc::default();
     const CLIENTS: usize = 32;
+    // Of which these write `POST /kv` batches.
+    const BATCHERS: usize = 8;
     const TARGET: usize = 3000;
     let mut tasks = Vec::new();
     for c in 0..CLIENTS {
@@ -41,6 +71,9 @@ async fn acknowledged_writes_survive_kill_9() {
         let acked = acked.clone();
         tasks.push(tokio::spawn(async move {
             let client = http_client();
+            if c < BATCHERS {
+                return batches(c, &base, &client, &acked).await;
+            }
             for i in 0.. {
                 let key = format!("c{c}/k{i}");
                 let value = format!("value of {key} {}", "x".repeat(i % 50)).into_bytes();
@@ -93,5 +126,7 @@ async fn acknowledged_writes_survive_kill_9() {
     }
     assert_eq!(present, acked.len());
     assert!(present >= TARGET);
-    eprintln!("{present} acknowledged writes, all present after kill -9");
+    let batched = acked.iter().filter(|(k, _)| k.contains("/b")).count();
+    assert!(batched > 0, "no batch was acknowledged before the kill");
+    eprintln!("{present} acknowledged writes ({batched} in batches), all present after kill -9");
 }
