@@ -466,7 +466,7 @@ async fn a_new_owner_missing_a_key_answers_it_via_co_owners_it_sees_suspect() {
     write_all(&http, &[s1], KEYS / 4, "cut").await;
 
     let layout = Layout::compute(ids.iter().map(|i| id(i)).collect(), Some(2));
-    let mut lacked = 0;
+    let mut lacked = Vec::new();
     for i in 0..KEYS / 4 {
         let k = key(i);
         let owned = layout.owns(&id("s3"), partition_of(&k));
@@ -480,7 +480,7 @@ async fn a_new_owner_missing_a_key_answers_it_via_co_owners_it_sees_suspect() {
             .await
             .unwrap();
             assert_eq!(status, StatusCode::NOT_FOUND, "s3 holds {k} though cut off");
-            lacked += 1;
+            lacked.push(k.clone());
         }
         let (status, body) = call(&http, Method::GET, &format!("{}/kv/{k}", s3.base), "")
             .await
@@ -492,6 +492,45 @@ async fn a_new_owner_missing_a_key_answers_it_via_co_owners_it_sees_suspect() {
             String::from_utf8_lossy(&body)
         );
     }
-    assert!(lacked > 0, "s3 owns none of the keys read");
+    assert!(lacked.len() >= 2, "s3 owns fewer than 2 of the keys read");
+
+    // Conditional writes at the owner lacking the key are decided where the
+    // key is: a create is refused, a delete deletes it.
+    let url = |p: &Proc, k: &str| format!("{}/kv/{k}", p.base);
+    let (status, body) = call(&http, Method::POST, &url(s3, &lacked[0]), "again")
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "create of {}: {body:?}",
+        lacked[0]
+    );
+    let (status, body) = call(&http, Method::DELETE, &url(s3, &lacked[1]), "")
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::NO_CONTENT,
+        "delete of {}: {body:?}",
+        lacked[1]
+    );
+    eventually_async("the deleted key reads 404 at every node", MESH, || async {
+        for p in &all {
+            let (status, _) = call(&http, Method::GET, &url(p, &lacked[1]), "")
+                .await
+                .unwrap();
+            if status != StatusCode::NOT_FOUND {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    // A key no owner holds is created here, as before.
+    let (status, _) = call(&http, Method::POST, &url(s3, "brand-new"), "v")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::CREATED);
     cut.heal();
 }

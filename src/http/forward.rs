@@ -10,6 +10,10 @@
 //! other owners before 404 is the answer: an owner that just gained the
 //! partition may not hold the data yet while rebalancing streams it, and
 //! reads must go on meanwhile. (Cost: a true miss asks every owner.)
+//! For the same reason a conditional write (`POST` create, `DELETE`) at an
+//! owner that holds no live value for the key first asks the other owners
+//! for their entry, and goes to one holding a newer live value, which
+//! decides it (see [`conditional_write`]).
 //!
 //! Loops: the forwarded request carries [`FORWARDED_HEADER`]; a request
 //! that carries it is always served here, never forwarded again (two nodes
@@ -59,8 +63,14 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
     };
     let read = parts.method == Method::GET || parts.method == Method::HEAD;
     let Some(targets) = placement.forward_targets(&key) else {
-        if !read || !placement.sharded() {
+        if !placement.sharded() {
             return next.run(Request::from_parts(parts, body)).await;
+        }
+        if !read {
+            return conditional_write(&state, &parts, &key)
+                .await
+                .send_or_run(&state, parts, body, next)
+                .await;
         }
         // An owner that just gained the partition may not hold the key yet
         // (rebalancing): a miss here is checked with the other owners.
@@ -78,12 +88,9 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
     if state.forwarder.is_none() {
         return next.run(Request::from_parts(parts, body)).await;
     }
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            return ApiError::bad_request("bad_body", format!("cannot read the body: {e}"))
-                .into_response()
-        }
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
     };
     let outgoing = Outgoing::of(&state, &parts, &key, body);
     match outgoing.send(&state, &targets, read).await {
@@ -95,6 +102,106 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
         )
         .into_response(),
     }
+}
+
+/// The whole request body, to send on; a body that cannot be read is a 400.
+async fn read_body(body: Body) -> Result<Bytes, Response> {
+    body.collect().await.map(|b| b.to_bytes()).map_err(|e| {
+        ApiError::bad_request("bad_body", format!("cannot read the body: {e}")).into_response()
+    })
+}
+
+/// Where a write at an owner is decided.
+enum Decide {
+    Here,
+    /// At this co-owner, which holds a newer live value than we do.
+    At(NodeId, String),
+}
+
+impl Decide {
+    async fn send_or_run(self, state: &AppState, parts: Parts, body: Body, next: Next) -> Response {
+        let Decide::At(owner, url) = self else {
+            return next.run(Request::from_parts(parts, body)).await;
+        };
+        let body = match read_body(body).await {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let key = parts.uri.path().to_string();
+        let outgoing = Outgoing::of(state, &parts, &key, body.clone());
+        match outgoing.send(state, &[(owner, url)], false).await {
+            Ok(resp) => resp,
+            // It went away meanwhile: decide here, as without the check.
+            Err(_) => next.run(Request::from_parts(parts, Body::from(body))).await,
+        }
+    }
+}
+
+/// A conditional write (`POST` create, `DELETE`) at an owner whose store
+/// has no live value for the key: an owner that just gained the partition
+/// may not hold the key yet (rebalancing), so the other owners are asked
+/// for their entry (`/api/entry`, served locally there). One holding a live
+/// value newer than ours gets the write, and decides it on its data (409 /
+/// 204), as the caller would expect from the cluster. Cost: one local
+/// round trip per other owner, only when the key is not live here (every
+/// create of a new key); nothing for `PUT` or with full replication.
+async fn conditional_write(state: &AppState, parts: &Parts, key: &str) -> Decide {
+    let conditional = parts.method == Method::POST || parts.method == Method::DELETE;
+    if !conditional || crate::model::validate_user_key(key).is_err() {
+        return Decide::Here;
+    }
+    let ours = match state.store.get(key) {
+        Ok(Some(e)) if e.value.is_some() => return Decide::Here,
+        Ok(e) => e.map(|e| e.version),
+        Err(_) => return Decide::Here,
+    };
+    let (Some(placement), Some(raw)) = (&state.placement, parts.uri.path().strip_prefix("/kv/"))
+    else {
+        return Decide::Here;
+    };
+    let Ok(uri) = format!("/api/entry/{raw}").parse::<Uri>() else {
+        return Decide::Here;
+    };
+    let probe = Outgoing::new(
+        state,
+        &Method::GET,
+        &uri,
+        &parts.headers,
+        key.to_string(),
+        Bytes::new(),
+    );
+    for (owner, url) in placement.other_owners(key) {
+        let target = [(owner, url)];
+        let Ok(reply) = probe.send_reply(state, &target, false).await else {
+            continue;
+        };
+        if reply.status != StatusCode::OK {
+            continue;
+        }
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&reply.body) else {
+            continue;
+        };
+        let theirs = v["version"]["hlc"].as_u64().zip(
+            v["version"]["node"]
+                .as_str()
+                .and_then(|n| NodeId::new(n).ok()),
+        );
+        let Some((hlc, node)) = theirs else {
+            continue;
+        };
+        let theirs = crate::model::Version {
+            hlc: crate::model::Hlc(hlc),
+            node,
+        };
+        let live = v["deleted"] == serde_json::Value::Bool(false);
+        if live && ours.as_ref().is_none_or(|o| theirs > *o) {
+            let [(owner, url)] = target;
+            tracing::debug!(node = %state.node_id, owner = %owner, key,
+                "conditional write sent to the co-owner holding the key");
+            return Decide::At(owner, url);
+        }
+    }
+    Decide::Here
 }
 
 /// A request as it goes to an owner.
