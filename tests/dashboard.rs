@@ -292,6 +292,10 @@ fn dashboard_shows_members_and_live_sensors_marks_a_killed_node_and_shows_a_remo
         "the rates to be computed",
         "document.querySelector('#rate-applied').textContent !== '–'",
     );
+    chrome.wait_for(
+        "the partitions this node owns (all, without sharding)",
+        "document.querySelector('#partitions').textContent === '256/256'",
+    );
     // HUB_DASHBOARD_SCREENSHOT=docs/dashboard.png refreshes the README's picture.
     if let Ok(to) = std::env::var("HUB_DASHBOARD_SCREENSHOT") {
         chrome.screenshot(Path::new(&to));

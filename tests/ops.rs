@@ -675,7 +675,10 @@ async fn hub_status_shows_every_member_and_exits_non_zero_once_one_is_down() {
         assert_eq!(r["lag_deltas"], 0, "{r}");
         assert_eq!(r["keys"], 1, "{r}");
         assert_eq!(r["root_agrees"], true, "{r}");
+        assert_eq!(r["partitions_owned"], 256, "{r}");
+        assert_eq!(r["partitions_handing_off"], 0, "{r}");
     }
+    assert_eq!(v["sharded"], false);
     let (code, table, _) = blocking({
         let base = base.clone();
         move || hub_status(&["--node", &base])

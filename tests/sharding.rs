@@ -305,6 +305,32 @@ async fn six_nodes_three_copies_store_half_each_serve_every_key_and_re_replicate
         .await;
     }
 
+    // hub status: each node's partitions; roots differ by design, so they
+    // are not compared.
+    let out = run_hub(&["status", "--node", &procs[0].base, "--json"], &[]);
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", common::text(&out.stderr)));
+    assert_eq!(v["sharded"], true, "{v}");
+    let rows = v["members"].as_array().unwrap();
+    assert_eq!(rows.len(), 6);
+    for r in rows {
+        let owned = r["partitions_owned"].as_u64().unwrap();
+        assert!((64..=192).contains(&owned), "{r}");
+        assert_eq!(r["root_agrees"], Value::Null, "{r}");
+    }
+    let total: u64 = rows
+        .iter()
+        .map(|r| r["partitions_owned"].as_u64().unwrap())
+        .sum();
+    assert_eq!(total, 256 * 3, "each partition has three owners");
+    let out = run_hub(&["status", "--node", &procs[0].base], &[]);
+    let table = common::text(&out.stdout);
+    assert!(
+        table.contains("PARTS") && table.contains("sharded"),
+        "{table}"
+    );
+    assert!(!table.contains("DIFFERS"), "{table}");
+
     // kill -9 one node: reads and writes go on from every other node.
     let mut dead = procs.pop().unwrap();
     dead.kill_9();

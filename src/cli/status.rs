@@ -8,6 +8,12 @@
 //! this member holds, summed. Exit status 0 only when every member is alive,
 //! answered, and lags at most `--max-lag` deltas, so scripts and health
 //! checks can use it.
+//!
+//! With sharding (a replication factor below the members) each node stores
+//! different partitions, so Merkle roots are not compared (ROOT reads
+//! `sharded`); PARTS shows the partitions each owns and, while a layout
+//! change moves data, how many it still holds without owning them (handed
+//! off, dropped once every new owner confirmed them).
 
 use hub::store::commit::wall_ms;
 use std::collections::BTreeMap;
@@ -61,12 +67,19 @@ pub struct Row {
     /// Seconds since its last anti-entropy session finished, and its result.
     pub last_anti_entropy_s: Option<f64>,
     pub last_anti_entropy: Option<String>,
+    /// Partitions of 256 it owns, and holds without owning (rebalancing).
+    pub partitions_owned: Option<u64>,
+    pub partitions_handing_off: Option<u64>,
+    /// Entries it has streamed to new owners since it started.
+    pub handoff_entries_sent: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub asked: String,
     pub healthy: bool,
+    /// Some member stores only part of the key space (roots not compared).
+    pub sharded: bool,
     pub problems: Vec<String>,
     pub members: Vec<Row>,
 }
@@ -156,11 +169,12 @@ pub async fn gather(client: &Client, base: &BaseUrl, max_lag: u64) -> anyhow::Re
             Err(e) => rows[i].error = Some(e),
         }
     }
-    fill(&mut rows, &summaries, wall_ms());
+    let sharded = fill(&mut rows, &summaries, wall_ms());
     let problems = problems(&rows, max_lag);
     Ok(Report {
         asked,
         healthy: problems.is_empty(),
+        sharded,
         problems,
         members: rows,
     })
@@ -182,12 +196,16 @@ impl Row {
             rtt_ms: None,
             last_anti_entropy_s: None,
             last_anti_entropy: None,
+            partitions_owned: None,
+            partitions_handing_off: None,
+            handoff_entries_sent: None,
         }
     }
 }
 
-/// Fills keys, lag, root agreement and anti-entropy from the summaries.
-fn fill(rows: &mut [Row], summaries: &BTreeMap<usize, Value>, now_ms: u64) {
+/// Fills keys, lag, root agreement, partitions and anti-entropy from the
+/// summaries; whether the cluster is sharded.
+fn fill(rows: &mut [Row], summaries: &BTreeMap<usize, Value>, now_ms: u64) -> bool {
     let vv = |v: &Value| -> BTreeMap<String, u64> {
         v["version_vector"]
             .as_object()
@@ -207,10 +225,17 @@ fn fill(rows: &mut [Row], summaries: &BTreeMap<usize, Value>, now_ms: u64) {
             *roots.entry(r.to_string()).or_default() += 1;
         }
     }
+    // Owning fewer than all 256 partitions: roots differ by design.
+    let sharded = summaries.values().any(|s| {
+        s["cluster"]["placement"]["owned"]
+            .as_u64()
+            .is_some_and(|n| n < hub::placement::PARTITIONS as u64)
+    });
     let common = roots
         .iter()
         .max_by_key(|(_, n)| **n)
-        .map(|(r, _)| r.clone());
+        .map(|(r, _)| r.clone())
+        .filter(|_| !sharded);
     for (i, row) in rows.iter_mut().enumerate() {
         let Some(s) = summaries.get(&i) else { continue };
         row.reachable = true;
@@ -227,6 +252,10 @@ fn fill(rows: &mut [Row], summaries: &BTreeMap<usize, Value>, now_ms: u64) {
             (Some(r), Some(c)) => Some(r == c),
             _ => None,
         };
+        let p = &s["cluster"]["placement"];
+        row.partitions_owned = p["owned"].as_u64();
+        row.partitions_handing_off = p["held_not_owned"].as_u64();
+        row.handoff_entries_sent = p["handoff_entries_sent"].as_u64();
         let last = &s["cluster"]["replication"]["last_anti_entropy"];
         if let Some(done) = last["finished_ms"].as_u64() {
             row.last_anti_entropy_s = Some(now_ms.saturating_sub(done) as f64 / 1000.0);
@@ -239,6 +268,7 @@ fn fill(rows: &mut [Row], summaries: &BTreeMap<usize, Value>, now_ms: u64) {
             ));
         }
     }
+    sharded
 }
 
 fn problems(rows: &[Row], max_lag: u64) -> Vec<String> {
@@ -263,9 +293,9 @@ fn problems(rows: &[Row], max_lag: u64) -> Vec<String> {
 /// The report as a fixed-width table.
 pub fn table(report: &Report) -> String {
     let header = [
-        "NODE", "STATUS", "ADDRESS", "KEYS", "LAG", "ROOT", "RTT", "LAST AE",
+        "NODE", "STATUS", "ADDRESS", "KEYS", "PARTS", "LAG", "ROOT", "RTT", "LAST AE",
     ];
-    let mut lines: Vec<[String; 8]> = vec![header.map(str::to_string)];
+    let mut lines: Vec<[String; 9]> = vec![header.map(str::to_string)];
     for r in &report.members {
         let opt = |v: Option<u64>| v.map_or_else(|| "-".into(), |n| n.to_string());
         lines.push([
@@ -277,10 +307,16 @@ pub fn table(report: &Report) -> String {
             },
             r.http.clone().unwrap_or_else(|| r.quic.clone()),
             opt(r.keys),
+            match (r.partitions_owned, r.partitions_handing_off) {
+                (Some(o), Some(h)) if h > 0 => format!("{o} (+{h} handing off)"),
+                (Some(o), _) => o.to_string(),
+                _ => "-".into(),
+            },
             opt(r.lag_deltas),
             match r.root_agrees {
                 Some(true) => "match".into(),
                 Some(false) => "DIFFERS".into(),
+                None if report.sharded && r.reachable => "sharded".into(),
                 None => "-".into(),
             },
             r.rtt_ms
@@ -291,7 +327,7 @@ pub fn table(report: &Report) -> String {
             },
         ]);
     }
-    let mut widths = [0usize; 8];
+    let mut widths = [0usize; 9];
     for l in &lines {
         for (w, c) in widths.iter_mut().zip(l) {
             *w = (*w).max(c.chars().count());

@@ -114,6 +114,12 @@ function renderRates(data, now) {
     $('#rate-events').textContent = ((seen - last.seen) / dt).toFixed(1);
   }
   $('#keys').textContent = data.entries;
+  // Sharding: partitions this node owns, and those it still holds while a
+  // layout change hands them off to their new owners.
+  const p = data.cluster && data.cluster.placement;
+  $('#partitions').textContent = p ? `${p.owned}/256` : '–';
+  $('#handoff').textContent = p && p.held_not_owned > 0
+    ? `(+${p.held_not_owned} handing off, ${p.handoff_entries_sent} entries sent)` : '';
   last = { at: now, writes, applied, seen };
 }
 
