@@ -335,6 +335,28 @@ async fn six_nodes_three_copies_store_half_each_serve_every_key_and_re_replicate
     let mut dead = procs.pop().unwrap();
     dead.kill_9();
     let live: Vec<&Proc> = procs.iter().collect();
+    // A batch right after the kill: the writes whose best owner was the
+    // dead node (still seen alive) go to their next owner.
+    let writes: Vec<Value> = (0..BATCH)
+        .map(|i| json!({"key": format!("after-{i}"), "value": "a"}))
+        .collect();
+    let (status, body) = call(
+        &http,
+        Method::POST,
+        &format!("{}/kv", live[0].base),
+        json!({ "writes": writes }).to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    for i in 0..BATCH {
+        for p in &live {
+            let (status, _) = call(&http, Method::GET, &format!("{}/kv/after-{i}", p.base), "")
+                .await
+                .unwrap();
+            assert_eq!(status, StatusCode::OK, "after-{i} from {}", p.base);
+        }
+    }
     read_everywhere(&http, &live, KEYS, "v1").await;
     write_all(&http, &live, KEYS, "v2").await;
     read_everywhere(&http, &live, KEYS, "v2").await;

@@ -8,18 +8,19 @@
 //! Guarantees: the writes this node stores go into one commit group (one
 //! fsync, durable together); `?w=` is met for each of them as for a single
 //! write. With sharding the batch is split by owner: the keys this node owns
-//! are written here, the rest go, one sub-batch per owner set and all at
-//! once, to an owner (as single-key requests are forwarded, see
-//! [`super::forward`]). Across owners a batch is not atomic: the answer
+//! are written here, the rest go, one sub-batch per other node and all at
+//! once, each write to its best owner (the next one if that cannot be
+//! reached), as single-key requests are forwarded (see [`super::forward`]). Across owners a batch is not atomic: the answer
 //! lists each write's outcome, in the order given, and is 200 only when
 //! every write succeeded; otherwise it is the failed sub-batch's status
 //! (503 when no owner answered), with `error` and the same per-write list,
 //! and the writes that succeeded stay.
 //!
 //! Cost: one HTTP request and one commit for up to [`MAX_WRITES`] writes,
-//! which is what makes small values cheap: a single `PUT` pays ~0.5 ms of
-//! node CPU for the request and its commit, whatever its size (README,
-//! Sharding). Plus one local request per owner set for a sharded batch.
+//! which is what makes small values cheap: a single `PUT` pays ~0.25–0.5 ms
+//! of node CPU for the request and its commit, whatever its size (README,
+//! Sharding). Plus, for a sharded batch, one request per other node that is
+//! some write's best owner (at most N − 1).
 
 use std::collections::BTreeMap;
 
@@ -76,10 +77,6 @@ struct WriteOut {
     error: Option<String>,
 }
 
-/// Writes that go to one owner set: the owners (best first, with their
-/// URLs) and the writes' positions in the batch.
-type Group = (Vec<(NodeId, String)>, Vec<usize>);
-
 /// What the caller gets back: per-write outcomes and the fewest acks any
 /// of them had.
 struct Done {
@@ -103,59 +100,41 @@ pub async fn write(
     check(&state, &scope, &batch.writes)?;
     let n = batch.writes.len();
 
-    // Split by owner set: `None` is this node.
+    // Split: the writes this node stores, and per other write its owners,
+    // best first.
     let forwarded = headers.contains_key(FORWARDED_HEADER);
-    let mut groups: BTreeMap<Option<Vec<NodeId>>, Group> = BTreeMap::new();
+    let mut here_idx = Vec::new();
+    let mut away: Vec<Away> = Vec::new();
     for (i, w) in batch.writes.iter().enumerate() {
         let targets = match (&state.placement, &state.forwarder, forwarded) {
             (Some(p), Some(_), false) => p.forward_targets(&w.key),
             _ => None,
         };
-        let group = targets
-            .as_ref()
-            .map(|t| t.iter().map(|(id, _)| id.clone()).collect());
-        groups
-            .entry(group)
-            .or_insert_with(|| (targets.unwrap_or_default(), Vec::new()))
-            .1
-            .push(i);
+        match targets {
+            None => here_idx.push(i),
+            Some(mut owners) => {
+                owners.reverse();
+                away.push((i, owners));
+            }
+        }
+    }
+    let here = async {
+        if here_idx.is_empty() {
+            return None;
+        }
+        let writes = here_idx.iter().map(|&i| batch.writes[i].clone()).collect();
+        Some((here_idx, write_here(&state, level, writes).await))
+    };
+    let there = send_away(&state, &method, &uri, &headers, &batch.writes, away);
+    let (here, there) = tokio::join!(here, there);
+    let mut parts: Vec<(Vec<usize>, Done)> = there;
+    if let Some((idx, done)) = here {
+        parts.push((idx, done?));
     }
 
     let mut results: Vec<Option<WriteOut>> = vec![None; n];
     let mut acks = usize::MAX;
     let mut failed = None;
-    let mut remote = Vec::new();
-    let mut local = None;
-    let st = &state;
-    for (group, (targets, idx)) in groups {
-        let writes: Vec<WriteIn> = idx.iter().map(|&i| batch.writes[i].clone()).collect();
-        match group {
-            None => local = Some((idx, writes)),
-            Some(_) => {
-                let body = Bytes::from(serde_json::to_vec(&BatchIn { writes }).unwrap_or_default());
-                let what = format!("batch of {}", idx.len());
-                let out = Outgoing::new(&state, &method, &uri, &headers, what, body);
-                remote.push(async move {
-                    let reply = out.send_reply(st, &targets, false).await;
-                    (idx, reply)
-                });
-            }
-        }
-    }
-    let here = async {
-        match local {
-            Some((idx, writes)) => Some((idx, write_here(&state, level, writes).await)),
-            None => None,
-        }
-    };
-    let (here, there) = tokio::join!(here, futures_util::future::join_all(remote));
-    let mut parts: Vec<(Vec<usize>, Done)> = Vec::new();
-    if let Some((idx, done)) = here {
-        parts.push((idx, done?));
-    }
-    for (idx, reply) in there {
-        parts.push((idx, done_of(reply)));
-    }
     for (idx, done) in parts {
         acks = acks.min(done.acks);
         // An owner that refused the sub-batch listed no outcomes: each of
@@ -199,6 +178,79 @@ pub async fn write(
             .into_response(),
     };
     Ok(with_acks(resp, acks))
+}
+
+/// A write for other nodes: its position in the batch, and its owners not
+/// tried yet, best last.
+type Away = (usize, Vec<(NodeId, String)>);
+
+/// Sends the writes other nodes own, each sub-batch to one owner: grouped
+/// by their best owner not yet tried (so a batch becomes at most one
+/// request per other node, whatever the number of owner sets), all at
+/// once; the writes of a sub-batch whose owner could not be reached go
+/// again, grouped by their next owner, until none is left (503
+/// `no_owner_reachable` for those).
+async fn send_away(
+    state: &AppState,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    writes: &[WriteIn],
+    mut away: Vec<Away>,
+) -> Vec<(Vec<usize>, Done)> {
+    let mut parts = Vec::new();
+    let mut unreachable: Vec<usize> = Vec::new();
+    let mut why = String::from("no owner is known to be reachable");
+    while !away.is_empty() {
+        let mut groups: BTreeMap<NodeId, (String, Vec<Away>)> = BTreeMap::new();
+        for (i, mut owners) in away.drain(..) {
+            match owners.pop() {
+                Some((owner, url)) => groups
+                    .entry(owner)
+                    .or_insert_with(|| (url, Vec::new()))
+                    .1
+                    .push((i, owners)),
+                None => unreachable.push(i),
+            }
+        }
+        let sends = groups.into_iter().map(|(owner, (url, items))| {
+            let sub: Vec<WriteIn> = items.iter().map(|(i, _)| writes[*i].clone()).collect();
+            let body =
+                Bytes::from(serde_json::to_vec(&BatchIn { writes: sub }).unwrap_or_default());
+            let what = format!("batch of {}", items.len());
+            let out = Outgoing::new(state, method, uri, headers, what, body);
+            async move {
+                let reply = out.send_reply(state, &[(owner, url)], false).await;
+                (items, reply)
+            }
+        });
+        for (items, reply) in futures_util::future::join_all(sends).await {
+            match reply {
+                Ok(reply) => {
+                    parts.push((items.into_iter().map(|(i, _)| i).collect(), done_of(reply)))
+                }
+                Err(e) => {
+                    why = e;
+                    away.extend(items);
+                }
+            }
+        }
+    }
+    if !unreachable.is_empty() {
+        parts.push((
+            unreachable,
+            Done {
+                results: Vec::new(),
+                acks: 0,
+                failed: Some((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no_owner_reachable".into(),
+                    format!("no owner of part of the batch answered: {why}"),
+                )),
+            },
+        ));
+    }
+    parts
 }
 
 /// Every write valid and within scope and limits, or the first that is not.
@@ -349,21 +401,7 @@ fn acks_of(headers: &HeaderMap) -> Option<usize> {
 }
 
 /// A sub-batch's outcome from its owner's answer.
-fn done_of(reply: Result<crate::client::Reply, String>) -> Done {
-    let reply = match reply {
-        Ok(r) => r,
-        Err(why) => {
-            return Done {
-                results: Vec::new(),
-                acks: 0,
-                failed: Some((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_owner_reachable".into(),
-                    format!("no owner of part of the batch answered: {why}"),
-                )),
-            }
-        }
-    };
+fn done_of(reply: crate::client::Reply) -> Done {
     let acks = acks_of(&reply.headers).unwrap_or(0);
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
     let results: Vec<WriteOut> =
