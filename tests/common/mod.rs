@@ -51,13 +51,23 @@ impl Certs {
 }
 
 /// A free UDP port on loopback, for a node that must come back on the same
-/// address (bind :0, read the port, release it).
+/// address (bind :0, read the port, release it). Never the same port twice
+/// in one process: the kernel may hand a just-released port out again, and
+/// two nodes of one cluster given the same port fail to start (seen once in
+/// the sharding bench).
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if given.get_or_insert_with(HashSet::new).insert(port) {
+            return port;
+        }
+    }
 }
 
 /// Polls `f` every few milliseconds until true; panics at the deadline.
