@@ -30,17 +30,41 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::StreamExt;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::auth::Scope;
 use super::error::{ApiError, ApiResult};
-use super::forward::{Outgoing, FORWARDED_HEADER};
+use super::forward::{co_owner_with_newer, Outgoing, FORWARDED_HEADER};
 use super::kv::{write_level, VersionJson, WriteQuery};
 use super::quorum::{self, with_acks};
 use super::{AppState, ACKS_HEADER};
 use crate::model::{validate_user_key, Meta, NodeId};
 use crate::store::{Condition, Op, Outcome};
+
+/// Bytes escaped in a key put in a URL path ('/' is kept: the entry
+/// route takes the rest of the path as the key).
+const PATH: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}')
+    .add(b'^')
+    .add(b'|')
+    .add(b'\\')
+    .add(b'[')
+    .add(b']');
+
+/// Co-owner checks of a batch's deletes in flight at once.
+const CHECKS_AT_ONCE: usize = 16;
 
 /// Most writes in one batch: one commit group stays short (a group of
 /// hundreds of thousands of records stalls the node's writer).
@@ -118,6 +142,38 @@ pub async fn write(
             }
         }
     }
+    // A delete of a key not live here, at an owner that may still be
+    // receiving its partition: decided by a co-owner that holds it, as a
+    // single DELETE is (see `forward::co_owner_with_newer`).
+    if forwarded || !state.placement.as_ref().is_some_and(|p| p.sharded()) {
+        // Served here as it stands.
+    } else {
+        let deletes: Vec<(usize, String)> = here_idx
+            .iter()
+            .copied()
+            .filter(|i| batch.writes[*i].delete)
+            .map(|i| {
+                let key = &batch.writes[i].key;
+                (i, format!("/api/entry/{}", utf8_percent_encode(key, PATH)))
+            })
+            .collect();
+        let (st, hd, writes) = (&state, &headers, &batch.writes);
+        let mut checks =
+            futures_util::stream::iter(deletes.into_iter().map(move |(i, path)| async move {
+                let uri = path.parse::<Uri>().ok()?;
+                co_owner_with_newer(st, hd, &writes[i].key, &uri)
+                    .await
+                    .map(|owner| (i, vec![owner]))
+            }))
+            .buffer_unordered(CHECKS_AT_ONCE);
+        let mut moved: Vec<Away> = Vec::new();
+        while let Some(found) = checks.next().await {
+            moved.extend(found);
+        }
+        drop(checks);
+        here_idx.retain(|i| !moved.iter().any(|(m, _)| m == i));
+        away.extend(moved);
+    }
     let here = async {
         if here_idx.is_empty() {
             return None;
@@ -162,10 +218,12 @@ pub async fn write(
     }
     let results: Vec<WriteOut> = results.into_iter().flatten().collect();
     let acks = if acks == usize::MAX { 1 } else { acks };
+    // Writes that took effect (a delete of an absent key did not).
+    let written = results.iter().filter(|r| r.status == 200).count();
     let resp = match failed {
         None => (
             StatusCode::OK,
-            Json(json!({ "written": n, "results": results })),
+            Json(json!({ "written": written, "results": results })),
         )
             .into_response(),
         Some((status, code, message)) => (

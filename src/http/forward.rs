@@ -150,23 +150,43 @@ async fn conditional_write(state: &AppState, parts: &Parts, key: &str) -> Decide
     if !conditional || crate::model::validate_user_key(key).is_err() {
         return Decide::Here;
     }
+    let Some(raw) = parts.uri.path().strip_prefix("/kv/") else {
+        return Decide::Here;
+    };
+    let Ok(entry) = format!("/api/entry/{raw}").parse::<Uri>() else {
+        return Decide::Here;
+    };
+    match co_owner_with_newer(state, &parts.headers, key, &entry).await {
+        Some((owner, url)) => {
+            tracing::debug!(node = %state.node_id, owner = %owner, key,
+                "conditional write sent to the co-owner holding the key");
+            Decide::At(owner, url)
+        }
+        None => Decide::Here,
+    }
+}
+
+/// When this node holds no live value for `key`: the first other owner
+/// (best first) that holds one newer than ours, asked at `entry` (its
+/// `/api/entry/{key}`, served locally there) with the caller's headers.
+/// `None` when we hold a live value, no other owner does, or none answers.
+pub(super) async fn co_owner_with_newer(
+    state: &AppState,
+    headers: &HeaderMap,
+    key: &str,
+    entry: &Uri,
+) -> Option<(NodeId, String)> {
     let ours = match state.store.get(key) {
-        Ok(Some(e)) if e.value.is_some() => return Decide::Here,
+        Ok(Some(e)) if e.value.is_some() => return None,
         Ok(e) => e.map(|e| e.version),
-        Err(_) => return Decide::Here,
+        Err(_) => return None,
     };
-    let (Some(placement), Some(raw)) = (&state.placement, parts.uri.path().strip_prefix("/kv/"))
-    else {
-        return Decide::Here;
-    };
-    let Ok(uri) = format!("/api/entry/{raw}").parse::<Uri>() else {
-        return Decide::Here;
-    };
+    let placement = state.placement.as_ref()?;
     let probe = Outgoing::new(
         state,
         &Method::GET,
-        &uri,
-        &parts.headers,
+        entry,
+        headers,
         key.to_string(),
         Bytes::new(),
     );
@@ -195,13 +215,11 @@ async fn conditional_write(state: &AppState, parts: &Parts, key: &str) -> Decide
         };
         let live = v["deleted"] == serde_json::Value::Bool(false);
         if live && ours.as_ref().is_none_or(|o| theirs > *o) {
-            let [(owner, url)] = target;
-            tracing::debug!(node = %state.node_id, owner = %owner, key,
-                "conditional write sent to the co-owner holding the key");
-            return Decide::At(owner, url);
+            let [found] = target;
+            return Some(found);
         }
     }
-    Decide::Here
+    None
 }
 
 /// A request as it goes to an owner.
