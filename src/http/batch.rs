@@ -22,7 +22,7 @@
 //! Sharding). Plus, for a sharded batch, one request per other node that is
 //! some write's best owner (at most N − 1).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
@@ -142,37 +142,9 @@ pub async fn write(
             }
         }
     }
-    // A delete of a key not live here, at an owner that may still be
-    // receiving its partition: decided by a co-owner that holds it, as a
-    // single DELETE is (see `forward::co_owner_with_newer`).
-    if forwarded || !state.placement.as_ref().is_some_and(|p| p.sharded()) {
-        // Served here as it stands.
-    } else {
-        let deletes: Vec<(usize, String)> = here_idx
-            .iter()
-            .copied()
-            .filter(|i| batch.writes[*i].delete)
-            .map(|i| {
-                let key = &batch.writes[i].key;
-                (i, format!("/api/entry/{}", utf8_percent_encode(key, PATH)))
-            })
-            .collect();
-        let (st, hd, writes) = (&state, &headers, &batch.writes);
-        let mut checks =
-            futures_util::stream::iter(deletes.into_iter().map(move |(i, path)| async move {
-                let uri = path.parse::<Uri>().ok()?;
-                co_owner_with_newer(st, hd, &writes[i].key, &uri)
-                    .await
-                    .map(|owner| (i, vec![owner]))
-            }))
-            .buffer_unordered(CHECKS_AT_ONCE);
-        let mut moved: Vec<Away> = Vec::new();
-        while let Some(found) = checks.next().await {
-            moved.extend(found);
-        }
-        drop(checks);
-        here_idx.retain(|i| !moved.iter().any(|(m, _)| m == i));
-        away.extend(moved);
+    let sharded = state.placement.as_ref().is_some_and(|p| p.sharded());
+    if sharded && !forwarded {
+        away.extend(deletes_for_co_owners(&state, &headers, &batch.writes, &mut here_idx).await);
     }
     let here = async {
         if here_idx.is_empty() {
@@ -241,6 +213,44 @@ pub async fn write(
 /// A write for other nodes: its position in the batch, and its owners not
 /// tried yet, best last.
 type Away = (usize, Vec<(NodeId, String)>);
+
+/// The deletes among `here` of keys not live here, at an owner that may
+/// still be receiving their partition: each goes to a co-owner holding a
+/// newer live value, as a single DELETE does (see
+/// `forward::co_owner_with_newer`), and leaves `here`.
+async fn deletes_for_co_owners(
+    state: &AppState,
+    headers: &HeaderMap,
+    writes: &[WriteIn],
+    here: &mut Vec<usize>,
+) -> Vec<Away> {
+    let deletes: Vec<(usize, String)> = here
+        .iter()
+        .copied()
+        .filter(|i| writes[*i].delete)
+        .map(|i| {
+            let key = &writes[i].key;
+            (i, format!("/api/entry/{}", utf8_percent_encode(key, PATH)))
+        })
+        .collect();
+    if deletes.is_empty() {
+        return Vec::new();
+    }
+    let mut checks = futures_util::stream::iter(deletes.into_iter().map(|(i, path)| async move {
+        let uri = path.parse::<Uri>().ok()?;
+        co_owner_with_newer(state, headers, &writes[i].key, &uri)
+            .await
+            .map(|owner| (i, vec![owner]))
+    }))
+    .buffer_unordered(CHECKS_AT_ONCE);
+    let mut moved: Vec<Away> = Vec::new();
+    while let Some(found) = checks.next().await {
+        moved.extend(found);
+    }
+    let gone: HashSet<usize> = moved.iter().map(|(i, _)| *i).collect();
+    here.retain(|i| !gone.contains(i));
+    moved
+}
 
 /// Sends the writes other nodes own, each sub-batch to one owner: grouped
 /// by their best owner not yet tried (so a batch becomes at most one
