@@ -605,3 +605,37 @@ async fn a_new_owner_missing_a_key_answers_it_via_co_owners_it_sees_suspect() {
     assert_eq!(status, StatusCode::CREATED);
     cut.heal();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_has_not_joined_answers_a_miss_503_not_404() {
+    let certs = Certs::new(&["lone"]);
+    let dir = tempfile::tempdir().unwrap();
+    // Asked to join through a port nobody answers on.
+    let p = Proc::start(&args(
+        "lone",
+        dir.path(),
+        certs.path(),
+        free_udp_port(),
+        Some(free_udp_port()),
+    ));
+    let http = http_client();
+    let (status, body) = call(&http, Method::GET, &format!("{}/kv/absent", p.base), "")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["error"]["code"], "not_joined", "{v}");
+    let (status, _) = call(&http, Method::GET, &format!("{}/ready", p.base), "")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // What it does hold it serves.
+    let (status, _) = call(&http, Method::PUT, &format!("{}/kv/here", p.base), "v")
+        .await
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&http, Method::GET, &format!("{}/kv/here", p.base), "")
+        .await
+        .unwrap();
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"v"[..]));
+}

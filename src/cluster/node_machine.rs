@@ -257,8 +257,18 @@ impl NodeMachine {
 
     /// Shares the placement with the store (its owned set) and the HTTP
     /// layer (forwarding); call before [`NodeMachine::start`].
+    /// With a replication factor set, the current layout (this node alone,
+    /// before it joins) is published at once, so the HTTP layer knows from
+    /// its first request that a miss here is not the cluster's.
     pub fn set_placement(&mut self, placement: Arc<crate::placement::PlacementHandle>) {
         self.placement = placement;
+        if self.replicator.config().replication_factor.is_some() {
+            self.placement.publish(crate::placement::Routes {
+                layout: self.replicator.layout().clone(),
+                urls: self.published_urls.clone(),
+                suspect: self.published_suspect.clone(),
+            });
+        }
     }
 
     pub fn placement(&self) -> &Arc<crate::placement::PlacementHandle> {

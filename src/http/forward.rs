@@ -9,7 +9,9 @@
 //! A read that finds no key (404), here or at an owner, is tried at the
 //! other owners before 404 is the answer: an owner that just gained the
 //! partition may not hold the data yet while rebalancing streams it, and
-//! reads must go on meanwhile. (Cost: a true miss asks every owner.)
+//! reads must go on meanwhile. (Cost: a true miss asks every owner.) A
+//! node that has not joined its cluster yet answers such a miss 503
+//! `not_joined` rather than a 404 it cannot vouch for.
 //! For the same reason a conditional write (`POST` create, `DELETE`) at an
 //! owner that holds no live value for the key first asks the other owners
 //! for their entry, and goes to one holding a newer live value, which
@@ -82,6 +84,16 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
         let others = placement.other_owners(&key);
         return match outgoing.send(&state, &others, true).await {
             Ok(found) if found.status() != StatusCode::NOT_FOUND => found,
+            // Before it has joined, a node's layout holds only itself, and
+            // its store may hold nothing yet: its miss says nothing.
+            _ if !joined(&state) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_joined",
+                format!(
+                    "this node has not joined its cluster yet, so it cannot tell whether key {key:?} exists; ask another node, or retry once /ready answers 200"
+                ),
+            )
+            .into_response(),
             _ => resp,
         };
     };
@@ -102,6 +114,12 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
         )
         .into_response(),
     }
+}
+
+/// Whether this node has heard from its cluster (always, for a node not
+/// asked to join one).
+fn joined(state: &AppState) -> bool {
+    state.cluster.as_ref().is_none_or(|w| w.borrow().me.joined)
 }
 
 /// The whole request body, to send on; a body that cannot be read is a 400.
