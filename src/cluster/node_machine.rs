@@ -263,12 +263,18 @@ impl NodeMachine {
     pub fn set_placement(&mut self, placement: Arc<crate::placement::PlacementHandle>) {
         self.placement = placement;
         if self.replicator.config().replication_factor.is_some() {
-            self.placement.publish(crate::placement::Routes {
-                layout: self.replicator.layout().clone(),
-                urls: self.published_urls.clone(),
-                suspect: self.published_suspect.clone(),
-            });
+            self.publish_routes();
         }
+    }
+
+    /// Hands the layout and the owner URLs last computed to the store and
+    /// the HTTP layer.
+    fn publish_routes(&self) {
+        self.placement.publish(crate::placement::Routes {
+            layout: self.replicator.layout().clone(),
+            urls: self.published_urls.clone(),
+            suspect: self.published_suspect.clone(),
+        });
     }
 
     pub fn placement(&self) -> &Arc<crate::placement::PlacementHandle> {
@@ -512,13 +518,9 @@ impl NodeMachine {
             .map(|m| m.id.clone())
             .collect();
         if changed || urls != self.published_urls || suspect != self.published_suspect {
-            self.published_urls = urls.clone();
-            self.published_suspect = suspect.clone();
-            self.placement.publish(crate::placement::Routes {
-                layout: self.replicator.layout().clone(),
-                urls,
-                suspect,
-            });
+            self.published_urls = urls;
+            self.published_suspect = suspect;
+            self.publish_routes();
         }
     }
 

@@ -101,13 +101,42 @@ struct WriteOut {
     error: Option<String>,
 }
 
+impl WriteOut {
+    fn written(key: String, d: &crate::model::Delta) -> WriteOut {
+        WriteOut {
+            key,
+            status: StatusCode::OK.as_u16(),
+            version: Some(VersionJson::from(&d.entry.version).text),
+            seq: Some(d.seq),
+            error: None,
+        }
+    }
+
+    fn failed(key: String, status: StatusCode, error: String) -> WriteOut {
+        WriteOut {
+            key,
+            status: status.as_u16(),
+            version: None,
+            seq: None,
+            error: Some(error),
+        }
+    }
+}
+
+/// A part of the batch that did not succeed, as the answer names it.
+struct Failure {
+    status: StatusCode,
+    code: String,
+    message: String,
+}
+
 /// What the caller gets back: per-write outcomes and the fewest acks any
 /// of them had.
 struct Done {
     results: Vec<WriteOut>,
     acks: usize,
-    /// The first failure: status, code, message.
-    failed: Option<(StatusCode, String, String)>,
+    /// The first failure.
+    failed: Option<Failure>,
 }
 
 pub async fn write(
@@ -168,20 +197,16 @@ pub async fn write(
         // An owner that refused the sub-batch listed no outcomes: each of
         // its writes gets the refusal.
         let (status, error) = match &done.failed {
-            Some((s, _, m)) => (s.as_u16(), m.clone()),
+            Some(f) => (f.status, f.message.clone()),
             None => (
-                StatusCode::BAD_GATEWAY.as_u16(),
+                StatusCode::BAD_GATEWAY,
                 "the owner's answer did not cover this write".to_string(),
             ),
         };
         let mut given = done.results.into_iter();
         for i in idx {
-            results[i] = Some(given.next().unwrap_or_else(|| WriteOut {
-                key: batch.writes[i].key.clone(),
-                status,
-                version: None,
-                seq: None,
-                error: Some(error.clone()),
+            results[i] = Some(given.next().unwrap_or_else(|| {
+                WriteOut::failed(batch.writes[i].key.clone(), status, error.clone())
             }));
         }
         if failed.is_none() {
@@ -198,10 +223,10 @@ pub async fn write(
             Json(json!({ "written": written, "results": results })),
         )
             .into_response(),
-        Some((status, code, message)) => (
-            status,
+        Some(f) => (
+            f.status,
             Json(json!({
-                "error": { "code": code, "message": message },
+                "error": { "code": f.code, "message": f.message },
                 "results": results,
             })),
         )
@@ -310,11 +335,11 @@ async fn send_away(
             Done {
                 results: Vec::new(),
                 acks: 0,
-                failed: Some((
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no_owner_reachable".into(),
-                    format!("no owner of part of the batch answered: {why}"),
-                )),
+                failed: Some(Failure {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "no_owner_reachable".into(),
+                    message: format!("no owner of part of the batch answered: {why}"),
+                }),
             },
         ));
     }
@@ -367,6 +392,7 @@ async fn write_here(
     level: crate::cluster::quorum::Level,
     writes: Vec<WriteIn>,
 ) -> ApiResult<Done> {
+    let keys: Vec<String> = writes.iter().map(|w| w.key.clone()).collect();
     let ops: Vec<Op> = writes
         .into_iter()
         .map(|w| Op::Local {
@@ -380,13 +406,6 @@ async fn write_here(
             meta: Meta::new(),
         })
         .collect();
-    let keys: Vec<String> = ops
-        .iter()
-        .map(|op| match op {
-            Op::Local { key, .. } => key.clone(),
-            _ => String::new(),
-        })
-        .collect();
     let pending = quorum::begin_write(state, level);
     let outcomes = if ops.is_empty() {
         Vec::new()
@@ -394,44 +413,26 @@ async fn write_here(
         state.committer.commit(ops).await?
     };
     let mut results = Vec::with_capacity(keys.len());
-    let mut last = None;
+    // The highest seq written: its ack covers the whole batch (acks are
+    // cumulative per origin).
+    let mut last: Option<crate::model::Delta> = None;
     for (key, outcome) in keys.into_iter().zip(outcomes) {
         results.push(match outcome {
             Outcome::Written(d) => {
-                let out = WriteOut {
-                    key,
-                    status: StatusCode::OK.as_u16(),
-                    version: Some(VersionJson::from(&d.entry.version).text),
-                    seq: Some(d.seq),
-                    error: None,
-                };
-                if last
-                    .as_ref()
-                    .is_none_or(|l: &crate::model::Delta| d.seq > l.seq)
-                {
-                    last = Some(d);
-                }
+                let out = WriteOut::written(key, &d);
+                last = last.into_iter().chain([d]).max_by_key(|d| d.seq);
                 out
             }
-            Outcome::NotFound => WriteOut {
+            Outcome::NotFound => WriteOut::failed(key, StatusCode::NOT_FOUND, "not found".into()),
+            other => WriteOut::failed(
                 key,
-                status: StatusCode::NOT_FOUND.as_u16(),
-                version: None,
-                seq: None,
-                error: Some("not found".into()),
-            },
-            other => WriteOut {
-                key,
-                status: StatusCode::INTERNAL_SERVER_ERROR.as_u16(),
-                version: None,
-                seq: None,
-                error: Some(format!("unexpected outcome {other:?}")),
-            },
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("unexpected outcome {other:?}"),
+            ),
         });
     }
     let written = results.iter().filter(|r| r.status == 200).count();
     state.metrics.writes.inc_by(written as u64);
-    // One ack covers the batch: acks are cumulative per origin.
     let (acks, failed) = match last {
         Some(d) => match pending.wait(state, &d.key, d.seq).await {
             Ok(acks) => (acks, None),
@@ -449,10 +450,12 @@ async fn write_here(
                         r.error = Some(message.clone());
                     }
                 }
-                (
-                    acks,
-                    Some((status, "quorum_unavailable".to_string(), message)),
-                )
+                let failed = Failure {
+                    status,
+                    code: "quorum_unavailable".into(),
+                    message,
+                };
+                (acks, Some(failed))
             }
         },
         None => (1, None),
@@ -474,18 +477,16 @@ fn done_of(reply: crate::client::Reply) -> Done {
     let body: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
     let results: Vec<WriteOut> =
         serde_json::from_value(body["results"].clone()).unwrap_or_default();
-    let failed = (!reply.status.is_success()).then(|| {
-        (
-            reply.status,
-            body["error"]["code"]
-                .as_str()
-                .unwrap_or("owner_refused")
-                .to_string(),
-            body["error"]["message"]
-                .as_str()
-                .unwrap_or("an owner refused part of the batch")
-                .to_string(),
-        )
+    let failed = (!reply.status.is_success()).then(|| Failure {
+        status: reply.status,
+        code: body["error"]["code"]
+            .as_str()
+            .unwrap_or("owner_refused")
+            .to_string(),
+        message: body["error"]["message"]
+            .as_str()
+            .unwrap_or("an owner refused part of the batch")
+            .to_string(),
     });
     Done {
         results,

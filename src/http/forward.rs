@@ -15,7 +15,7 @@
 //! For the same reason a conditional write (`POST` create, `DELETE`) at an
 //! owner that holds no live value for the key first asks the other owners
 //! for their entry, and goes to one holding a newer live value, which
-//! decides it (see [`conditional_write`]).
+//! decides it (see [`conditional_write_owner`]).
 //!
 //! Loops: the forwarded request carries [`FORWARDED_HEADER`]; a request
 //! that carries it is always served here, never forwarded again (two nodes
@@ -69,10 +69,10 @@ pub async fn to_owner(State(state): State<AppState>, req: Request, next: Next) -
             return next.run(Request::from_parts(parts, body)).await;
         }
         if !read {
-            return conditional_write(&state, &parts, &key)
-                .await
-                .send_or_run(&state, parts, body, next)
-                .await;
+            return match conditional_write_owner(&state, &parts, &key).await {
+                Some(owner) => to_co_owner(&state, owner, parts, body, next).await,
+                None => next.run(Request::from_parts(parts, body)).await,
+            };
         }
         // An owner that just gained the partition may not hold the key yet
         // (rebalancing): a miss here is checked with the other owners.
@@ -129,29 +129,23 @@ async fn read_body(body: Body) -> Result<Bytes, Response> {
     })
 }
 
-/// Where a write at an owner is decided.
-enum Decide {
-    Here,
-    /// At this co-owner, which holds a newer live value than we do.
-    At(NodeId, String),
-}
-
-impl Decide {
-    async fn send_or_run(self, state: &AppState, parts: Parts, body: Body, next: Next) -> Response {
-        let Decide::At(owner, url) = self else {
-            return next.run(Request::from_parts(parts, body)).await;
-        };
-        let body = match read_body(body).await {
-            Ok(b) => b,
-            Err(resp) => return resp,
-        };
-        let key = parts.uri.path().to_string();
-        let outgoing = Outgoing::of(state, &parts, &key, body.clone());
-        match outgoing.send(state, &[(owner, url)], false).await {
-            Ok(resp) => resp,
-            // It went away meanwhile: decide here, as without the check.
-            Err(_) => next.run(Request::from_parts(parts, Body::from(body))).await,
-        }
+/// Sends a conditional write to the co-owner that holds the key; decides
+/// it here if that owner went away meanwhile, as without the check.
+async fn to_co_owner(
+    state: &AppState,
+    owner: (NodeId, String),
+    parts: Parts,
+    body: Body,
+    next: Next,
+) -> Response {
+    let body = match read_body(body).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let outgoing = Outgoing::of(state, &parts, parts.uri.path(), body.clone());
+    match outgoing.send(state, &[owner], false).await {
+        Ok(resp) => resp,
+        Err(_) => next.run(Request::from_parts(parts, Body::from(body))).await,
     }
 }
 
@@ -163,25 +157,22 @@ impl Decide {
 /// 204), as the caller would expect from the cluster. Cost: one local
 /// round trip per other owner, only when the key is not live here (every
 /// create of a new key); nothing for `PUT` or with full replication.
-async fn conditional_write(state: &AppState, parts: &Parts, key: &str) -> Decide {
+/// `None`: decide here.
+async fn conditional_write_owner(
+    state: &AppState,
+    parts: &Parts,
+    key: &str,
+) -> Option<(NodeId, String)> {
     let conditional = parts.method == Method::POST || parts.method == Method::DELETE;
     if !conditional || crate::model::validate_user_key(key).is_err() {
-        return Decide::Here;
+        return None;
     }
-    let Some(raw) = parts.uri.path().strip_prefix("/kv/") else {
-        return Decide::Here;
-    };
-    let Ok(entry) = format!("/api/entry/{raw}").parse::<Uri>() else {
-        return Decide::Here;
-    };
-    match co_owner_with_newer(state, &parts.headers, key, &entry).await {
-        Some((owner, url)) => {
-            tracing::debug!(node = %state.node_id, owner = %owner, key,
-                "conditional write sent to the co-owner holding the key");
-            Decide::At(owner, url)
-        }
-        None => Decide::Here,
-    }
+    let raw = parts.uri.path().strip_prefix("/kv/")?;
+    let entry = format!("/api/entry/{raw}").parse::<Uri>().ok()?;
+    let owner = co_owner_with_newer(state, &parts.headers, key, &entry).await?;
+    tracing::debug!(node = %state.node_id, owner = %owner.0, key,
+        "conditional write sent to the co-owner holding the key");
+    Some(owner)
 }
 
 /// When this node holds no live value for `key`: the first other owner
@@ -208,33 +199,27 @@ pub(super) async fn co_owner_with_newer(
         key.to_string(),
         Bytes::new(),
     );
-    for (owner, url) in placement.other_owners(key) {
-        let target = [(owner, url)];
-        let Ok(reply) = probe.send_reply(state, &target, false).await else {
+    /// What we read of an owner's `/api/entry` answer.
+    #[derive(serde::Deserialize)]
+    struct Theirs {
+        version: crate::model::Version,
+        deleted: bool,
+    }
+    for owner in placement.other_owners(key) {
+        let Ok(reply) = probe
+            .send_reply(state, std::slice::from_ref(&owner), false)
+            .await
+        else {
             continue;
         };
         if reply.status != StatusCode::OK {
             continue;
         }
-        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&reply.body) else {
+        let Ok(theirs) = serde_json::from_slice::<Theirs>(&reply.body) else {
             continue;
         };
-        let theirs = v["version"]["hlc"].as_u64().zip(
-            v["version"]["node"]
-                .as_str()
-                .and_then(|n| NodeId::new(n).ok()),
-        );
-        let Some((hlc, node)) = theirs else {
-            continue;
-        };
-        let theirs = crate::model::Version {
-            hlc: crate::model::Hlc(hlc),
-            node,
-        };
-        let live = v["deleted"] == serde_json::Value::Bool(false);
-        if live && ours.as_ref().is_none_or(|o| theirs > *o) {
-            let [found] = target;
-            return Some(found);
+        if !theirs.deleted && ours.as_ref().is_none_or(|o| theirs.version > *o) {
+            return Some(owner);
         }
     }
     None
